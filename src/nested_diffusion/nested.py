@@ -1,0 +1,214 @@
+"""Nested Diffusion (Elata et al., WACV 2024): an outer DDIM process whose denoiser is a complete inner run.
+
+``NestedSolver`` is the paper's Algorithm 3 without y: for each outer time t_k, run the inner solver from x_{t_k}
+to a clean x̂0 (the "inner diffusion"), then take the outer DDIM step q(x_{t_{k+1}} | x̂0, x_{t_k}). It is itself a
+Solver, so nesting three or more levels is just composition. ``NestedSampler`` adds the anytime stream.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .denoisers import Denoiser, NonFiniteOutputError
+from .noise import NoiseSource, as_noise_source
+from .solvers import (CLEAN, CONVENTIONS, EtaSpec, Solver, SolverEvent, _check_steps, _dedup_desc, get_solver,
+                      resolve_eta, validate_eta)
+from .steps import ddim_sigma, ddim_step
+
+
+class NestedSolver(Solver):
+    """Outer DDIM(η_outer) over ``n`` outer steps; each outer denoising is a full run of ``inner``.
+
+    ``inner_steps``: one int for every outer step, or a list with one entry per outer step.
+    Grids: outer points are round(linspace(t, 0, n+1))[:-1] ("clean") or round(linspace(t, 1, n+1))[:-1]
+    ("authors": the authors' round(linspace(1, T−1, K+1)) descending, last entry dropped); in both the last
+    inner run's output is the final sample.
+    """
+
+    name = "nested"
+
+    def __init__(self, inner: Solver | str = "ddim", inner_steps: int | Sequence[int] = 10,
+                 outer_eta: EtaSpec = 0.0, inner_eta: EtaSpec | None = None, convention: str | None = None):
+        self.inner = get_solver(inner, inner_eta)
+        self.inner_steps = inner_steps
+        if isinstance(inner_steps, (int, np.integer)) and not isinstance(inner_steps, bool):
+            _check_steps(int(inner_steps), 10 ** 9, 10 ** 9, "inner_steps")
+        else:
+            for s in inner_steps:
+                _check_steps(s, 10 ** 9, 10 ** 9, "inner_steps")
+        self.outer_eta = validate_eta(outer_eta, "outer_eta")
+        if convention is not None and convention not in CONVENTIONS:
+            raise ValueError(f"grid: unknown convention {convention!r}; use one of {CONVENTIONS}")
+        self.convention = convention
+
+    def steps_per_outer(self, n: int) -> list[int]:
+        if isinstance(self.inner_steps, (int, np.integer)):
+            return [int(self.inner_steps)] * n
+        steps = [int(s) for s in self.inner_steps]
+        if len(steps) != n:
+            raise ValueError(f"inner_steps: a list needs one entry per outer step ({n}), got {len(steps)}")
+        return steps
+
+    def nfe(self, n: int) -> int:
+        return sum(self.inner.nfe(s) for s in self.steps_per_outer(n))
+
+    def grid(self, t_start, n, convention, name="outer_steps"):
+        convention = self.convention or convention
+        _check_steps(n, t_start, t_start, name)
+        if convention == "clean":
+            pts = _dedup_desc(np.linspace(t_start, 0, n + 1)[:-1])
+        elif convention == "authors":
+            pts = _dedup_desc(np.linspace(t_start, 1, n + 1)[:-1])
+        else:
+            raise ValueError(f"grid: unknown convention {convention!r}; use one of {CONVENTIONS}")
+        if len(pts) != n:
+            raise ValueError(f"{name}: {n} outer steps from t={t_start} give duplicate timesteps")
+        for k, (t, s) in enumerate(zip(pts, self.steps_per_outer(n))):
+            most = self.inner.max_steps(t, convention)
+            if s > most:
+                raise ValueError(f"inner_steps: {s} inner steps at outer step {k} (t={t}) exceed the {most} "
+                                 f"distinct timesteps available there; use at most {most} or fewer outer steps")
+        return pts + [CLEAN]
+
+    def max_steps(self, t_start, convention):
+        return t_start
+
+    def run(self, denoiser: Denoiser, x: torch.Tensor, t_start: int, n: int, noise: NoiseSource,
+            cond: Any = None, convention: str = "clean") -> Iterator[SolverEvent]:
+        convention = self.convention or convention
+        times, S = self.grid(t_start, n, convention), denoiser.schedule
+        spent, best = 0, None
+        for k, (steps, t, t_next) in enumerate(zip(self.steps_per_outer(n), times[:-1], times[1:])):
+            x0_hat = None
+            for ev in self.inner.run(denoiser, x, t, steps, noise, cond, convention):  # inner diffusion
+                if ev.final:
+                    x0_hat = ev.x0
+                    yield SolverEvent(spent + ev.nfe, x0_hat, "result", k == n - 1, True, k, t, ev)
+                elif k == 0:  # before the first inner run ends, its latest x̂0 is the anytime result
+                    yield SolverEvent(spent + ev.nfe, ev.x0, ev.kind, False, ev.changed, k, t, ev)
+                else:  # afterwards the result only changes when an inner run ends
+                    yield SolverEvent(spent + ev.nfe, best, "result", False, False, k, t, ev)
+                spent_in_run = ev.nfe
+            spent += spent_in_run
+            best = x0_hat
+            a, a_next = S.alpha_bar(t), S.alpha_bar(t_next)  # outer step q(x_{t'} | x̂0, x_t)
+            eta = resolve_eta(self.outer_eta, k, t, a, n, "outer_eta")
+            z = noise.randn_like(x) if ddim_sigma(a, a_next, eta) > 0 else None
+            x = ddim_step(x, x0_hat, a, a_next, eta, z)
+
+
+@dataclass
+class AnytimeUpdate:
+    """One anytime result. ``source``: "x0_preview" (a raw x̂0 during the first inner run) or "inner_result"."""
+
+    x0: torch.Tensor
+    nfe: int
+    outer_step: int       # 1-based index of the outer step that produced it
+    outer_steps: int
+    inner_step: int       # 1-based position inside that outer step's inner run
+    inner_steps: int
+    final: bool
+    source: str
+    t: int                # outer time the inner run started from
+    elapsed: float        # seconds since sampling started
+
+
+PREVIEW_MODES = ("first", "all", "none")
+
+
+class NestedSampler:
+    """Anytime sampling: ``stream`` yields an AnytimeUpdate whenever the result changes.
+
+    ``outer_steps=1`` is vanilla sampling with the inner solver (its x̂0 previews stream through the same
+    interface), which is the baseline every comparison uses.
+    """
+
+    def __init__(self, denoiser: Denoiser, outer_steps: int, inner_steps: int | Sequence[int],
+                 inner_solver: Solver | str = "ddim", inner_eta: EtaSpec | None = None,
+                 outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: int | None = None):
+        if grid not in CONVENTIONS:
+            raise ValueError(f"grid: unknown convention {grid!r}; use one of {CONVENTIONS}")
+        if not hasattr(denoiser, "schedule"):
+            raise TypeError("denoiser: must have a .schedule (a NoiseSchedule), e.g. a ModelDenoiser")
+        self.denoiser, self.grid_convention = denoiser, grid
+        T = denoiser.schedule.num_train_timesteps
+        self.t_start = T - 1 if t_start is None else int(t_start)
+        if not 0 < self.t_start < T:
+            raise ValueError(f"t_start: must lie in [1, {T - 1}], got {t_start}")
+        self.solver = NestedSolver(inner_solver, inner_steps, outer_eta, inner_eta, grid)
+        self.outer_steps = outer_steps
+        self.times = self.solver.grid(self.t_start, outer_steps, grid)  # validates every step count up front
+        self.inner_steps = self.solver.steps_per_outer(outer_steps)
+        self.total_nfe = self.solver.nfe(outer_steps)
+
+    def stream(self, seeds: NoiseSource | Sequence[int] | int, shape: Sequence[int], cond: Any = None,
+               max_nfe: int | None = None, deadline: float | None = None, previews: str = "first",
+               x_T: torch.Tensor | None = None, device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> Iterator[AnytimeUpdate]:
+        """Yield anytime updates for a batch. ``seeds``: one per sample (or a base seed, then
+        shape[0] samples); ``shape``: (B, C, H, W). ``max_nfe``: stop at the best result within this many NFEs;
+        ``deadline``: seconds of wall time from the start. Break out of the loop to stop at any time."""
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 2 or any(s < 1 for s in shape):
+            raise ValueError(f"shape: expected (batch, channels, ...) with positive sizes, got {shape}")
+        if max_nfe is not None and (isinstance(max_nfe, bool) or not isinstance(max_nfe, (int, np.integer))
+                                    or max_nfe < 1):
+            raise ValueError(f"max_nfe: must be an integer ≥ 1 (one NFE is the smallest budget), got {max_nfe}")
+        if deadline is not None and not deadline > 0:
+            raise ValueError(f"deadline: must be a positive number of seconds, got {deadline}")
+        if previews not in PREVIEW_MODES:
+            raise ValueError(f"previews: {previews!r} is not valid; use one of {PREVIEW_MODES}")
+        noise = as_noise_source(seeds, shape[0], device, dtype)
+        if noise.batch_size != shape[0]:
+            raise ValueError(f"seeds: {noise.batch_size} seeds for a batch of {shape[0]}")
+        x = noise.randn(shape[1:]) if x_T is None else x_T.to(device=device, dtype=dtype)
+        if tuple(x.shape) != shape:
+            raise ValueError(f"x_T: expected shape {shape}, got {tuple(x.shape)}")
+        budget = self.total_nfe if max_nfe is None else min(int(max_nfe), self.total_nfe)
+        run_end = np.cumsum([self.solver.inner.nfe(s) for s in self.inner_steps]).tolist()
+        start = time.perf_counter()
+        k, nfe = 0, 0
+        events = self.solver.run(self.denoiser, x, self.t_start, self.outer_steps, noise, cond,
+                                 self.grid_convention)
+        try:
+            for ev in events:
+                elapsed = time.perf_counter() - start
+                if deadline is not None and elapsed > deadline:
+                    return
+                k, nfe = ev.step, ev.nfe
+                show = ev.changed or (previews == "all" and ev.sub is not None and k > 0)
+                if previews == "none" and ev.kind == "preview":
+                    show = False
+                if show:
+                    x0 = ev.sub.x0 if (k > 0 and not ev.sub.final) else ev.x0
+                    yield AnytimeUpdate(x0, ev.nfe, k + 1, self.outer_steps, ev.sub.nfe, self.inner_steps[k],
+                                        ev.final, "inner_result" if ev.sub.final else "x0_preview", ev.t, elapsed)
+                if ev.nfe >= budget:
+                    return
+                # after the first inner run, never start a run that cannot finish within the budget
+                if ev.sub.final and ev.nfe >= run_end[0] and k + 1 < len(run_end) and run_end[k + 1] > budget:
+                    return
+        except NonFiniteOutputError as e:
+            raise NonFiniteOutputError(e.t, f"model output (outer step {k + 1}/{self.outer_steps}, "
+                                            f"after {nfe} NFE)") from e
+        finally:
+            events.close()
+
+    def sample(self, seeds, shape, **kwargs) -> AnytimeUpdate:
+        """Run the stream to its end (or budget/deadline) and return the last update."""
+        last = None
+        for last in self.stream(seeds, shape, **kwargs):
+            pass
+        if last is None:
+            raise TimeoutError("deadline: passed before the first denoiser call finished; no result to return")
+        return last
+
+
+def vanilla_sampler(denoiser: Denoiser, steps: int, solver: Solver | str = "ddim", eta: EtaSpec | None = None,
+                    grid: str = "clean") -> NestedSampler:
+    """Plain sampling as the one-outer-step special case (the baseline of every comparison)."""
+    return NestedSampler(denoiser, 1, steps, solver, eta, 0.0, grid)
