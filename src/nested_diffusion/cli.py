@@ -98,7 +98,52 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-minutes", type=float, default=5.0)
     t.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     t.add_argument("--threads", type=_positive_int("--threads"), default=None)
+
+    q = sub.add_parser("quality", help="print the bundled model's quality-gate numbers (FD, floor, agreement)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("--samples", type=_positive_int("--samples"), default=5000)
+    q.add_argument("--steps", type=_positive_int("--steps"), default=100, help="vanilla sampling steps")
+    q.add_argument("--solver", choices=SOLVER_CHOICES, default="ddim")
+    q.add_argument("--guidance", type=_nonneg_float("--guidance"), default=None)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
+    q.add_argument("--classifier", default=None, help="classifier folder (default: the bundled one)")
+    q.add_argument("--cache-dir", default="runs/quality-cache", help="generated chunks (resume)")
+    q.add_argument("--data-dir", default=None)
+    q.add_argument("--threads", type=_positive_int("--threads"), default=None)
+
+    c = sub.add_parser("train-classifier", help="train the Fashion-MNIST feature classifier",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--out", default="runs/fashion-classifier")
+    c.add_argument("--epochs", type=_positive_int("--epochs"), default=3)
+    c.add_argument("--data-dir", default=None)
     return p
+
+
+def cmd_quality(args) -> int:
+    import torch
+
+    from .bundled import DEFAULT_GUIDANCE
+    from .evaluation.model_quality import main_report
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.guidance is None:
+        args.guidance = DEFAULT_GUIDANCE
+    try:
+        return main_report(args)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_train_classifier(args) -> int:
+    from .classifier_training import train_classifier
+    try:
+        print(json.dumps(train_classifier(args.out, args.epochs, data_dir=args.data_dir)))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def cmd_generate(args) -> int:
@@ -184,7 +229,9 @@ def cmd_train(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return {"generate": cmd_generate, "train": cmd_train}[args.command](args)
+    commands = {"generate": cmd_generate, "train": cmd_train, "quality": cmd_quality,
+                "train-classifier": cmd_train_classifier}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

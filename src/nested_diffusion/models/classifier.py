@@ -14,6 +14,8 @@ def _conv(cin: int, cout: int) -> nn.Sequential:
 class FashionClassifier(nn.Module, PretrainedMixin):
     """Input: (B, 1, 28, 28) in [−1, 1]. ``features`` gives the 128-d penultimate layer, ``forward`` the logits."""
 
+    weights_name = "model.safetensors"
+
     def __init__(self, num_classes: int = 10, feature_dim: int = 128):
         super().__init__()
         self.config = dict(num_classes=num_classes, feature_dim=feature_dim)

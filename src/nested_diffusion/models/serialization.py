@@ -36,18 +36,19 @@ class PretrainedMixin:
     """Mixin for ``nn.Module`` subclasses whose ``__init__`` keyword arguments are their whole config."""
 
     config: dict[str, Any]
+    weights_name = WEIGHTS_NAME
 
     def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         d = Path(save_directory)
         d.mkdir(parents=True, exist_ok=True)
         state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
                  for k, v in self.state_dict().items()}
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{self.weights_name}.", suffix=".tmp")
         os.close(fd)
         try:
             save_file(state, tmp, metadata={"format": "pt"})
             os.chmod(tmp, 0o644)
-            os.replace(tmp, d / WEIGHTS_NAME)
+            os.replace(tmp, d / self.weights_name)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -58,13 +59,15 @@ class PretrainedMixin:
     def from_pretrained(cls, pretrained_model_path: str | os.PathLike, torch_dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu"):
         d = Path(pretrained_model_path)
-        if not (d / CONFIG_NAME).is_file() or not (d / WEIGHTS_NAME).is_file():
+        if not (d / CONFIG_NAME).is_file():
             raise FileNotFoundError(
-                f"pretrained_model_path: {str(d)!r} must be a folder holding {CONFIG_NAME} and {WEIGHTS_NAME}")
+                f"pretrained_model_path: {str(d)!r} must be a folder holding {CONFIG_NAME} and {cls.weights_name}")
         cfg = json.loads((d / CONFIG_NAME).read_text())
         name = cfg.pop("_class_name", cls.__name__)
         if name != cls.__name__:
             raise ValueError(f"pretrained_model_path: {str(d)!r} holds a {name}, not a {cls.__name__}")
+        if not (d / cls.weights_name).is_file():
+            raise FileNotFoundError(f"pretrained_model_path: {str(d)!r} has no {cls.weights_name}")
         model = cls(**cfg)
-        model.load_state_dict(load_file(d / WEIGHTS_NAME), strict=True)
+        model.load_state_dict(load_file(d / cls.weights_name), strict=True)
         return model.to(device=device, dtype=torch_dtype).eval()
