@@ -1,0 +1,187 @@
+"""``nested-diffusion eval <experiment>``: the paper's anytime evaluations on the bundled Fashion-MNIST model.
+
+Wiring (cli.py): ``from .evaluation import cli_eval`` then ``cli_eval.add_parser(sub)`` in ``build_parser`` and
+``"eval": cli_eval.run`` in the command table. Every experiment caches each (configuration, chunk of seeds) in
+``--cache-dir``: rerun the same command after an interruption and only unfinished chunks are sampled.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+RND_DEFAULT = "1x200,2x100,4x50,5x40,10x20,20x10"
+CONSISTENCY_DEFAULT = "2x100,4x50,5x40,10x20"
+SOLVERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2s")
+
+
+def _int(name: str, low: int = 1):
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected an integer, got {s!r}")
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{name}: must be ≥ {low}, got {v}")
+        return v
+    return parse
+
+
+def _float(name: str):
+    def parse(s):
+        if name.endswith("eta") and s == "sqrt_one_minus_alpha_bar":
+            return s
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a number, got {s!r}")
+        if not v >= 0:
+            raise argparse.ArgumentTypeError(f"{name}: must be ≥ 0, got {v}")
+        return v
+    return parse
+
+
+def _list(name: str, kind):
+    def parse(s):
+        try:
+            return [kind(x) for x in s.split(",") if x.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a comma-separated list of numbers, got {s!r}")
+    return parse
+
+
+def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
+    e.add_argument("--out", type=Path, default=Path("runs/eval"),
+                   help="folder for the JSON and PNG files (default: %(default)s)")
+    e.add_argument("--cache-dir", type=Path, default=None, help="sample cache (resume); default OUT/cache")
+    if samples:
+        e.add_argument("--samples", type=_int("--samples", 2), default=2000,
+                       help="samples per configuration (default: %(default)s)")
+        e.add_argument("--chunk", type=_int("--chunk"), default=100,
+                       help="samples per cached chunk = batch size (default: %(default)s)")
+    e.add_argument("--seed", type=int, default=0,
+                   help="sample i uses seed + i and label i %% 10 (default: %(default)s)")
+    e.add_argument("--model", default=None, help="a TinyUNet from_pretrained folder (default: the bundled model)")
+    e.add_argument("--solver", choices=SOLVERS, default="ddpm",
+                   help="inner solver (default %(default)s: learned-variance ancestral, the paper's DiT setting)")
+    e.add_argument("--inner-eta", type=_float("--inner-eta"), default=None, help="η of a DDIM inner (default 0.85)")
+    e.add_argument("--outer-eta", type=_float("--outer-eta"), default=0.0,
+                   help="η of the outer DDIM step (default: %(default)s)")
+    e.add_argument("--guidance", type=_float("--guidance"), default=None, help="CFG scale (default: the model's)")
+    e.add_argument("--grid", choices=("clean", "authors"), default="clean", help="grid convention (default: clean)")
+    e.add_argument("--threads", type=_int("--threads"), default=1, help="torch CPU threads (default: %(default)s)")
+    e.add_argument("--quiet", action="store_true")
+
+
+def _metric_args(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--classifier", default=None, help="feature classifier folder (default: the bundled one)")
+    e.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder (reference: test split)")
+    e.add_argument("--reference-limit", type=_int("--reference-limit", 2), default=None,
+                   help="use the first N test images as the reference (default: all 10000)")
+    e.add_argument("--heldout", type=_int("--heldout", 2), default=None,
+                   help="train images in the noise-floor pool (default: max(10000, --samples))")
+    e.add_argument("--bootstrap", type=_int("--bootstrap", 0), default=200,
+                   help="bootstrap replicates, 0 for none (default: %(default)s)")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    fmt = argparse.HelpFormatter
+    p = subparsers.add_parser("eval", help="anytime evaluations: AUC sweep, budget table, consistency, figure",
+                              description="Evaluations of the paper's supplementary (Tables 1, 3; Figs. 9–11) at "
+                                          "this project's scale. Distances are Fréchet distances on the project "
+                                          "classifier's features (not Inception FID).")
+    sub = p.add_subparsers(dest="experiment", required=True)
+    e = sub.add_parser("rnd-sweep", formatter_class=fmt, help="Table 1 / Fig. 9: log-FD-per-NFE AUC per split")
+    _sampling_args(e)
+    _metric_args(e)
+    e.add_argument("--configs", default=RND_DEFAULT, help="OUTERxINNER list (default: %(default)s)")
+    e.add_argument("--total-nfe", type=_int("--total-nfe"), default=200, help="NFE per run (default: 200)")
+    e.add_argument("--step", type=_int("--step"), default=10,
+                   help="FD every STEP NFE, the AUC grid (default: %(default)s)")
+    e.add_argument("--no-kid", action="store_true", help="skip KID (needs torchmetrics)")
+    e = sub.add_parser("budget-table", formatter_class=fmt, help="Table 3: vanilla x̂0 vs nested at %% of budgets")
+    _sampling_args(e)
+    _metric_args(e)
+    e.add_argument("--budgets", type=_list("--budgets", int), default=[100, 150, 200, 250],
+                   help="total NFE budgets (default: 100,150,200,250)")
+    e.add_argument("--fractions", type=_list("--fractions", float), default=[0.2, 0.4, 0.6, 0.8, 1.0],
+                   help="fractions of each budget (default: 0.2,0.4,0.6,0.8,1.0)")
+    e.add_argument("--nested-outer", type=_int("--nested-outer"), default=5,
+                   help="outer steps of the nested sampler, inner = budget / outer (default: 5)")
+    e.add_argument("--step", type=_int("--step"), default=10,
+                   help="snapshot grid; equal grids share the sweep's cache (default: %(default)s)")
+    e = sub.add_parser("consistency", formatter_class=fmt, help="Fig. 11: distance of intermediates to the final")
+    _sampling_args(e)
+    e.add_argument("--classifier", default=None, help="feature classifier folder (feature_cosine)")
+    e.add_argument("--configs", default=CONSISTENCY_DEFAULT, help="OUTERxINNER list (default: %(default)s)")
+    e.add_argument("--total-nfe", type=_int("--total-nfe"), default=200, help="NFE per run (default: 200)")
+    e.add_argument("--step", type=_int("--step"), default=10, help="NFE grid (default: 10)")
+    e.add_argument("--metrics", default="mse,feature_cosine",
+                   help="comma list of mse, feature_cosine, lpips, clip_image, dreamsim (local weights only)")
+    e.add_argument("--lpips-net", choices=("alex", "vgg", "squeeze"), default="alex")
+    e.add_argument("--clip-weights", default=None, help="open_clip checkpoint file (clip_image)")
+    e.add_argument("--clip-arch", default="ViT-B-32")
+    e.add_argument("--dreamsim-dir", default=None, help="folder with DreamSim weights")
+    e = sub.add_parser("qualitative", formatter_class=fmt, help="Fig. 10: same seeds under each split")
+    _sampling_args(e, samples=False)
+    e.add_argument("--configs", default=RND_DEFAULT, help="OUTERxINNER list, one column each (default: %(default)s)")
+    e.add_argument("--total-nfe", type=_int("--total-nfe"), default=200, help="NFE per run (default: 200)")
+    e.add_argument("--show", type=_list("--show", int), default=[0, 1, 2, 3],
+                   help="sample indices to show (default: 0,1,2,3)")
+    e.add_argument("--rows-every", type=_int("--rows-every"), default=20,
+                   help="one row every N NFE (default: %(default)s)")
+    e.add_argument("--scale", type=_int("--scale"), default=2, help="pixel upscaling (default: 2)")
+    return p
+
+
+def _factory(args):
+    from ..bundled import load_unet
+    from .snapshots import bundled_factory
+    if args.solver != "ddim" and args.inner_eta is not None:
+        raise ValueError(f"--inner-eta: only the ddim solver takes η, got --solver {args.solver}")
+    eta = (0.85 if args.inner_eta is None else args.inner_eta) if args.solver == "ddim" else None
+    return bundled_factory(load_unet(args.model), args.guidance, args.solver, eta, args.outer_eta, args.grid)
+
+
+def run(args) -> int:
+    import torch
+    torch.set_num_threads(args.threads)
+    from . import runners
+    from .features import load_feature_classifier
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    cache = args.cache_dir or args.out / "cache"
+    try:
+        factory = _factory(args)
+        if args.experiment == "qualitative":
+            doc = runners.run_qualitative(factory, args.out, args.configs, args.total_nfe, args.show,
+                                          args.rows_every, args.seed, cache, args.scale, log)
+        elif args.experiment == "consistency":
+            from .consistency import build_consistency_metrics
+            names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+            ext = load_feature_classifier(args.classifier) if "feature_cosine" in names else None
+            metrics = build_consistency_metrics(names, ext, args.lpips_net, args.clip_weights, args.clip_arch,
+                                                args.dreamsim_dir)
+            doc = runners.run_consistency(factory, metrics, args.out, args.configs, args.total_nfe, args.step,
+                                          args.samples, args.seed, args.chunk, cache, log)
+        else:
+            from .reference import fashion_reference
+            ext = load_feature_classifier(args.classifier)
+            heldout = args.heldout or min(60000, max(10000, args.samples))
+            ref = fashion_reference(ext, args.data_dir, args.reference_limit, heldout, args.seed, cache, log)
+            if args.experiment == "rnd-sweep":
+                doc = runners.run_rnd_sweep(factory, ref, args.out, args.configs, args.total_nfe, args.step,
+                                            args.samples, args.seed, args.chunk, args.bootstrap, cache,
+                                            not args.no_kid, log)
+            else:
+                doc = runners.run_budget_table(factory, ref, args.out, args.budgets, args.fractions,
+                                               args.nested_outer, args.step, args.samples, args.seed, args.chunk,
+                                               args.bootstrap, cache, log)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished chunks are cached in {cache}; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    print(f"wrote {', '.join(str(args.out / f) for f in doc['files'])} ({doc['wall_time_s']:.1f} s)")
+    return 0

@@ -1,0 +1,193 @@
+"""One sampling run per configuration, snapshotted at every NFE mark through the anytime stream; cached per
+(configuration, chunk of seeds) so an interrupted experiment resumes without recomputing finished chunks.
+
+Snapshots are stored as uint8 (what a PNG holds) and de-duplicated: a nested O×I run has only a few distinct
+results over a 10-NFE grid, and every experiment (FD curves, budget table, consistency, figures) reads the same
+cache. Sample i always uses seed ``seed + i`` and conditioning ``cond_for([i])`` under every configuration.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..models.serialization import atomic_write_bytes
+from ..nested import NestedSampler
+from .auc import UpdateSchedule
+from .features import quantize, state_fingerprint
+
+CACHE_FORMAT = 1
+
+
+class TimedDenoiser:
+    """Wraps a denoiser: counts calls and the seconds spent in them (model forwards incl. CFG, x̂0 conversion)."""
+
+    def __init__(self, denoiser):
+        self.inner, self.schedule = denoiser, denoiser.schedule
+        self.calls, self.seconds = 0, 0.0
+
+    def __call__(self, x, t, cond=None):
+        t0 = time.perf_counter()
+        try:
+            return self.inner(x, t, cond)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.calls += 1
+
+
+@dataclass
+class SamplerFactory:
+    """How an experiment builds samplers. ``build(outer, inner)`` → NestedSampler; ``sample_shape`` (C, H, W);
+    ``cond_for(indices)`` → conditioning for those sample indices (or None); ``info``: a JSON-able description
+    (model identity, solver, guidance, η …) that is part of the cache key."""
+
+    build: Callable[[int, int], NestedSampler]
+    sample_shape: tuple
+    cond_for: Callable[[Sequence[int]], Any] | None = None
+    info: dict = field(default_factory=dict)
+
+
+def bundled_factory(model=None, guidance: float | None = None, solver: str = "ddpm", inner_eta=None,
+                    outer_eta=0.0, grid: str = "clean") -> SamplerFactory:
+    """The bundled Fashion-MNIST UNet (or any TinyUNet) with CFG in the inner process; sample i gets label i % 10."""
+    from ..bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser
+    model = load_unet() if model is None else model
+    guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
+    den = make_denoiser(model, guidance)
+    classes = int(model.config["num_classes"])
+    c = int(model.config["in_channels"])
+    size = int(model.config["image_size"])
+
+    def build(outer: int, inner: int) -> NestedSampler:
+        return NestedSampler(den, outer, inner, solver, inner_eta, outer_eta, grid)
+
+    info = dict(model=f"TinyUNet-{state_fingerprint(model)}", guidance=guidance, solver=solver,
+                inner_eta=inner_eta, outer_eta=outer_eta, grid=grid, labels="sample index % num_classes")
+    return SamplerFactory(build, (c, size, size), lambda idx: torch.tensor([i % classes for i in idx]), info)
+
+
+@dataclass
+class Snapshots:
+    """Results of one configuration at each mark: ``images[mark_index[m]]`` is (N, C, H, W) uint8 at marks[m]."""
+
+    images: list                 # distinct snapshots, each (N, C, H, W) uint8
+    mark_index: list             # per mark → index into images
+    marks: list
+    update_nfes: list            # NFE at which each distinct snapshot was produced
+    sources: list
+    seeds: list
+    timing: dict
+
+    def at(self, mark: int) -> torch.Tensor:
+        return self.images[self.mark_index[self.marks.index(mark)]]
+
+    @property
+    def final(self) -> torch.Tensor:
+        return self.images[self.mark_index[-1]]
+
+
+def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int], shape: Sequence[int], cond: Any,
+                    marks: Sequence[int]) -> Snapshots:
+    """Run the stream once and keep the anytime result current at each mark (the last update with nfe ≤ mark)."""
+    marks = sorted(int(m) for m in marks)
+    if not marks or marks[0] < 1 or marks[-1] > sampler.total_nfe:
+        raise ValueError(f"marks: must lie in [1, {sampler.total_nfe}] (the sampler's NFE), got {marks}")
+    timed = TimedDenoiser(sampler.denoiser)
+    sampler.denoiser = timed
+    images, nfes, sources, index = [], [], [], []
+    last, p, t0 = None, 0, time.perf_counter()
+    bookkeeping = 0.0
+
+    def keep(u):  # store the update current at marks[p]
+        if not nfes or nfes[-1] != u.nfe:
+            images.append(quantize(u.x0))
+            nfes.append(u.nfe)
+            sources.append(u.source)
+        index.append(len(images) - 1)
+
+    try:
+        with torch.no_grad():  # the generator body runs inside: sampling never builds autograd graphs
+            for u in sampler.stream(list(seeds), tuple(shape), cond, max_nfe=marks[-1], previews="first"):
+                tb = time.perf_counter()
+                while p < len(marks) and marks[p] < u.nfe:
+                    if last is None:
+                        raise ValueError(f"marks: no result exists yet at NFE {marks[p]}")
+                    keep(last)
+                    p += 1
+                last = u
+                bookkeeping += time.perf_counter() - tb
+        while p < len(marks):
+            keep(last)
+            p += 1
+    finally:
+        sampler.denoiser = timed.inner
+    total = time.perf_counter() - t0
+    timing = dict(sampling_s=total, denoiser_s=timed.seconds, denoiser_calls=timed.calls,
+                  snapshot_s=bookkeeping, sampler_overhead_s=max(total - timed.seconds - bookkeeping, 0.0))
+    return Snapshots(images, index, marks, nfes, sources, list(seeds), timing)
+
+
+def cache_key(factory: SamplerFactory, outer: int, inner: int, marks: Sequence[int]) -> str:
+    doc = dict(format=CACHE_FORMAT, factory=factory.info, outer=outer, inner=inner, marks=list(marks),
+               shape=list(factory.sample_shape))
+    return f"{outer}x{inner}-" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def collect_snapshots(factory: SamplerFactory, outer: int, inner: int, n_samples: int, seed: int,
+                      marks: Sequence[int], cache_dir: str | os.PathLike, chunk: int = 100,
+                      log: Callable[[str], None] | None = None) -> Snapshots:
+    """Snapshots of ``n_samples`` samples (seeds seed..seed+n−1) in chunks; each finished chunk is written
+    atomically to ``cache_dir/<key>/`` and loaded instead of recomputed on the next call."""
+    if n_samples < 1 or chunk < 1:
+        raise ValueError(f"n_samples and chunk: must be ≥ 1, got {n_samples} and {chunk}")
+    sampler = factory.build(outer, inner)
+    marks = sorted(int(m) for m in marks)
+    folder = Path(cache_dir) / cache_key(factory, outer, inner, marks)
+    folder.mkdir(parents=True, exist_ok=True)
+    expected_index = UpdateSchedule.from_sampler(sampler).distinct_at(marks)
+    parts, timing = [], dict(sampling_s=0.0, denoiser_s=0.0, denoiser_calls=0, snapshot_s=0.0,
+                             sampler_overhead_s=0.0, chunks_computed=0, chunks_cached=0, samples_computed=0)
+    for start in range(0, n_samples, chunk):
+        idx = list(range(start, min(n_samples, start + chunk)))
+        path = folder / f"seed{seed}-samples{idx[0]:06d}-{idx[-1]:06d}.pt"
+        part = _load_chunk(path) if path.exists() else None
+        if part is not None:
+            timing["chunks_cached"] += 1
+        else:
+            cond = factory.cond_for(idx) if factory.cond_for is not None else None
+            snap = snapshot_stream(sampler, [seed + i for i in idx], (len(idx), *factory.sample_shape), cond, marks)
+            part = dict(images=torch.stack(snap.images), mark_index=snap.mark_index, marks=snap.marks,
+                        update_nfes=snap.update_nfes, sources=snap.sources, seeds=snap.seeds, timing=snap.timing)
+            buf = io.BytesIO()
+            torch.save(part, buf)
+            atomic_write_bytes(path, buf.getvalue())
+            timing["chunks_computed"] += 1
+            timing["samples_computed"] += len(idx)
+            for k, v in snap.timing.items():
+                timing[k] += v
+            if log:
+                log(f"  {outer}x{inner}: samples {idx[-1] + 1}/{n_samples} ({snap.timing['sampling_s']:.1f} s)")
+        if part["seeds"] != [seed + i for i in idx] or part["marks"] != marks:
+            raise ValueError(f"cache: {path} holds other seeds or marks; delete it or use another cache_dir")
+        if [part["update_nfes"][j] for j in part["mark_index"]] != expected_index:
+            raise RuntimeError(f"{outer}x{inner}: snapshots at {marks} came from updates "
+                               f"{[part['update_nfes'][j] for j in part['mark_index']]}, expected {expected_index}")
+        parts.append(part)
+    first = parts[0]
+    images = [torch.cat([p["images"][j] for p in parts]) for j in range(len(first["update_nfes"]))]
+    seeds = [s for p in parts for s in p["seeds"]]
+    return Snapshots(images, first["mark_index"], marks, first["update_nfes"], first["sources"], seeds, timing)
+
+
+def _load_chunk(path: Path) -> dict | None:
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception:  # a damaged file (cannot be half-written by us, but may be truncated by a full disk)
+        return None

@@ -1,0 +1,127 @@
+"""The anytime loop shared by the nested pipelines: core NestedSampler stream → (update, x̂0 latent) pairs with
+diffusers conventions (callback_on_step_end, interrupt, progress bar, model offload hooks).
+
+An *update* is one AnytimeUpdate of the core stream: during the first inner run every inner x̂0 prediction
+(source "x0_preview"), afterwards the output of each finished inner run ("inner_result"). Decoding is left to
+the caller, so only the updates that are consumed are decoded.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..nested import PREVIEW_MODES, AnytimeUpdate, NestedSampler
+from ..noise import NoiseSource
+from ..solvers import CONVENTIONS
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class PipelineInterrupted(Exception):
+    """Raised inside the denoiser when ``pipe._interrupt`` was set; the loop ends with the last finished update."""
+
+
+@dataclass
+class AnytimeInfo:
+    """Fields every nested pipeline output carries besides the images."""
+
+    nfe: int
+    outer_step: int
+    outer_steps: int
+    inner_step: int
+    inner_steps: int
+    final: bool
+    source: str
+    t: int
+    elapsed: float
+
+
+def info_of(update: AnytimeUpdate) -> dict:
+    return dict(nfe=update.nfe, outer_step=update.outer_step, outer_steps=update.outer_steps,
+                inner_step=update.inner_step, inner_steps=update.inner_steps, final=update.final,
+                source=update.source, t=update.t, elapsed=update.elapsed)
+
+
+def check_common(max_nfe: Any, deadline: Any, previews: Any, output_type: Any, grid: Any,
+                 tensor_inputs: Sequence[str] | None, allowed_inputs: Sequence[str], guidance_scale: Any) -> None:
+    """Argument checks shared by the pipelines; all run before any model call."""
+    if max_nfe is not None and (isinstance(max_nfe, bool) or not isinstance(max_nfe, int) or max_nfe < 1):
+        raise ValueError(f"max_nfe: must be an integer ≥ 1 (the NFE budget), got {max_nfe!r}")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                                 or not deadline > 0):
+        raise ValueError(f"deadline: must be a positive number of seconds, got {deadline!r}")
+    if previews not in PREVIEW_MODES:
+        raise ValueError(f"previews: {previews!r} is not valid; use one of {PREVIEW_MODES}")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type: {output_type!r} is not valid; use one of {OUTPUT_TYPES}")
+    if grid not in CONVENTIONS:
+        raise ValueError(f"grid: {grid!r} is not valid; use one of {CONVENTIONS}")
+    bad = [k for k in (tensor_inputs or []) if k not in allowed_inputs]
+    if bad:
+        raise ValueError(f"callback_on_step_end_tensor_inputs: {bad} not allowed; valid: {list(allowed_inputs)}")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+            or not math.isfinite(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale: must be a finite number ≥ 0, got {guidance_scale!r}")
+
+
+def callback_inputs(callback: Any, tensor_inputs: Sequence[str] | None) -> list[str]:
+    """diffusers' PipelineCallback / MultiPipelineCallbacks carry their own tensor_inputs."""
+    own = getattr(callback, "tensor_inputs", None)
+    if callback is not None and own is not None and not callable(own):
+        return list(own)
+    return list(tensor_inputs or [])
+
+
+def anytime_pairs(pipe: Any, sampler: NestedSampler, noise: NoiseSource, x_T: torch.Tensor, cond: Any,
+                  max_nfe: int | None, deadline: float | None, previews: str, callback: Callable | None,
+                  tensor_inputs: Sequence[str], callback_tensors: Callable[[], dict],
+                  apply_callback_output: Callable[[dict], None]) -> Iterator[tuple[AnytimeUpdate, torch.Tensor]]:
+    """Drive ``sampler.stream`` and yield (update, x̂0 latent) per anytime update.
+
+    ``callback_on_step_end(pipe, i, t, kwargs)`` fires once per update: i = update index, t = outer time the
+    update's inner run started from, kwargs["latents"] = the update's x̂0 latent (plus the pipeline tensors in
+    ``tensor_inputs``). A returned "latents" replaces the reported x̂0 of this update (the sampler state is not
+    changed); other returned tensors go to ``apply_callback_output`` (e.g. new prompt embeddings, used from the
+    next denoiser call on). Setting ``pipe._interrupt = True`` stops at the next denoiser call; the last finished
+    update is the result.
+    """
+    pipe._num_timesteps = sampler.total_nfe
+    budget = sampler.total_nfe if max_nfe is None else min(max_nfe, sampler.total_nfe)
+    stream = sampler.stream(noise, tuple(x_T.shape), cond=cond, max_nfe=max_nfe, deadline=deadline,
+                            previews=previews, x_T=x_T, device=x_T.device, dtype=x_T.dtype)
+    done = 0
+    try:
+        with pipe.progress_bar(total=budget) as bar:
+            for i, update in enumerate(stream):
+                bar.update(update.nfe - done)
+                done = update.nfe
+                x0 = update.x0
+                if callback is not None:
+                    kwargs = {k: v for k, v in callback_tensors().items() if k in tensor_inputs}
+                    if "latents" in tensor_inputs:
+                        kwargs["latents"] = x0
+                    returned = dict(callback(pipe, i, update.t, kwargs) or {})
+                    x0 = returned.pop("latents", x0)
+                    apply_callback_output(returned)
+                yield update, x0
+                if pipe._interrupt:
+                    break
+    except PipelineInterrupted:
+        pass
+    finally:
+        stream.close()
+        pipe.maybe_free_model_hooks()
+
+
+def bind_call(pipe: Any, args: tuple, kwargs: dict) -> dict:
+    """Map iter_anytime(*args, **kwargs) onto __call__'s signature (same arguments, same defaults)."""
+    import inspect
+
+    bound = inspect.signature(type(pipe).__call__).bind(pipe, *args, **kwargs)
+    bound.apply_defaults()
+    params = dict(bound.arguments)
+    params.pop("self", None)
+    return params
