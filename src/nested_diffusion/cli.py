@@ -10,35 +10,14 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .argtypes import int_at_least as _int_at_least, nonneg_float as _nonneg_float
 from .data import CLASS_NAMES
-
-SOLVER_CHOICES = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2s")
 
 
 def _positive_int(name):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected an integer, got {s!r}")
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"{name}: must be ≥ 1, got {v}")
-        return v
-    return parse
+    return _int_at_least(name, 1)
 
-
-def _nonneg_float(name):
-    def parse(s):
-        if name.endswith("eta") and s == "sqrt_one_minus_alpha_bar":
-            return s
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a number, got {s!r}")
-        if not v >= 0:
-            raise argparse.ArgumentTypeError(f"{name}: must be ≥ 0, got {v}")
-        return v
-    return parse
+SOLVER_CHOICES = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2s")
 
 
 def _writable_dir(s: str) -> Path:
@@ -117,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs/fashion-classifier")
     c.add_argument("--epochs", type=_positive_int("--epochs"), default=3)
     c.add_argument("--data-dir", default=None)
+
+    from .evaluation import cli_eval
+    cli_eval.add_parser(sub)
     return p
 
 
@@ -227,10 +209,15 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _run_eval(args) -> int:
+    from .evaluation import cli_eval
+    return cli_eval.run(args)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"generate": cmd_generate, "train": cmd_train, "quality": cmd_quality,
-                "train-classifier": cmd_train_classifier}
+                "train-classifier": cmd_train_classifier, "eval": _run_eval}
     return commands[args.command](args)
 
 

@@ -10,35 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..argtypes import int_at_least as _int, nonneg_float as _float
+
 RND_DEFAULT = "1x200,2x100,4x50,5x40,10x20,20x10"
 CONSISTENCY_DEFAULT = "2x100,4x50,5x40,10x20"
 SOLVERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2s")
-
-
-def _int(name: str, low: int = 1):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected an integer, got {s!r}")
-        if v < low:
-            raise argparse.ArgumentTypeError(f"{name}: must be ≥ {low}, got {v}")
-        return v
-    return parse
-
-
-def _float(name: str):
-    def parse(s):
-        if name.endswith("eta") and s == "sqrt_one_minus_alpha_bar":
-            return s
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a number, got {s!r}")
-        if not v >= 0:
-            raise argparse.ArgumentTypeError(f"{name}: must be ≥ 0, got {v}")
-        return v
-    return parse
 
 
 def _list(name: str, kind):
