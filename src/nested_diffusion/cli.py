@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", default=None)
 
     from .evaluation import cli_eval
+    from .inverse import cli_restore
     cli_eval.add_parser(sub)
+    cli_restore.add_parser(sub)
     return p
 
 
@@ -214,10 +216,16 @@ def _run_eval(args) -> int:
     return cli_eval.run(args)
 
 
+def _run_restore(args) -> int:
+    from .inverse import cli_restore
+    return cli_restore.run(args)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"generate": cmd_generate, "train": cmd_train, "quality": cmd_quality,
-                "train-classifier": cmd_train_classifier, "eval": _run_eval}
+                "train-classifier": cmd_train_classifier, "eval": _run_eval,
+                "restore": _run_restore}
     return commands[args.command](args)
 
 

@@ -34,8 +34,8 @@ class NoiseSource:
 def as_noise_source(seeds: "NoiseSource | Sequence[int] | int", batch_size: int | None = None,
                     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> NoiseSource:
     """Accept a NoiseSource, a list of seeds (one per sample) or one base seed (samples get base, base+1, …)."""
-    if isinstance(seeds, NoiseSource):
-        return seeds
+    if isinstance(seeds, NoiseSource) or all(hasattr(seeds, a) for a in ("randn", "randn_like", "batch_size")):
+        return seeds  # any noise object with the NoiseSource interface (e.g. a diffusers-generator adapter)
     if isinstance(seeds, int):
         if batch_size is None or batch_size < 1:
             raise ValueError(f"batch_size: must be ≥ 1 when one base seed is given, got {batch_size}")

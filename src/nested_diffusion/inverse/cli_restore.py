@@ -11,20 +11,9 @@ import math
 import sys
 from pathlib import Path
 
+from ..argtypes import int_at_least as _int_at_least
 from .operators import MEASUREMENT_SEED_OFFSET
 from .registry import DEGRADATIONS
-
-
-def _int_at_least(name: str, low: int):
-    def parse(s):
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected an integer, got {s!r}")
-        if v < low:
-            raise argparse.ArgumentTypeError(f"{name}: must be ≥ {low}, got {v}")
-        return v
-    return parse
 
 
 def _float_in(name: str, low: float, high: float = math.inf):
