@@ -77,7 +77,7 @@ def test_one_outer_step_equals_stock_first_order_dpm_on_the_same_grid(prediction
     ref = stock_run(stock, sched, timesteps=GRID4, generator=gen())
     out = nested(**BASE, outer_steps=1, inner_steps=4, inner_eta=0.0, generator=gen())
     assert out.nfe == 4 and out.final and out.source == "inner_result"
-    assert rel_diff(out.images, ref) < TOL  # measured 5.6e-7 (ε), 2.0e-6 (v)
+    assert rel_diff(out.images, ref) < TOL  # measured 6.1e-7 (ε), 2.2e-6 (v)
     img_ref = stock(**{**BASE, "output_type": "np"}, timesteps=GRID4, generator=gen()).images
     img = nested(**{**BASE, "output_type": "np"}, outer_steps=1, inner_steps=4, inner_eta=0.0, generator=gen()).images
     assert np.abs(img - img_ref).max() < 1e-5
@@ -162,7 +162,8 @@ def test_scheduler_instance_as_inner_solver_matches_builtin(stock, pipe):
              (EulerDiscreteScheduler(**cfg), "ddim", {"inner_eta": 0.0}, TOL)]  # VE coordinates
     for sched, name, extra, tol in pairs:
         a = pipe(**BASE, outer_steps=2, inner_steps=3, inner_solver=sched, outer_eta=0.0, generator=gen()).images
-        b = pipe(**BASE, outer_steps=2, inner_steps=3, inner_solver=name, outer_eta=0.0, generator=gen(), **extra).images
+        b = pipe(**BASE, outer_steps=2, inner_steps=3, inner_solver=name, outer_eta=0.0, generator=gen(),
+                 **extra).images
         assert rel_diff(a, b) < tol, type(sched).__name__
         assert sched.num_inference_steps is None  # the given instance is only a template: never stepped
     ddpm = DDPMScheduler(**cfg, clip_sample=False)  # stochastic: noise comes from the same generator

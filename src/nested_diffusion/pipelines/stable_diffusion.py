@@ -220,7 +220,8 @@ class NestedStableDiffusionPipeline(StableDiffusionPipeline):
         if isinstance(args.solver, SchedulerSolver):
             args.solver.check_schedule(schedule)
         self._guidance_scale, self._guidance_rescale = float(a["guidance_scale"]), float(a["guidance_rescale"])
-        self._clip_skip, self._cross_attention_kwargs, self._interrupt = a["clip_skip"], a["cross_attention_kwargs"], False
+        self._clip_skip, self._cross_attention_kwargs = a["clip_skip"], a["cross_attention_kwargs"]
+        self._interrupt = False
         learned = self.unet.config.out_channels == 2 * self.unet.config.in_channels
         denoiser = ModelDenoiser(self._unet_fn, schedule, config.get("prediction_type", "epsilon"), learned)
         sampler = NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
@@ -230,7 +231,8 @@ class NestedStableDiffusionPipeline(StableDiffusionPipeline):
         device = self._execution_device
         lora_scale = (a["cross_attention_kwargs"] or {}).get("scale")
         pos, neg = self.encode_prompt(prompt, device, n_img, self.do_classifier_free_guidance, negative,
-                                      prompt_embeds=a["prompt_embeds"], negative_prompt_embeds=a["negative_prompt_embeds"],
+                                      prompt_embeds=a["prompt_embeds"],
+                                      negative_prompt_embeds=a["negative_prompt_embeds"],
                                       lora_scale=lora_scale, clip_skip=a["clip_skip"])
         dtype = pos.dtype
         timestep_cond = None
