@@ -76,6 +76,17 @@ def step_grid(t_start: int, n: int, convention: str = "clean", name: str = "step
     return pts + [end]
 
 
+def zero_ending_grid(t_start: int, n: int, convention: str = "clean", name: str = "steps") -> list[int]:
+    """round(linspace(t_start, 0, n)) then CLEAN: n calls, the last at t = 0 (IDDPM/DiT respacing)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"grid: unknown convention {convention!r}; use one of {CONVENTIONS}")
+    _check_steps(n, t_start, t_start + 1, name)
+    pts = _dedup_desc(np.linspace(t_start, 0, n))
+    if len(pts) != n:
+        raise ValueError(f"{name}: {n} steps from t={t_start} give duplicate timesteps after rounding")
+    return pts + [CLEAN]
+
+
 def resolve_eta(spec: EtaSpec, i: int, t: int, a: float, n: int, name: str = "eta") -> float:
     if isinstance(spec, str):
         if spec != SQRT_ONE_MINUS_ALPHA_BAR:
@@ -158,13 +169,7 @@ class DDPMLearnedSolver(Solver):
         return t_start + 1
 
     def grid(self, t_start, n, convention, name="steps"):
-        if convention not in CONVENTIONS:
-            raise ValueError(f"grid: unknown convention {convention!r}; use one of {CONVENTIONS}")
-        _check_steps(n, t_start, t_start + 1, name)
-        pts = _dedup_desc(np.linspace(t_start, 0, n))
-        if len(pts) != n:
-            raise ValueError(f"{name}: {n} steps from t={t_start} give duplicate timesteps after rounding")
-        return pts + [CLEAN]
+        return zero_ending_grid(t_start, n, convention, name)
 
     def run(self, denoiser, x, t_start, n, noise, cond=None, convention="clean"):
         times, S = self.grid(t_start, n, convention), denoiser.schedule

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from ..schedule import NoiseSchedule
-from ..solvers import (CLEAN, CONVENTIONS, DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver,
-                       SolverEvent, _check_steps, _dedup_desc, step_grid, validate_eta, SQRT_ONE_MINUS_ALPHA_BAR)
+from ..solvers import (SQRT_ONE_MINUS_ALPHA_BAR, DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver,
+                       SolverEvent, _check_steps, step_grid, validate_eta, zero_ending_grid)
 from .noise import step_generator
 
 INNER_SOLVERS = ("ddim", "dpmpp_2s", "dpmpp_2m", "ddpm")
@@ -87,13 +87,7 @@ class SchedulerSolver(Solver):
     def grid(self, t_start, n, convention, name="inner_steps"):
         if not self.ends_at_zero:
             return step_grid(t_start, n, convention, name)
-        if convention not in CONVENTIONS:
-            raise ValueError(f"grid: unknown convention {convention!r}; use one of {CONVENTIONS}")
-        _check_steps(n, t_start, t_start + 1, name)
-        pts = _dedup_desc(np.linspace(t_start, 0, n))
-        if len(pts) != n:
-            raise ValueError(f"{name}: {n} steps from t={t_start} give duplicate timesteps after rounding")
-        return pts + [CLEAN]
+        return zero_ending_grid(t_start, n, convention, name)
 
     def run(self, denoiser, x, t_start, n, noise, cond=None, convention="clean") -> Iterator[SolverEvent]:
         pts = self.grid(t_start, n, convention)[:-1]
