@@ -1,4 +1,5 @@
-"""``nested-diffusion eval <experiment>``: the paper's anytime evaluations on the bundled Fashion-MNIST model.
+"""``nested-diffusion eval <experiment>``: the paper's anytime evaluations on the bundled Fashion-MNIST model, or
+on a diffusers Nested SD / DiT pipeline (``--pipeline sd|dit``, see ``cli_pipelines``).
 
 Wiring (cli.py): ``from .evaluation import cli_eval`` then ``cli_eval.add_parser(sub)`` in ``build_parser`` and
 ``"eval": cli_eval.run`` in the command table. Every experiment caches each (configuration, chunk of seeds) in
@@ -11,9 +12,11 @@ import sys
 from pathlib import Path
 
 from ..argtypes import int_at_least as _int, nonneg_float as _float
+from . import cli_pipelines as cp
 
 RND_DEFAULT = "1x200,2x100,4x50,5x40,10x20,20x10"
 CONSISTENCY_DEFAULT = "2x100,4x50,5x40,10x20"
+SD_CONSISTENCY_DEFAULT = "2x30,3x20,4x15,6x10"
 SOLVERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2s")
 
 
@@ -36,17 +39,21 @@ def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
         e.add_argument("--chunk", type=_int("--chunk"), default=100,
                        help="samples per cached chunk = batch size (default: %(default)s)")
     e.add_argument("--seed", type=int, default=0,
-                   help="sample i uses seed + i and label i %% 10 (default: %(default)s)")
+                   help="sample i uses seed + i and label i %% classes (or prompt i %% prompts) under every "
+                        "configuration (default: %(default)s)")
     e.add_argument("--model", default=None, help="a TinyUNet from_pretrained folder (default: the bundled model)")
-    e.add_argument("--solver", choices=SOLVERS, default="ddpm",
-                   help="inner solver (default %(default)s: learned-variance ancestral, the paper's DiT setting)")
+    e.add_argument("--solver", choices=SOLVERS, default=None,
+                   help="inner solver (default: ddpm, learned-variance ancestral, the paper's DiT setting; ddim "
+                        "with η 0.85 for --pipeline sd)")
     e.add_argument("--inner-eta", type=_float("--inner-eta"), default=None, help="η of a DDIM inner (default 0.85)")
-    e.add_argument("--outer-eta", type=_float("--outer-eta"), default=0.0,
-                   help="η of the outer DDIM step (default: %(default)s)")
+    e.add_argument("--outer-eta", type=_float("--outer-eta"), default=None,
+                   help="η of the outer DDIM step (default: 0; --pipeline sd with a DPM-Solver++ inner: "
+                        "sqrt_one_minus_alpha_bar, the pipeline's default)")
     e.add_argument("--guidance", type=_float("--guidance"), default=None, help="CFG scale (default: the model's)")
     e.add_argument("--grid", choices=("clean", "authors"), default="clean", help="grid convention (default: clean)")
     e.add_argument("--threads", type=_int("--threads"), default=1, help="torch CPU threads (default: %(default)s)")
     e.add_argument("--quiet", action="store_true")
+    cp.add_pipeline_args(e)
 
 
 def _metric_args(e: argparse.ArgumentParser) -> None:
@@ -58,6 +65,7 @@ def _metric_args(e: argparse.ArgumentParser) -> None:
                    help="train images in the noise-floor pool (default: max(10000, --samples))")
     e.add_argument("--bootstrap", type=_int("--bootstrap", 0), default=200,
                    help="bootstrap replicates, 0 for none (default: %(default)s)")
+    cp.add_rgb_metric_args(e)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -65,13 +73,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="anytime evaluations: AUC sweep, budget table, consistency, figure",
                               description="Evaluations of the paper's supplementary (Tables 1, 3; Figs. 9–11) at "
                                           "this project's scale. Distances are Fréchet distances on the project "
-                                          "classifier's features (not Inception FID).")
+                                          "classifier's features (not Inception FID); with --pipeline sd|dit "
+                                          "on Inception features from local weights (FID).")
     sub = p.add_subparsers(dest="experiment", required=True)
     e = sub.add_parser("rnd-sweep", formatter_class=fmt, help="Table 1 / Fig. 9: log-FD-per-NFE AUC per split")
     _sampling_args(e)
     _metric_args(e)
-    e.add_argument("--configs", default=RND_DEFAULT, help="OUTERxINNER list (default: %(default)s)")
-    e.add_argument("--total-nfe", type=_int("--total-nfe"), default=200, help="NFE per run (default: 200)")
+    e.add_argument("--configs", default=None, help=f"OUTERxINNER list (default: {RND_DEFAULT}; sd: "
+                                                   f"{cp.SD_RND_DEFAULT})")
+    e.add_argument("--total-nfe", type=_int("--total-nfe"), default=None, help="NFE per run (default: 200; sd: 60)")
     e.add_argument("--step", type=_int("--step"), default=10,
                    help="FD every STEP NFE, the AUC grid (default: %(default)s)")
     e.add_argument("--no-kid", action="store_true", help="skip KID (needs torchmetrics)")
@@ -89,8 +99,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e = sub.add_parser("consistency", formatter_class=fmt, help="Fig. 11: distance of intermediates to the final")
     _sampling_args(e)
     e.add_argument("--classifier", default=None, help="feature classifier folder (feature_cosine)")
-    e.add_argument("--configs", default=CONSISTENCY_DEFAULT, help="OUTERxINNER list (default: %(default)s)")
-    e.add_argument("--total-nfe", type=_int("--total-nfe"), default=200, help="NFE per run (default: 200)")
+    cp.add_rgb_metric_args(e, reference=False)
+    e.add_argument("--configs", default=None, help=f"OUTERxINNER list (default: {CONSISTENCY_DEFAULT}; sd: "
+                                                   f"{SD_CONSISTENCY_DEFAULT})")
+    e.add_argument("--total-nfe", type=_int("--total-nfe"), default=None, help="NFE per run (default: 200; sd: 60)")
     e.add_argument("--step", type=_int("--step"), default=10, help="NFE grid (default: 10)")
     e.add_argument("--metrics", default="mse,feature_cosine",
                    help="comma list of mse, feature_cosine, lpips, clip_image, dreamsim (local weights only)")
@@ -100,8 +112,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--dreamsim-dir", default=None, help="folder with DreamSim weights")
     e = sub.add_parser("qualitative", formatter_class=fmt, help="Fig. 10: same seeds under each split")
     _sampling_args(e, samples=False)
-    e.add_argument("--configs", default=RND_DEFAULT, help="OUTERxINNER list, one column each (default: %(default)s)")
-    e.add_argument("--total-nfe", type=_int("--total-nfe"), default=200, help="NFE per run (default: 200)")
+    e.add_argument("--configs", default=None, help=f"OUTERxINNER list, one column each (default: {RND_DEFAULT}; "
+                                                   f"sd: {cp.SD_RND_DEFAULT})")
+    e.add_argument("--total-nfe", type=_int("--total-nfe"), default=None, help="NFE per run (default: 200; sd: 60)")
     e.add_argument("--show", type=_list("--show", int), default=[0, 1, 2, 3],
                    help="sample indices to show (default: 0,1,2,3)")
     e.add_argument("--rows-every", type=_int("--rows-every"), default=20,
@@ -110,13 +123,28 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _defaults(args) -> None:
+    """Per-pipeline defaults of --configs and --total-nfe (SD: the COCO protocol's 60 NFE)."""
+    sd = args.pipeline == "sd"
+    if getattr(args, "total_nfe", 0) is None:
+        args.total_nfe = 60 if sd else 200
+    if getattr(args, "configs", 0) is None:
+        consistency = args.experiment == "consistency"
+        args.configs = ((SD_CONSISTENCY_DEFAULT if consistency else cp.SD_RND_DEFAULT) if sd
+                        else (CONSISTENCY_DEFAULT if consistency else RND_DEFAULT))
+
+
 def _factory(args):
     from ..bundled import load_unet
     from .snapshots import bundled_factory
+    if args.pipeline != "bundled":
+        return cp.pipeline_factory(args)
+    args.solver = args.solver or "ddpm"
     if args.solver != "ddim" and args.inner_eta is not None:
         raise ValueError(f"--inner-eta: only the ddim solver takes η, got --solver {args.solver}")
     eta = (0.85 if args.inner_eta is None else args.inner_eta) if args.solver == "ddim" else None
-    return bundled_factory(load_unet(args.model), args.guidance, args.solver, eta, args.outer_eta, args.grid)
+    outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
+    return bundled_factory(load_unet(args.model), args.guidance, args.solver, eta, outer_eta, args.grid)
 
 
 def run(args) -> int:
@@ -127,31 +155,42 @@ def run(args) -> int:
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     cache = args.cache_dir or args.out / "cache"
     try:
+        _defaults(args)
+        cp.check_pipeline_args(args)
         factory = _factory(args)
+        pipeline = args.pipeline != "bundled"
         if args.experiment == "qualitative":
             doc = runners.run_qualitative(factory, args.out, args.configs, args.total_nfe, args.show,
                                           args.rows_every, args.seed, cache, args.scale, log)
         elif args.experiment == "consistency":
             from .consistency import build_consistency_metrics
             names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-            ext = load_feature_classifier(args.classifier) if "feature_cosine" in names else None
+            ext = None
+            if "feature_cosine" in names:
+                ext = cp.pipeline_features(args) if pipeline else load_feature_classifier(args.classifier)
             metrics = build_consistency_metrics(names, ext, args.lpips_net, args.clip_weights, args.clip_arch,
                                                 args.dreamsim_dir)
             doc = runners.run_consistency(factory, metrics, args.out, args.configs, args.total_nfe, args.step,
                                           args.samples, args.seed, args.chunk, cache, log)
         else:
             from .reference import fashion_reference
-            ext = load_feature_classifier(args.classifier)
-            heldout = args.heldout or min(60000, max(10000, args.samples))
-            ref = fashion_reference(ext, args.data_dir, args.reference_limit, heldout, args.seed, cache, log)
+            if pipeline:
+                scores = cp.pipeline_scores(args, factory)
+                ext = cp.pipeline_features(args)
+                ref = cp.pipeline_reference(args, factory, ext, cache, log)
+            else:
+                scores = []
+                ext = load_feature_classifier(args.classifier)
+                heldout = args.heldout or min(60000, max(10000, args.samples))
+                ref = fashion_reference(ext, args.data_dir, args.reference_limit, heldout, args.seed, cache, log)
             if args.experiment == "rnd-sweep":
                 doc = runners.run_rnd_sweep(factory, ref, args.out, args.configs, args.total_nfe, args.step,
                                             args.samples, args.seed, args.chunk, args.bootstrap, cache,
-                                            not args.no_kid, log)
+                                            not args.no_kid, log, scores)
             else:
                 doc = runners.run_budget_table(factory, ref, args.out, args.budgets, args.fractions,
                                                args.nested_outer, args.step, args.samples, args.seed, args.chunk,
-                                               args.bootstrap, cache, log)
+                                               args.bootstrap, cache, log, scores)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

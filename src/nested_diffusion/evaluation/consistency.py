@@ -149,28 +149,18 @@ class DreamSimDistance:
 
 
 class CLIPPromptScore:
-    """Reference-free CLIP score max(100·cos(image, prompt), 0) (Hessel et al. 2021) with a local transformers
-    CLIP folder; ``prompts``: one string per sample (e.g. 'a photo of a sandal')."""
+    """Reference-free CLIP score max(100·cos(image, prompt), 0) (Hessel et al. 2021) against fixed per-sample
+    prompts, as a consistency-style metric; the scoring itself is ``rgb_metrics.CLIPScorer``."""
 
     name, kind = "clip_score", "score"
 
     def __init__(self, model_dir: str | os.PathLike, prompts: Sequence[str]):
-        d = _require_file(Path(model_dir) / "config.json", "clip_score", "pass a local transformers CLIP folder").parent
-        tr = _require_import("transformers", "transformers")
-        self.model = tr.CLIPModel.from_pretrained(d, local_files_only=True).eval()
-        self.processor = tr.CLIPProcessor.from_pretrained(d, local_files_only=True)
+        from .rgb_metrics import CLIPScorer
+        self.scorer = CLIPScorer(model_dir)
         self.prompts = list(prompts)
 
-    @torch.no_grad()
     def __call__(self, x, ref=None):
-        if len(self.prompts) != x.shape[0]:
-            raise ValueError(f"prompts: {len(self.prompts)} prompts for {x.shape[0]} images")
-        size = self.model.config.vision_config.image_size
-        pix = (_rgb01(x, size) - _CLIP_MEAN) / _CLIP_STD
-        txt = self.processor(text=self.prompts, return_tensors="pt", padding=True)
-        img = F.normalize(self.model.get_image_features(pixel_values=pix), dim=1)
-        tex = F.normalize(self.model.get_text_features(**txt), dim=1)
-        return (100 * (img * tex).sum(1)).clamp(min=0)
+        return self.scorer(x, self.prompts)
 
 
 BUILTIN = ("mse", "feature_cosine")

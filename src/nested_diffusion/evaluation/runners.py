@@ -66,7 +66,8 @@ def _timing(col: dict, metric_s: float, total_nfe: int) -> dict:
 
 def _total_timing(parts: Sequence[dict]) -> dict:
     """Where the time went: model forwards (denoiser calls) vs sampler code vs snapshotting vs metrics."""
-    keys = ("sampling_s", "denoiser_s", "sampler_overhead_s", "snapshot_s", "metric_s", "samples_computed")
+    keys = ("sampling_s", "denoiser_s", "decode_s", "sampler_overhead_s", "snapshot_s", "metric_s",
+            "samples_computed")
     return {k: sum(p[k] for p in parts) for k in keys}
 
 
@@ -101,6 +102,23 @@ def _spread(values: torch.Tensor | Sequence[float]) -> dict:
     return dict(mean=float(v.mean()), std=float(v.std()), percentile95=percentile_interval(v.tolist()))
 
 
+def _scores(snaps: Snapshots, scores: Sequence, seed: int) -> dict:
+    """Per-sample scores (e.g. CLIP score to each sample's prompt) at every mark: mean/std over samples, computed
+    once per distinct snapshot. A score is ``score(images (N, C, H, W) uint8, sample indices) -> (N,)``."""
+    out = {}
+    idx = [s - seed for s in snaps.seeds]
+    for sc in scores:
+        per = []
+        for img in snaps.images:
+            v = torch.as_tensor(sc(img, idx)).detach().reshape(-1).double().cpu()
+            if v.shape[0] != len(idx) or not bool(torch.isfinite(v).all()):
+                raise ValueError(f"score {sc.name!r}: expected {len(idx)} finite per-sample values, got {v.tolist()}")
+            per.append(v)
+        out[sc.name] = dict(mean=[float(per[j].mean()) for j in snaps.mark_index],
+                            std=[float(per[j].std()) if len(idx) > 1 else 0.0 for j in snaps.mark_index])
+    return out
+
+
 def _floor(ev: _FDEvaluator, n: int, seed: int) -> dict | None:
     if ev.ref.heldout is None:
         return None
@@ -112,8 +130,11 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
                   configs: Sequence = RND_CONFIGS, total_nfe: int = 200, step: int = DEFAULT_STEP,
                   n_samples: int = 2000, seed: int = 0, chunk: int = 100, bootstrap: int = 200,
                   cache_dir: str | os.PathLike | None = None, kid: bool = True,
-                  log: Callable[[str], None] | None = print) -> dict:
-    """AUC (Δ Σ ln FD) and final FD for each outer×inner split of ``total_nfe``; FD-per-NFE curves (Fig. 9)."""
+                  log: Callable[[str], None] | None = print, scores: Sequence = ()) -> dict:
+    """AUC (Δ Σ ln FD) and final FD for each outer×inner split of ``total_nfe``; FD-per-NFE curves (Fig. 9).
+    ``scores``: per-sample scores also reported at every mark (e.g. ``pipeline_factories.prompt_score``: CLIP
+    score to each sample's prompt). A reference without features (statistics only) gives FD without KID and
+    precision/recall."""
     t_start, out = time.time(), Path(out_dir)
     configs = parse_configs(configs)
     marks = nfe_marks(total_nfe, step)
@@ -146,10 +167,14 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
                 row["final_fd_minus_first"] = dict(point=row["final_fd"] - first["final_fd"],
                                                    **_spread(row["_final_reps"] - first["_final_reps"]))
         final = feats[snaps.mark_index[-1]]
-        if kid:
+        if scores:
+            row["scores"] = _scores(snaps, scores, seed)
+        if kid and reference.features is not None:
             m, s = kid_from_features(reference.features, final, seed=seed)
             row["final_kid"] = dict(mean=m, std=s, subset_size=min(1000, n_samples, reference.features.shape[0]))
-        row["final_precision_recall"] = precision_recall(subset(reference.features, n_samples, seed), final, k=3)
+        if reference.features is not None:
+            row["final_precision_recall"] = precision_recall(subset(reference.features, n_samples, seed), final,
+                                                             k=3)
         row["timing"] = _timing(snaps.timing, time.perf_counter() - t0, total_nfe)
         rows.append(row)
         if log:
@@ -164,7 +189,8 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
                feature_network=reference.stats.extractor_id, reference=reference.info(),
                noise_floor=floor,
                auc_at_noise_floor=None if floor is None else len(marks) * step * math.log(floor["mean"]),
-               bootstrap=dict(replicates=bootstrap, seed=seed, paired=True, level=0.95), configs=rows)
+               bootstrap=dict(replicates=bootstrap, seed=seed, paired=True, level=0.95), configs=rows,
+               scores={sc.name: getattr(sc, "description", sc.name) for sc in scores})
     doc["timing_total"] = _total_timing([r["timing"] for r in rows])
     doc["files"] = [plots.plot_fd_curves(doc, out / "rnd_fd_curves.png").name, "rnd_sweep.json"]
     doc["wall_time_s"] = time.time() - t_start
@@ -177,8 +203,9 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
                      budgets: Sequence[int] = BUDGETS, fractions: Sequence[float] = FRACTIONS, nested_outer: int = 5,
                      step: int = DEFAULT_STEP, n_samples: int = 2000, seed: int = 0, chunk: int = 100,
                      bootstrap: int = 200, cache_dir: str | os.PathLike | None = None,
-                     log: Callable[[str], None] | None = print) -> dict:
-    """FD of vanilla's x̂0 preview vs nested (``nested_outer`` × N/outer) at fractions of each budget N."""
+                     log: Callable[[str], None] | None = print, scores: Sequence = ()) -> dict:
+    """FD of vanilla's x̂0 preview vs nested (``nested_outer`` × N/outer) at fractions of each budget N
+    (and the mean of each of ``scores``, as in ``run_rnd_sweep``)."""
     t_start, out = time.time(), Path(out_dir)
     _check_common(n_samples, chunk, bootstrap)
     plan = []
@@ -206,14 +233,16 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
             snaps = collect_snapshots(factory, o, i, n_samples, seed, marks, cache, chunk, log)
             t0 = time.perf_counter()
             fd, boot = ev(snaps, ev.features(snaps))
-            res[name] = (fd, boot, marks)
+            res[name] = (fd, boot, marks, _scores(snaps, scores, seed))
             timing[f"{o}x{i}"] = _timing(snaps.timing, time.perf_counter() - t0, N)
         for f, m in zip(fractions, fm):
             row = dict(budget=N, fraction=f, nfe=m)
             for name, (o, i) in zip(("vanilla", "nested"), pair):
-                fd, boot, mk = res[name]
+                fd, boot, mk, sc = res[name]
                 row[f"{name}_config"] = f"{o}x{i}"
                 row[f"{name}_fd"] = fd[mk.index(m)]
+                for sname, v in sc.items():
+                    row[f"{name}_{sname}"] = v["mean"][mk.index(m)]
                 if boot is not None:
                     row[f"{name}_fd_boot_std"] = float(boot[:, mk.index(m)].std())
             if res["vanilla"][1] is not None:  # paired replicates: same resampling counts for both methods
@@ -230,7 +259,8 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
                metric=f"Fréchet distance on {ev.description}",
                feature_network=reference.stats.extractor_id, reference=reference.info(),
                noise_floor=_floor(ev, n_samples, seed), bootstrap=dict(replicates=bootstrap, seed=seed, paired=True),
-               rows=rows, timing=timing, timing_total=_total_timing(list(timing.values())))
+               rows=rows, timing=timing, timing_total=_total_timing(list(timing.values())),
+               scores={sc.name: getattr(sc, "description", sc.name) for sc in scores})
     doc["files"] = [plots.plot_budget_table(doc, out / "budget_table.png").name, "budget_table.json"]
     doc["wall_time_s"] = time.time() - t_start
     _write_json(out / "budget_table.json", doc)

@@ -44,7 +44,8 @@ class TimedDenoiser:
 
 @dataclass
 class SamplerFactory:
-    """How an experiment builds samplers. ``build(outer, inner)`` → NestedSampler; ``sample_shape`` (C, H, W);
+    """How an experiment builds samplers. ``build(outer, inner)`` → NestedSampler; ``sample_shape`` (C, H, W) of
+    the sampler's state (a latent for the pipelines, whose samplers have ``decode(x0) -> images in [−1, 1]``);
     ``cond_for(indices)`` → conditioning for those sample indices (or None); ``info``: a JSON-able description
     (model identity, solver, guidance, η …) that is part of the cache key."""
 
@@ -101,13 +102,19 @@ def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int], shape: Sequenc
         raise ValueError(f"marks: must lie in [1, {sampler.total_nfe}] (the sampler's NFE), got {marks}")
     timed = TimedDenoiser(sampler.denoiser)
     sampler.denoiser = timed
+    decode = getattr(sampler, "decode", None)  # latent samplers (pipelines): x̂0 latent → image, kept updates only
     images, nfes, sources, index = [], [], [], []
     last, p, t0 = None, 0, time.perf_counter()
-    bookkeeping = 0.0
+    bookkeeping, decode_s = 0.0, [0.0]
 
     def keep(u):  # store the update current at marks[p]
         if not nfes or nfes[-1] != u.nfe:
-            images.append(quantize(u.x0))
+            x = u.x0
+            if decode is not None:
+                td = time.perf_counter()
+                x = decode(x)
+                decode_s[0] += time.perf_counter() - td
+            images.append(quantize(x))
             nfes.append(u.nfe)
             sources.append(u.source)
         index.append(len(images) - 1)
@@ -123,14 +130,17 @@ def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int], shape: Sequenc
                     p += 1
                 last = u
                 bookkeeping += time.perf_counter() - tb
+        tb = time.perf_counter()
         while p < len(marks):
             keep(last)
             p += 1
+        bookkeeping += time.perf_counter() - tb
     finally:
         sampler.denoiser = timed.inner
     total = time.perf_counter() - t0
-    timing = dict(sampling_s=total, denoiser_s=timed.seconds, denoiser_calls=timed.calls,
-                  snapshot_s=bookkeeping, sampler_overhead_s=max(total - timed.seconds - bookkeeping, 0.0))
+    timing = dict(sampling_s=total, denoiser_s=timed.seconds, denoiser_calls=timed.calls, decode_s=decode_s[0],
+                  snapshot_s=bookkeeping - decode_s[0],
+                  sampler_overhead_s=max(total - timed.seconds - bookkeeping, 0.0))
     return Snapshots(images, index, marks, nfes, sources, list(seeds), timing)
 
 
@@ -152,7 +162,7 @@ def collect_snapshots(factory: SamplerFactory, outer: int, inner: int, n_samples
     folder = Path(cache_dir) / cache_key(factory, outer, inner, marks)
     folder.mkdir(parents=True, exist_ok=True)
     expected_index = UpdateSchedule.from_sampler(sampler).distinct_at(marks)
-    parts, timing = [], dict(sampling_s=0.0, denoiser_s=0.0, denoiser_calls=0, snapshot_s=0.0,
+    parts, timing = [], dict(sampling_s=0.0, denoiser_s=0.0, denoiser_calls=0, decode_s=0.0, snapshot_s=0.0,
                              sampler_overhead_s=0.0, chunks_computed=0, chunks_cached=0, samples_computed=0)
     for start in range(0, n_samples, chunk):
         idx = list(range(start, min(n_samples, start + chunk)))

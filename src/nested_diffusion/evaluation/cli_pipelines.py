@@ -1,0 +1,165 @@
+"""`nested-diffusion eval ... --pipeline sd|dit`: the options and loaders that put the diffusers pipelines under
+the evaluation runners (used by ``cli_eval``).
+
+    nested-diffusion eval rnd-sweep --pipeline sd --model-path sd-1.5/ --prompts captions_val2014.json \\
+        --configs 1x60,2x30,3x20,4x15,6x10 --total-nfe 60 --reference-images coco-val/ --clip-model clip-l14/
+    nested-diffusion eval consistency --pipeline dit --model-path dit-xl-2-256/ --class-labels all --metrics mse
+
+Pipelines are loaded from local folders only (``local_files_only``); FD uses the FID Inception network from its
+local weights file (``--features inception``, the default) and a reference given as real images or mu/sigma.
+"""
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+from ..argtypes import int_at_least as _int
+
+PIPELINES = ("bundled", "sd", "dit")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+SD_RND_DEFAULT = "1x60,2x30,3x20,4x15,6x10"   # the COCO protocol's 60 NFE
+
+
+def add_pipeline_args(e: argparse.ArgumentParser) -> None:
+    g = e.add_argument_group("diffusers pipelines (--pipeline sd|dit)")
+    g.add_argument("--pipeline", choices=PIPELINES, default="bundled",
+                   help="bundled Fashion-MNIST UNet (default), Nested Stable Diffusion, or Nested DiT")
+    g.add_argument("--model-path", default=None, help="local diffusers pipeline folder (sd, dit)")
+    g.add_argument("--prompts", default=None,
+                   help="sd: prompt file, one per line, a JSON list, or COCO captions JSON; sample i gets prompt "
+                        "i %% count")
+    g.add_argument("--negative-prompt", default=None, help="sd: negative prompt for every sample")
+    g.add_argument("--class-labels", default="all",
+                   help="dit: 'all' (sample i gets class i %% classes), ids '1,5,9', ranges '0-9', or a file")
+    g.add_argument("--height", type=_int("--height"), default=None, help="sd: image height (default: model's)")
+    g.add_argument("--width", type=_int("--width"), default=None, help="sd: image width (default: model's)")
+    g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (auto: float16 on cuda)")
+    g.add_argument("--decode-batch", type=_int("--decode-batch"), default=8, help="VAE decode batch (default 8)")
+
+
+def add_rgb_metric_args(e: argparse.ArgumentParser, reference: bool = True) -> None:
+    g = e.add_argument_group("metrics for --pipeline sd|dit")
+    g.add_argument("--features", choices=("inception", "random-rgb"), default=None,
+                   help="feature network (default: inception from its local weights file; random-rgb: smoke "
+                        "tests only)")
+    if reference:
+        g.add_argument("--reference-images", default=None,
+                       help="folder of real images (first --reference-limit files; next --heldout: noise floor)")
+        g.add_argument("--reference-stats", default=None, help="mu/sigma .npz of the reference (FD only)")
+        g.add_argument("--clip-model", default=None,
+                       help="sd: local transformers CLIP folder; adds the CLIP score to each prompt per mark")
+
+
+def _device_dtype(args):
+    import torch
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r} requested but torch sees no CUDA device")
+    name = args.dtype if args.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
+    return device, getattr(torch, name)
+
+
+def check_pipeline_args(args) -> None:
+    """Options that do not fit the chosen pipeline; raised before anything is loaded."""
+    if args.pipeline == "bundled":
+        for opt in ("model_path", "prompts", "negative_prompt", "height", "width", "features", "reference_images",
+                    "reference_stats", "clip_model"):
+            if getattr(args, opt, None) is not None:
+                raise ValueError(f"--{opt.replace('_', '-')}: only for --pipeline sd|dit (the bundled model takes "
+                                 f"--model, --classifier, --data-dir)")
+        return
+    if args.model is not None:
+        raise ValueError(f"--model: a TinyUNet folder is for --pipeline bundled; use --model-path with "
+                         f"--pipeline {args.pipeline}")
+    if args.model_path is None:
+        raise ValueError(f"--model-path: required with --pipeline {args.pipeline} (a local diffusers folder)")
+    if args.pipeline == "sd" and args.prompts is None:
+        raise ValueError("--prompts: required with --pipeline sd (a prompt file or COCO captions JSON)")
+    if args.pipeline == "dit" and (args.prompts is not None or args.negative_prompt is not None):
+        raise ValueError("--prompts/--negative-prompt: only for --pipeline sd (dit takes --class-labels)")
+    if args.pipeline == "dit" and (args.height is not None or args.width is not None):
+        raise ValueError("--height/--width: only for --pipeline sd (DiT has a fixed sample size)")
+    if getattr(args, "clip_model", None) is not None and args.pipeline != "sd":
+        raise ValueError("--clip-model: the CLIP score needs prompts (--pipeline sd)")
+    if not (Path(args.model_path) / "model_index.json").is_file():
+        raise FileNotFoundError(f"--model-path: no diffusers pipeline at {args.model_path!r} (model_index.json "
+                                f"missing)")
+    for opt, v, want in (("--prompts", args.prompts, "file"), ("--clip-model", getattr(args, "clip_model", None),
+                         "dir"), ("--reference-stats", getattr(args, "reference_stats", None), "file"),
+                         ("--reference-images", getattr(args, "reference_images", None), "dir")):
+        if v is not None and not (Path(v).is_file() if want == "file" else Path(v).is_dir()):
+            raise FileNotFoundError(f"{opt}: no {'file' if want == 'file' else 'folder'} at {v!r}")
+    distribution = args.experiment in ("rnd-sweep", "budget-table")
+    if distribution and (args.reference_stats is None) == (args.reference_images is None):
+        raise ValueError(f"--reference-images / --reference-stats: give exactly one reference for "
+                         f"{args.experiment} with --pipeline {args.pipeline}")
+    needs_features = distribution or "feature_cosine" in getattr(args, "metrics", "")
+    if needs_features and getattr(args, "features", None) in (None, "inception"):
+        from .features import require_inception_weights
+        require_inception_weights()  # fail before the pipeline is loaded
+
+
+def load_pipeline(args):
+    """The Nested pipeline from ``--model-path`` on ``--device`` / ``--dtype`` (local files only)."""
+    path = Path(args.model_path)
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"--model-path: no diffusers pipeline at {str(path)!r} (model_index.json missing)")
+    device, dtype = _device_dtype(args)
+    from ..pipelines import NestedDiTPipeline, NestedStableDiffusionPipeline
+    extra = dict(safety_checker=None, requires_safety_checker=False) if args.pipeline == "sd" else {}
+    cls = NestedStableDiffusionPipeline if args.pipeline == "sd" else NestedDiTPipeline
+    try:
+        with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older ones lack dtype
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+            pipe = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **extra)
+    except OSError as e:
+        raise FileNotFoundError(f"--model-path: could not load {str(path)!r}: {e}") from e
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def pipeline_factory(args, pipe=None):
+    """The SamplerFactory of ``--pipeline sd|dit`` with the sampling options of the command line."""
+    from .pipeline_factories import dit_factory, sd_factory
+    pipe = load_pipeline(args) if pipe is None else pipe
+    common = dict(inner_solver=args.solver or ("ddim" if args.pipeline == "sd" else "ddpm"),
+                  inner_eta=args.inner_eta, outer_eta=args.outer_eta, grid=args.grid,
+                  decode_batch=args.decode_batch, model_id=None)
+    if args.guidance is not None:
+        common["guidance_scale"] = args.guidance
+    if args.pipeline == "sd":
+        return sd_factory(pipe, args.prompts, negative_prompt=args.negative_prompt, height=args.height,
+                          width=args.width, **common)
+    return dit_factory(pipe, args.class_labels, **common)
+
+
+def image_size(factory) -> tuple[int, int]:
+    sampler = factory.build(1, 1)
+    f = sampler.pipe.vae_scale_factor
+    return factory.sample_shape[1] * f, factory.sample_shape[2] * f
+
+
+def pipeline_features(args):
+    from .rgb_metrics import feature_network
+    return feature_network(args.features or "inception", _device_dtype(args)[0])
+
+
+def pipeline_reference(args, factory, extractor, cache_dir, log=None):
+    """``--reference-stats`` (FD only) or ``--reference-images`` (features of real images, cached)."""
+    from .rgb_metrics import reference_from_folder, reference_from_stats
+    if args.reference_stats is not None:
+        return reference_from_stats(extractor, args.reference_stats)
+    if log:
+        log(f"reference features: {args.reference_images}")
+    return reference_from_folder(extractor, args.reference_images, image_size(factory), args.reference_limit,
+                                 args.heldout or 0, cache_dir=cache_dir)
+
+
+def pipeline_scores(args, factory) -> list:
+    if getattr(args, "clip_model", None) is None:
+        return []
+    from .pipeline_factories import prompt_score
+    from .rgb_metrics import CLIPScorer
+    return [prompt_score(factory, CLIPScorer(args.clip_model, _device_dtype(args)[0]))]
