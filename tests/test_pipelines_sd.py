@@ -382,3 +382,18 @@ def test_bad_arguments_raise_before_any_model_call(pipe, kwargs, error, match):
         with pytest.raises(error, match=match):
             pipe.iter_anytime(**{**BASE, "output_type": "np", **kwargs})  # raises on the call, not on iteration
     assert calls == [0, 0, 0]
+
+
+def test_clip_skip_reaches_the_prompt_encoder(pipe, monkeypatch):
+    """clip_skip is forwarded to encode_prompt like stock diffusers (whose own clip_skip path fails on
+    transformers 5, so the encoder is recorded rather than run with it)."""
+    seen = {}
+    original = pipe.encode_prompt
+
+    def recording(*args, **kwargs):
+        seen["clip_skip"] = kwargs.get("clip_skip")
+        kwargs["clip_skip"] = None
+        return original(*args, **kwargs)
+    monkeypatch.setattr(pipe, "encode_prompt", recording)
+    pipe(**BASE, outer_steps=1, inner_steps=2, generator=gen(), clip_skip=2)
+    assert seen["clip_skip"] == 2
