@@ -10,8 +10,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   # A local CPU wheel (pip find-links) if there is one; otherwise PyTorch's CPU index — never the multi-GB CUDA build.
-  .venv/bin/pip install -q --no-index torch==2.13.0 2>/dev/null \
-    || .venv/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+  .venv/bin/pip install -q "torch==2.13.0+cpu" 2>/dev/null \
+    || .venv/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu \
+         --extra-index-url https://pypi.org/simple
 fi
 if [ -n "$EXTRAS" ]; then
   .venv/bin/pip install -q -e ".[$EXTRAS]"
