@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--classes", default="all",
                    help=f"comma-separated class indices or names, or 'all' ({', '.join(CLASS_NAMES)})")
     g.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (same seed, same image)")
-    g.add_argument("--outer", type=_positive_int("--outer"), default=4, help="outer steps")
-    g.add_argument("--inner", type=_positive_int("--inner"), default=25, help="inner steps per outer step")
+    g.add_argument("--outer", type=_positive_int("--outer"), default=5, help="outer steps")
+    g.add_argument("--inner", type=_positive_int("--inner"), default=20, help="inner steps per outer step")
     g.add_argument("--solver", choices=SOLVER_CHOICES, default="ddpm",
                    help="inner solver (ddpm = learned-variance ancestral sampling, the paper's DiT setting)")
     g.add_argument("--inner-eta", type=_nonneg_float("--inner-eta"), default=None,
