@@ -125,3 +125,20 @@ def bind_call(pipe: Any, args: tuple, kwargs: dict) -> dict:
     params = dict(bound.arguments)
     params.pop("self", None)
     return params
+
+
+class AnytimeIterMixin:
+    """``iter_anytime`` shared by the nested pipelines: argument checks (and prompt encoding) run at the call,
+    sampling and decoding only as updates are consumed."""
+
+    def iter_anytime(self, *args, **kwargs) -> Iterator[Any]:
+        """Same arguments as ``__call__``; yields one decoded output per anytime update, each with its NFE count.
+        Stop iterating at any time: nothing beyond the consumed updates is computed or decoded."""
+        with torch.no_grad():
+            pairs, ctx = self._prepare(**bind_call(self, args, kwargs))
+        return self._decoded(pairs, ctx)
+
+    @torch.no_grad()
+    def _decoded(self, pairs, ctx):
+        for update, x0 in pairs:
+            yield self._output(update, x0, ctx)

@@ -7,7 +7,7 @@ deterministic DDIM (η = 0). Both run in latent space; the variance prediction i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
@@ -18,7 +18,8 @@ from ..denoisers import ClassifierFreeGuidance, ModelDenoiser
 from ..nested import NestedSampler
 from ..schedule import NoiseSchedule
 from .adapters import SchedulerSolver, resolve_nested_args
-from .anytime import PipelineInterrupted, anytime_pairs, bind_call, callback_inputs, check_common, info_of
+from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs,
+                      check_common, info_of)
 from .noise import make_noise
 
 
@@ -38,7 +39,7 @@ class NestedImagePipelineOutput(ImagePipelineOutput):
     latents: torch.Tensor | None = None
 
 
-class NestedDiTPipeline(DiTPipeline):
+class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
     r"""Anytime class-conditional generation with Nested Diffusion on a diffusers DiT checkpoint.
 
     Loads like ``DiTPipeline`` (``from_pretrained``, ``from_pipe``, ``.to()``, ``enable_model_cpu_offload``).
@@ -120,17 +121,6 @@ class NestedDiTPipeline(DiTPipeline):
         if last is None:
             raise RuntimeError("interrupted or past the deadline before the first model call finished; no result")
         return self._output(*last, ctx)
-
-    def iter_anytime(self, *args, **kwargs) -> Iterator[NestedImagePipelineOutput | tuple]:
-        """Same arguments as ``__call__``; yields one decoded output per anytime update."""
-        with torch.no_grad():
-            pairs, ctx = self._prepare(**bind_call(self, args, kwargs))
-        return self._decoded(pairs, ctx)
-
-    @torch.no_grad()
-    def _decoded(self, pairs, ctx):
-        for update, x0 in pairs:
-            yield self._output(update, x0, ctx)
 
     # ------------------------------------------------------------------------------------------------ internals
     def _label_ids(self, class_labels: Any) -> list[int]:

@@ -8,7 +8,7 @@ inner process only. One NFE = one UNet call (the guided [uncond, text] pair is o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -19,7 +19,8 @@ from ..denoisers import ModelDenoiser
 from ..nested import NestedSampler
 from ..schedule import NoiseSchedule
 from .adapters import SchedulerSolver, resolve_nested_args
-from .anytime import PipelineInterrupted, anytime_pairs, bind_call, callback_inputs, check_common, info_of
+from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs,
+                      check_common, info_of)
 from .noise import make_noise
 
 
@@ -55,7 +56,7 @@ def _batch_of(prompt: Any) -> int | None:
     return 1 if isinstance(prompt, str) else len(prompt) if isinstance(prompt, list) else None
 
 
-class NestedStableDiffusionPipeline(StableDiffusionPipeline):
+class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
     r"""Anytime text-to-image generation with Nested Diffusion on any Stable Diffusion 1.x/2.x checkpoint.
 
     Loads like ``StableDiffusionPipeline`` (``from_pretrained``, ``from_pipe``, ``from_single_file``, LoRA and
@@ -138,18 +139,6 @@ class NestedStableDiffusionPipeline(StableDiffusionPipeline):
         if last is None:
             raise RuntimeError("interrupted or past the deadline before the first UNet call finished; no result")
         return self._output(*last, ctx)
-
-    def iter_anytime(self, *args, **kwargs) -> Iterator[NestedStableDiffusionPipelineOutput | tuple]:
-        """Same arguments as ``__call__``; yields one decoded output per anytime update, each with its NFE count.
-        Stop iterating at any time: nothing beyond the consumed updates is computed or decoded."""
-        with torch.no_grad():  # checks and prompt encoding run now; sampling runs as you iterate
-            pairs, ctx = self._prepare(**bind_call(self, args, kwargs))
-        return self._decoded(pairs, ctx)
-
-    @torch.no_grad()
-    def _decoded(self, pairs, ctx):
-        for update, x0 in pairs:
-            yield self._output(update, x0, ctx)
 
     # ------------------------------------------------------------------------------------------------ internals
     def _check_prompts(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds) -> int:
