@@ -124,3 +124,24 @@ def test_table2_script_runs_resumes_and_guards_its_cache(tmp_path):
     assert again["tasks"] == s["tasks"]
     with pytest.raises(ValueError, match="cache_dir: .* other settings"):
         run_table2(tmp_path / "t2.json", **{**kw, "seed": 1})
+
+
+def test_restore_table_command(tmp_path, capsys, monkeypatch):
+    """`nested-diffusion restore-table` on two stand-in test images: JSON, plot, resume, task validation."""
+    from nested_diffusion import cli
+    g = torch.Generator().manual_seed(1)
+    fake = (torch.rand(3, 1, 28, 28, generator=g) > 0.5).float() * 2 - 1
+    monkeypatch.setattr("nested_diffusion.data.load_fashion_mnist", lambda split, data_dir=None: (fake, None))
+    argv = ["restore-table", "--images", "2", "--batch", "1", "--outer", "2", "--inner", "1", "--vanilla-steps",
+            "2", "--tasks", "sr4,denoise", "--out", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sr4: nested_2x1@1 ") and "ddrm_2" in out and "table2_psnr.png" in out
+    doc = json.loads((tmp_path / "table2.json").read_text())
+    assert list(doc["tasks"]) == ["sr4", "denoise"] and doc["chunks_computed"] == 4
+    assert (tmp_path / "table2_psnr.png").read_bytes()[:4] == b"\x89PNG"
+    assert cli.main(argv) == 0
+    assert json.loads((tmp_path / "table2.json").read_text())["chunks_loaded"] == 4
+    assert cli.main([*argv[:-5], "--tasks", "sr4,colour", "--out", str(tmp_path)]) == 2
+    assert "--tasks: unknown task(s) ['colour']; valid: denoise,sr4,inpaint50,deblur" in capsys.readouterr().err
+

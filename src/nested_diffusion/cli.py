@@ -98,9 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data-dir", default=None)
 
     from .evaluation import cli_eval
-    from .inverse import cli_restore
+    from .inverse import cli_restore, cli_table2
     cli_eval.add_parser(sub)
     cli_restore.add_parser(sub)
+    cli_table2.add_parser(sub)
     return p
 
 
@@ -221,11 +222,16 @@ def _run_restore(args) -> int:
     return cli_restore.run(args)
 
 
+def _run_restore_table(args) -> int:
+    from .inverse import cli_table2
+    return cli_table2.run(args)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"generate": cmd_generate, "train": cmd_train, "quality": cmd_quality,
                 "train-classifier": cmd_train_classifier, "eval": _run_eval,
-                "restore": _run_restore}
+                "restore": _run_restore, "restore-table": _run_restore_table}
     return commands[args.command](args)
 
 

@@ -52,6 +52,8 @@ def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
     e.add_argument("--guidance", type=_float("--guidance"), default=None, help="CFG scale (default: the model's)")
     e.add_argument("--grid", choices=("clean", "authors"), default="clean", help="grid convention (default: clean)")
     e.add_argument("--threads", type=_int("--threads"), default=1, help="torch CPU threads (default: %(default)s)")
+    e.add_argument("--noise-workers", type=_int("--noise-workers"), default=1,
+                   help="bundled: threads drawing the per-sample noise (large chunks on a GPU; default: 1)")
     e.add_argument("--quiet", action="store_true")
     cp.add_pipeline_args(e)
 
@@ -144,14 +146,24 @@ def _factory(args):
         raise ValueError(f"--inner-eta: only the ddim solver takes η, got --solver {args.solver}")
     eta = (0.85 if args.inner_eta is None else args.inner_eta) if args.solver == "ddim" else None
     outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
-    return bundled_factory(load_unet(args.model), args.guidance, args.solver, eta, outer_eta, args.grid)
+    if args.dtype not in ("auto", "float32"):
+        raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")
+    device = cp._device_dtype(args)[0]
+    prefetch = 1 if device == "cpu" and args.noise_workers == 1 else 20   # same values, fewer calls (NoiseSource)
+    return bundled_factory(load_unet(args.model, device), args.guidance, args.solver, eta, outer_eta, args.grid,
+                           prefetch, args.noise_workers)
+
+
+def _classifier(args, factory):
+    """The feature classifier on the sampler's device (features come back to the CPU)."""
+    from .features import load_feature_classifier
+    return load_feature_classifier(args.classifier).to(factory.device or "cpu")
 
 
 def run(args) -> int:
     import torch
     torch.set_num_threads(args.threads)
     from . import runners
-    from .features import load_feature_classifier
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     cache = args.cache_dir or args.out / "cache"
     try:
@@ -167,7 +179,7 @@ def run(args) -> int:
             names = [m.strip() for m in args.metrics.split(",") if m.strip()]
             ext = None
             if "feature_cosine" in names:
-                ext = cp.pipeline_features(args) if pipeline else load_feature_classifier(args.classifier)
+                ext = cp.pipeline_features(args) if pipeline else _classifier(args, factory)
             metrics = build_consistency_metrics(names, ext, args.lpips_net, args.clip_weights, args.clip_arch,
                                                 args.dreamsim_dir)
             doc = runners.run_consistency(factory, metrics, args.out, args.configs, args.total_nfe, args.step,
@@ -180,7 +192,7 @@ def run(args) -> int:
                 ref = cp.pipeline_reference(args, factory, ext, cache, log)
             else:
                 scores = []
-                ext = load_feature_classifier(args.classifier)
+                ext = _classifier(args, factory)
                 heldout = args.heldout or min(60000, max(10000, args.samples))
                 ref = fashion_reference(ext, args.data_dir, args.reference_limit, heldout, args.seed, cache, log)
             if args.experiment == "rnd-sweep":

@@ -57,7 +57,7 @@ class FeatureCosineDistance:
 
     @torch.no_grad()
     def __call__(self, x, ref):
-        return 1 - F.cosine_similarity(self.extractor(_float(x)), self.extractor(_float(ref)), dim=1)
+        return (1 - F.cosine_similarity(self.extractor(_float(x)), self.extractor(_float(ref)), dim=1)).cpu()
 
 
 def _require_file(path: Path, what: str, hint: str) -> Path:

@@ -63,6 +63,8 @@ class ClassifierFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features on the classifier's device; inputs on any device (moved there, outputs stay there)."""
+        x = x.to(next(self.classifier.parameters()).device)
         x = dequantize(x) if x.dtype == torch.uint8 else x.float()
         self.classifier.eval()
         return self.classifier.features(x)
@@ -99,7 +101,7 @@ def extract_features(extractor: nn.Module, images: torch.Tensor, batch: int = 50
         raise ValueError(f"images: expected a non-empty (N, C, H, W) tensor, got shape {tuple(images.shape)}")
     if batch < 1:
         raise ValueError(f"batch: must be ≥ 1, got {batch}")
-    out = [extractor(images[i:i + batch]).float() for i in range(0, images.shape[0], batch)]
+    out = [extractor(images[i:i + batch]).float().cpu() for i in range(0, images.shape[0], batch)]
     return torch.cat(out)
 
 

@@ -119,3 +119,27 @@ def qualitative_figure(grids: dict, rows_nfe: Sequence[int], samples: Sequence[i
     ax.set_axis_off()
     fig.suptitle("outer/inner steps per column; NFE per row (top to bottom)", fontsize=8)
     return _save(fig, path)
+
+
+def plot_restoration_psnr(doc: dict, path: str | os.PathLike) -> Path:
+    """Table 2 analog: mean PSNR of the anytime nested-DDRM result vs NFE (one panel per task), vanilla DDRM as
+    one marker at its NFE; error bars are ± one standard error over images."""
+    tasks = list(doc["tasks"])
+    fig, axes = _figure(3.2 * len(tasks), 3.4, ncols=len(tasks))
+    for ax, name in zip(axes, tasks):
+        row = doc["tasks"][name]
+        nested = [c for c in doc["columns"] if c.startswith("nested_")]
+        vanilla = [c for c in doc["columns"] if c.startswith("ddrm_")]
+        nfe = [int(c.rsplit("@", 1)[1]) for c in nested]
+        ax.errorbar(nfe, [row["psnr"][c] for c in nested], yerr=[row["psnr_sem"][c] or 0 for c in nested],
+                    fmt="-o", ms=4, label="nested DDRM (anytime)")
+        for c in vanilla:
+            ax.errorbar([int(c.split("_")[1])], [row["psnr"][c]], yerr=[row["psnr_sem"][c] or 0], fmt="s",
+                        color="C3", ms=5, label=f"vanilla DDRM {c.split('_')[1]} steps")
+        ax.set_title(f"{name} (σ_y={row['sigma_y']})", fontsize=9)
+        ax.set_xlabel("NFE")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_xticks(sorted(set(nfe)))
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Nested DDRM, {doc['settings']['n_images']} Fashion-MNIST test images", fontsize=10)
+    return _save(fig, path)

@@ -20,6 +20,7 @@ import torch
 
 from ..models.serialization import atomic_write_bytes
 from ..nested import NestedSampler
+from ..noise import NoiseSource
 from .auc import UpdateSchedule
 from .features import quantize, state_fingerprint
 
@@ -47,17 +48,34 @@ class SamplerFactory:
     """How an experiment builds samplers. ``build(outer, inner)`` → NestedSampler; ``sample_shape`` (C, H, W) of
     the sampler's state (a latent for the pipelines, whose samplers have ``decode(x0) -> images in [−1, 1]``);
     ``cond_for(indices)`` → conditioning for those sample indices (or None); ``info``: a JSON-able description
-    (model identity, solver, guidance, η …) that is part of the cache key."""
+    (model identity, solver, guidance, η …) that is part of the cache key. ``device``: where the sampler's
+    state lives (None: the sampler decides, as the pipelines do); ``noise_prefetch``/``noise_workers``: see
+    ``NoiseSource`` (speed only: the noise values do not change for states of a multiple of 16 elements)."""
 
     build: Callable[[int, int], NestedSampler]
     sample_shape: tuple
     cond_for: Callable[[Sequence[int]], Any] | None = None
     info: dict = field(default_factory=dict)
+    device: str | None = None
+    noise_prefetch: int = 1
+    noise_workers: int = 1
+
+    def noise(self, seeds: Sequence[int]):
+        """The noise source of one chunk (per-sample generators), or the plain seeds when ``device`` is None."""
+        if self.device is None:
+            return list(seeds)
+        return NoiseSource(list(seeds), self.device, prefetch=self.noise_prefetch, workers=self.noise_workers)
+
+    def cond_on_device(self, idx: Sequence[int]) -> Any:
+        cond = self.cond_for(idx) if self.cond_for is not None else None
+        return cond.to(self.device) if self.device is not None and isinstance(cond, torch.Tensor) else cond
 
 
 def bundled_factory(model=None, guidance: float | None = None, solver: str = "ddpm", inner_eta=None,
-                    outer_eta=0.0, grid: str = "clean") -> SamplerFactory:
-    """The bundled Fashion-MNIST UNet (or any TinyUNet) with CFG in the inner process; sample i gets label i % 10."""
+                    outer_eta=0.0, grid: str = "clean", noise_prefetch: int = 1,
+                    noise_workers: int = 1) -> SamplerFactory:
+    """The bundled Fashion-MNIST UNet (or any TinyUNet) with CFG in the inner process; sample i gets label i % 10.
+    Sampling runs on the model's device; the device type is part of the cache key (float results differ)."""
     from ..bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser
     model = load_unet() if model is None else model
     guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
@@ -69,9 +87,13 @@ def bundled_factory(model=None, guidance: float | None = None, solver: str = "dd
     def build(outer: int, inner: int) -> NestedSampler:
         return NestedSampler(den, outer, inner, solver, inner_eta, outer_eta, grid)
 
+    device = next(model.parameters()).device
     info = dict(model=f"TinyUNet-{state_fingerprint(model)}", guidance=guidance, solver=solver,
                 inner_eta=inner_eta, outer_eta=outer_eta, grid=grid, labels="sample index % num_classes")
-    return SamplerFactory(build, (c, size, size), lambda idx: torch.tensor([i % classes for i in idx]), info)
+    if device.type != "cpu":
+        info["device"] = device.type
+    return SamplerFactory(build, (c, size, size), lambda idx: torch.tensor([i % classes for i in idx]), info,
+                          str(device), noise_prefetch, noise_workers)
 
 
 @dataclass
@@ -94,8 +116,8 @@ class Snapshots:
         return self.images[self.mark_index[-1]]
 
 
-def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int], shape: Sequence[int], cond: Any,
-                    marks: Sequence[int]) -> Snapshots:
+def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int] | NoiseSource, shape: Sequence[int], cond: Any,
+                    marks: Sequence[int], device: str | None = None) -> Snapshots:
     """Run the stream once and keep the anytime result current at each mark (the last update with nfe ≤ mark)."""
     marks = sorted(int(m) for m in marks)
     if not marks or marks[0] < 1 or marks[-1] > sampler.total_nfe:
@@ -114,14 +136,15 @@ def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int], shape: Sequenc
                 td = time.perf_counter()
                 x = decode(x)
                 decode_s[0] += time.perf_counter() - td
-            images.append(quantize(x))
+            images.append(quantize(x).cpu())
             nfes.append(u.nfe)
             sources.append(u.source)
         index.append(len(images) - 1)
 
     try:
         with torch.no_grad():  # the generator body runs inside: sampling never builds autograd graphs
-            for u in sampler.stream(list(seeds), tuple(shape), cond, max_nfe=marks[-1], previews="first"):
+            where = {} if device is None else dict(device=device)
+            for u in sampler.stream(seeds, tuple(shape), cond, max_nfe=marks[-1], previews="first", **where):
                 tb = time.perf_counter()
                 while p < len(marks) and marks[p] < u.nfe:
                     if last is None:
@@ -141,7 +164,8 @@ def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int], shape: Sequenc
     timing = dict(sampling_s=total, denoiser_s=timed.seconds, denoiser_calls=timed.calls, decode_s=decode_s[0],
                   snapshot_s=bookkeeping - decode_s[0],
                   sampler_overhead_s=max(total - timed.seconds - bookkeeping, 0.0))
-    return Snapshots(images, index, marks, nfes, sources, list(seeds), timing)
+    seeds = seeds.seeds if isinstance(seeds, NoiseSource) else list(seeds)
+    return Snapshots(images, index, marks, nfes, sources, seeds, timing)
 
 
 def cache_key(factory: SamplerFactory, outer: int, inner: int, marks: Sequence[int]) -> str:
@@ -171,8 +195,8 @@ def collect_snapshots(factory: SamplerFactory, outer: int, inner: int, n_samples
         if part is not None:
             timing["chunks_cached"] += 1
         else:
-            cond = factory.cond_for(idx) if factory.cond_for is not None else None
-            snap = snapshot_stream(sampler, [seed + i for i in idx], (len(idx), *factory.sample_shape), cond, marks)
+            snap = snapshot_stream(sampler, factory.noise([seed + i for i in idx]), (len(idx), *factory.sample_shape),
+                                   factory.cond_on_device(idx), marks, factory.device)
             part = dict(images=torch.stack(snap.images), mark_index=snap.mark_index, marks=snap.marks,
                         update_nfes=snap.update_nfes, sources=snap.sources, seeds=snap.seeds, timing=snap.timing)
             buf = io.BytesIO()

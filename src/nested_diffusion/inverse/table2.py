@@ -17,6 +17,7 @@ import io
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -113,6 +114,7 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
         atomic_write_bytes(settings_file, (json.dumps(settings, indent=1) + "\n").encode())
 
     cols = _columns(outer, inner, vanilla_steps)
+    t0 = time.perf_counter()
     summary = {"settings": settings, "columns": cols, "tasks": {}, "chunks_computed": 0, "chunks_loaded": 0,
                "notes": ("PSNR per image on [0,1], mean ± standard error; FD on FashionClassifier features "
                          "(restored vs clean, same images), not Inception FID; sigma_y in [-1,1] units")}
@@ -161,5 +163,7 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
                 else:
                     row["fd"][c] = None
             summary["tasks"][name] = row
+            summary["wall_time_s"] = time.perf_counter() - t0    # this invocation only (cached chunks are free)
+            summary["torch_threads"] = torch.get_num_threads()
             atomic_write_bytes(out_json, (json.dumps(summary, indent=1) + "\n").encode())
     return summary
