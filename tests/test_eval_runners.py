@@ -247,3 +247,31 @@ def test_cli_rnd_sweep_and_qualitative(tmp_path, capsys):
     code = _cli(["consistency", *common, "--metrics", "mse,lpips", "--samples", "2"])
     err = capsys.readouterr().err
     assert code == 2 and "lpips" in err and "weights not found" in err
+
+
+def test_cli_noise_floor(tmp_path, capsys):
+    """`eval noise-floor`: FD of real train subsets to the test reference; subsets of a larger pool differ."""
+    try:
+        from nested_diffusion.data import find_data_dir
+        find_data_dir()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    clf = calibrated_classifier(torch.rand(64, 1, 28, 28) * 2 - 1)
+    clf.save_pretrained(tmp_path / "clf")
+    code = _cli(["noise-floor", "--classifier", str(tmp_path / "clf"), "--samples", "100,400", "--heldout", "800",
+                 "--repeats", "3", "--out", str(tmp_path / "o")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    doc = json.loads((tmp_path / "o" / "noise_floor.json").read_text())
+    small, big = doc["floors"]
+    assert (small["n"], big["n"], small["pool"]) == (100, 400, 800)
+    assert small["std"] > 0 and len(set(small["values"])) == 3          # distinct random subsets
+    assert small["mean"] > big["mean"] > 0                              # the small-sample bias shrinks with n
+    assert "n=100: FD floor" in out.out
+    code = _cli(["noise-floor", "--samples", "10,900", "--heldout", "800", "--out", str(tmp_path / "o")])
+    assert code == 2 and "--samples: each count must lie in [2, --heldout=800], got [900]" in capsys.readouterr().err
+
+
+def test_default_noise_floor_pool_exceeds_the_sample_count():
+    assert cli_eval.default_heldout(100) == 10000 and cli_eval.default_heldout(10000) == 30000
+    assert cli_eval.default_heldout(50000) == 60000

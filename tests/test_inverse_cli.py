@@ -139,6 +139,9 @@ def test_restore_table_command(tmp_path, capsys, monkeypatch):
     assert out.startswith("sr4: nested_2x1@1 ") and "ddrm_2" in out and "table2_psnr.png" in out
     doc = json.loads((tmp_path / "table2.json").read_text())
     assert list(doc["tasks"]) == ["sr4", "denoise"] and doc["chunks_computed"] == 4
+    for row in doc["tasks"].values():      # paired differences: the mean of differences = difference of means
+        for c in ("nested_2x1@1", "nested_2x1@2"):
+            assert row["psnr_minus_vanilla"][c]["mean"] == pytest.approx(row["psnr"][c] - row["psnr"]["ddrm_2"])
     assert (tmp_path / "table2_psnr.png").read_bytes()[:4] == b"\x89PNG"
     assert cli.main(argv) == 0
     assert json.loads((tmp_path / "table2.json").read_text())["chunks_loaded"] == 4

@@ -8,10 +8,13 @@ Wiring (cli.py): ``from .evaluation import cli_eval`` then ``cli_eval.add_parser
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 from ..argtypes import int_at_least as _int, nonneg_float as _float
+from ..models.serialization import atomic_write_bytes
 from . import cli_pipelines as cp
 
 RND_DEFAULT = "1x200,2x100,4x50,5x40,10x20,20x10"
@@ -64,7 +67,8 @@ def _metric_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--reference-limit", type=_int("--reference-limit", 2), default=None,
                    help="use the first N test images as the reference (default: all 10000)")
     e.add_argument("--heldout", type=_int("--heldout", 2), default=None,
-                   help="train images in the noise-floor pool (default: max(10000, --samples))")
+                   help="train images in the noise-floor pool (default: min(60000, max(10000, 3 × --samples)), so "
+                        "that the floor's random subsets differ)")
     e.add_argument("--bootstrap", type=_int("--bootstrap", 0), default=200,
                    help="bootstrap replicates, 0 for none (default: %(default)s)")
     cp.add_rgb_metric_args(e)
@@ -112,6 +116,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--clip-weights", default=None, help="open_clip checkpoint file (clip_image)")
     e.add_argument("--clip-arch", default="ViT-B-32")
     e.add_argument("--dreamsim-dir", default=None, help="folder with DreamSim weights")
+    e = sub.add_parser("noise-floor", formatter_class=fmt,
+                       help="FD of real train subsets to the test reference: the best FD at each sample count")
+    e.add_argument("--samples", type=_list("--samples", int), default=[2000, 10000],
+                   help="sample counts, comma list (default: 2000,10000)")
+    e.add_argument("--heldout", type=_int("--heldout", 2), default=60000,
+                   help="train images in the pool (default: all 60000)")
+    e.add_argument("--repeats", type=_int("--repeats", 2), default=10, help="random subsets per count")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--classifier", default=None, help="feature classifier folder (default: the bundled one)")
+    e.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
+    e.add_argument("--out", type=Path, default=Path("runs/eval"))
+    e.add_argument("--threads", type=_int("--threads"), default=1, help="torch CPU threads (default: %(default)s)")
     e = sub.add_parser("qualitative", formatter_class=fmt, help="Fig. 10: same seeds under each split")
     _sampling_args(e, samples=False)
     e.add_argument("--configs", default=None, help=f"OUTERxINNER list, one column each (default: {RND_DEFAULT}; "
@@ -160,9 +176,45 @@ def _classifier(args, factory):
     return load_feature_classifier(args.classifier).to(factory.device or "cpu")
 
 
+def default_heldout(samples: int) -> int:
+    """Noise-floor pool: 3× the sample count (at least 10k, at most the 60k train images), so its subsets vary."""
+    return min(60000, max(10000, 3 * samples))
+
+
+def _noise_floor(args) -> int:
+    from .distances import FrechetToReference, fd_noise_floor
+    from .features import load_feature_classifier
+    from .reference import fashion_reference
+    bad = [n for n in args.samples if not 2 <= n <= args.heldout]
+    if bad:
+        print(f"error: --samples: each count must lie in [2, --heldout={args.heldout}], got {bad}", file=sys.stderr)
+        return 2
+    t0 = time.time()
+    try:
+        ref = fashion_reference(load_feature_classifier(args.classifier), args.data_dir, None, args.heldout,
+                                args.seed, args.out / "cache")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    fd = FrechetToReference(ref.stats)
+    floors = [fd_noise_floor(fd, ref.heldout, n, args.repeats, args.seed) for n in args.samples]
+    doc = dict(experiment="noise_floor", feature_network=ref.stats.extractor_id, reference=ref.info(),
+               definition="FD of random n-image subsets of the train split to the test-split reference",
+               floors=floors, wall_time_s=time.time() - t0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(args.out / "noise_floor.json", (json.dumps(doc, indent=1) + "\n").encode())
+    for f in floors:
+        print(f"n={f['n']}: FD floor {f['mean']:.4f} ± {f['std']:.4f} (std over {len(f['values'])} subsets of "
+              f"{f['pool']})")
+    print(f"wrote {args.out / 'noise_floor.json'}")
+    return 0
+
+
 def run(args) -> int:
     import torch
     torch.set_num_threads(args.threads)
+    if args.experiment == "noise-floor":
+        return _noise_floor(args)
     from . import runners
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     cache = args.cache_dir or args.out / "cache"
@@ -193,7 +245,7 @@ def run(args) -> int:
             else:
                 scores = []
                 ext = _classifier(args, factory)
-                heldout = args.heldout or min(60000, max(10000, args.samples))
+                heldout = args.heldout or default_heldout(args.samples)
                 ref = fashion_reference(ext, args.data_dir, args.reference_limit, heldout, args.seed, cache, log)
             if args.experiment == "rnd-sweep":
                 doc = runners.run_rnd_sweep(factory, ref, args.out, args.configs, args.total_nfe, args.step,

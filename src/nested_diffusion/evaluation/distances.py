@@ -201,7 +201,8 @@ def fd_noise_floor(fd: FrechetToReference, heldout: torch.Tensor, n: int, repeat
     g = torch.Generator().manual_seed(seed)
     vals = [fd.of_features(heldout[torch.randperm(heldout.shape[0], generator=g)[:n]]) for _ in range(repeats)]
     t = torch.tensor(vals, dtype=torch.float64)
-    return {"mean": float(t.mean()), "std": float(t.std()) if repeats > 1 else 0.0, "values": vals, "n": n}
+    return {"mean": float(t.mean()), "std": float(t.std()) if repeats > 1 else 0.0, "values": vals, "n": n,
+            "pool": int(heldout.shape[0])}
 
 
 # ------------------------------------------------------------------------------------------ precision / recall

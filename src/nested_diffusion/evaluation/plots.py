@@ -117,7 +117,7 @@ def qualitative_figure(grids: dict, rows_nfe: Sequence[int], samples: Sequence[i
     for r, n in enumerate(rows_nfe):
         ax.text(-4, 2 + r * ch + ch / 2, f"{n}", ha="right", va="center", fontsize=6)
     ax.set_axis_off()
-    fig.suptitle("outer/inner steps per column; NFE per row (top to bottom)", fontsize=8)
+    ax.set_title("outer/inner steps per column; NFE per row (top to bottom)", fontsize=8, pad=14)  # above labels
     return _save(fig, path)
 
 

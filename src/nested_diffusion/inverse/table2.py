@@ -116,8 +116,10 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
     cols = _columns(outer, inner, vanilla_steps)
     t0 = time.perf_counter()
     summary = {"settings": settings, "columns": cols, "tasks": {}, "chunks_computed": 0, "chunks_loaded": 0,
-               "notes": ("PSNR per image on [0,1], mean ± standard error; FD on FashionClassifier features "
-                         "(restored vs clean, same images), not Inception FID; sigma_y in [-1,1] units")}
+               "notes": ("PSNR per image on [0,1], mean ± standard error; psnr_minus_vanilla: paired per-image "
+                         "difference to the last column (vanilla DDRM), mean ± standard error; FD on "
+                         "FashionClassifier features (restored vs clean, same images), not Inception FID; sigma_y "
+                         "in [-1,1] units")}
     with torch.no_grad():
         clean_feats = None if classifier is None else torch.cat(
             [classifier.features(images[i:i + batch_size]) for i in range(0, n_images, batch_size)]).double()
@@ -150,12 +152,18 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
                     cons[c].append(chunk[c]["consistency_rms"])
                     if chunk[c]["features"] is not None:
                         feats[c].append(chunk[c]["features"])
-            row = {"sigma_y": task["sigma_y"], "psnr": {}, "psnr_sem": {}, "consistency_rms": {}, "fd": {}}
+            row = {"sigma_y": task["sigma_y"], "psnr": {}, "psnr_sem": {}, "consistency_rms": {}, "fd": {},
+                   "psnr_minus_vanilla": {}}
+            base = torch.cat(psnrs[cols[-1]]).double()     # paired per image: same image, measurement, seed
             for c in cols:
                 p = torch.cat(psnrs[c]).double()
                 row["psnr"][c] = float(p.mean())
                 row["psnr_sem"][c] = float(p.std() / math.sqrt(p.numel())) if p.numel() > 1 else None
                 row["consistency_rms"][c] = float(torch.cat(cons[c]).mean())
+                if c != cols[-1] and p.numel() > 1:
+                    d = p - base
+                    row["psnr_minus_vanilla"][c] = dict(mean=float(d.mean()),
+                                                        sem=float(d.std() / math.sqrt(d.numel())))
                 if clean_feats is not None and feats[c] and n_images >= 2:
                     fc = torch.cat(feats[c]).double()
                     row["fd"][c] = frechet_distance(FeatureStats.from_features(fc),
