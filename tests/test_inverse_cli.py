@@ -126,6 +126,25 @@ def test_table2_script_runs_resumes_and_guards_its_cache(tmp_path):
         run_table2(tmp_path / "t2.json", **{**kw, "seed": 1})
 
 
+def test_table2_reports_plug_in_per_image_distances(tmp_path):
+    """A distance (here pixel MSE; LPIPS on machines with its weights) is averaged per column; asking for one
+    changes the settings, so a cache made without it is not reused."""
+    from nested_diffusion.evaluation.consistency import MSEDistance
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(3, 1, 28, 28, generator=g) > 0.6).float() * 1.6 - 0.8
+    kw = dict(n_images=3, tasks={"denoise": {"degradation": "denoise", "sigma_y": 0.2}}, outer=2, inner=1,
+              vanilla_steps=2, batch_size=2, classifier=None, images=images, progress=None)
+    plain = run_table2(tmp_path / "a.json", **kw)
+    assert "mse" not in plain["tasks"]["denoise"]
+    s = run_table2(tmp_path / "b.json", **kw, distances=[MSEDistance()])
+    row = s["tasks"]["denoise"]
+    for c in s["columns"]:
+        # PSNR = −10 log10(MSE) per image; the mean MSE is at least 10^(−mean PSNR/10) (Jensen), equal if all agree
+        assert row["mse"][c]["mean"] >= 10 ** (-row["psnr"][c] / 10) * (1 - 1e-6) and row["mse"][c]["sem"] >= 0
+    with pytest.raises(ValueError, match="other settings"):
+        run_table2(tmp_path / "a.json", **kw, distances=[MSEDistance()])
+
+
 def test_restore_table_command(tmp_path, capsys, monkeypatch):
     """`nested-diffusion restore-table` on two stand-in test images: JSON, plot, resume, task validation."""
     from nested_diffusion import cli
@@ -147,4 +166,8 @@ def test_restore_table_command(tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "table2.json").read_text())["chunks_loaded"] == 4
     assert cli.main([*argv[:-5], "--tasks", "sr4,colour", "--out", str(tmp_path)]) == 2
     assert "--tasks: unknown task(s) ['colour']; valid: denoise,sr4,inpaint50,deblur" in capsys.readouterr().err
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))
+    assert cli.main([*argv, "--lpips-net", "alex"]) == 2
+    err = capsys.readouterr().err
+    assert "lpips (alex): weights not found at" in err and "nothing is downloaded" in err
 

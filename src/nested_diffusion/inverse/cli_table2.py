@@ -25,6 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED + i")
     r.add_argument("--tasks", default=None, help="comma list of tasks (default: all of denoise,sr4,inpaint50,deblur)")
     r.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
+    r.add_argument("--lpips-net", choices=("alex", "vgg", "squeeze"), default=None,
+                   help="also report LPIPS to the clean image (torchvision backbone weights must be in "
+                        "$TORCH_HOME/hub/checkpoints; nothing is downloaded)")
     r.add_argument("--out", type=Path, default=Path("runs/table2"))
     r.add_argument("--threads", type=_int_at_least("--threads", 1), default=1, help="torch CPU threads")
     r.add_argument("--quiet", action="store_true")
@@ -46,10 +49,14 @@ def run(args) -> int:
             return 2
         tasks = {t: TASKS[t] for t in names}
     try:
+        distances = []
+        if args.lpips_net:
+            from ..evaluation.consistency import LPIPSDistance
+            distances.append(LPIPSDistance(args.lpips_net))
         doc = run_table2(args.out / "table2.json", args.images, tasks, args.outer, args.inner, args.vanilla_steps,
                          args.batch, args.seed, data_dir=args.data_dir, cache_dir=args.out / "cache",
-                         progress=None if args.quiet else (lambda s: print(s, flush=True)))
-    except (ValueError, FileNotFoundError) as e:
+                         progress=None if args.quiet else (lambda s: print(s, flush=True)), distances=distances)
+    except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     plot = plot_restoration_psnr(doc, args.out / "table2_psnr.png")

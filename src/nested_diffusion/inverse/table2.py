@@ -19,7 +19,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -64,13 +64,15 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
                outer: int = 3, inner: int = 10, vanilla_steps: int = 20, batch_size: int = 50, seed: int = 0,
                eta: float = DEFAULT_ETA, eta_b: float = DEFAULT_ETA_B, t_start: int | None = None,
                model=None, classifier=None, images: torch.Tensor | None = None, data_dir=None,
+               distances: Sequence = (),
                cache_dir: str | os.PathLike | None = None,
                progress: Callable[[str], None] | None = print) -> dict:
     """Run (or resume) the evaluation and write a JSON summary to ``out_json``; returns the summary.
 
     ``model``: a TinyUNet (default: the bundled one); ``classifier``: a FashionClassifier, a folder, or None for
     the bundled one if present (FD is skipped otherwise); ``images``: (N, 1, H, W) clean images in [−1, 1]
-    instead of the Fashion-MNIST test split."""
+    instead of the Fashion-MNIST test split; ``distances``: per-image metrics ``d(restored, clean) -> (B,)`` with a
+    ``name`` (e.g. ``evaluation.consistency.LPIPSDistance``), reported as mean ± standard error per column."""
     from ..bundled import load_unet, make_denoiser
     from ..evaluation.frechet import FeatureStats, frechet_distance
     from ..models import FashionClassifier, bundled_classifier_path
@@ -106,6 +108,8 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
                     seed=seed, eta=eta, eta_b=eta_b, t_start=t_start, model=model.config,
                     weights_checksum=float(sum(p.detach().double().sum() for p in model.parameters())),
                     images_checksum=float(images.double().sum()))
+    if distances:
+        settings["distances"] = [d.name for d in distances]
     settings_file = cache / "settings.json"
     if settings_file.is_file():
         if json.loads(settings_file.read_text()) != json.loads(json.dumps(settings)):
@@ -127,6 +131,7 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
             psnrs = {c: [] for c in cols}
             cons = {c: [] for c in cols}
             feats = {c: [] for c in cols}
+            extra = {d.name: {c: [] for c in cols} for d in distances}
             for first in range(0, n_images, batch_size):
                 last = min(first + batch_size, n_images)
                 f = cache / name / f"chunk_{first:06d}_{last:06d}.pt"
@@ -136,9 +141,11 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
                 else:
                     res = _restore_chunk(den, task, images[first:last], first, seed, outer, inner, vanilla_steps,
                                          eta, eta_b, t_start, model.null_class)
+                    clean = images[first:last]
                     chunk = {c: {"psnr": p, "consistency_rms": r,
                                  "features": None if classifier is None
-                                 else classifier.features(xh.float().clamp(-1, 1))}
+                                 else classifier.features(xh.float().clamp(-1, 1)),
+                                 **{d.name: d(xh.float().clamp(-1, 1), clean).detach().cpu() for d in distances}}
                              for c, (xh, p, r) in res.items()}
                     buf = io.BytesIO()
                     torch.save(chunk, buf)
@@ -152,6 +159,8 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
                     cons[c].append(chunk[c]["consistency_rms"])
                     if chunk[c]["features"] is not None:
                         feats[c].append(chunk[c]["features"])
+                    for name_d in extra:
+                        extra[name_d][c].append(chunk[c][name_d])
             row = {"sigma_y": task["sigma_y"], "psnr": {}, "psnr_sem": {}, "consistency_rms": {}, "fd": {},
                    "psnr_minus_vanilla": {}}
             base = torch.cat(psnrs[cols[-1]]).double()     # paired per image: same image, measurement, seed
@@ -160,6 +169,10 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
                 row["psnr"][c] = float(p.mean())
                 row["psnr_sem"][c] = float(p.std() / math.sqrt(p.numel())) if p.numel() > 1 else None
                 row["consistency_rms"][c] = float(torch.cat(cons[c]).mean())
+                for name_d, per in extra.items():
+                    v = torch.cat(per[c]).double()
+                    row.setdefault(name_d, {})[c] = dict(mean=float(v.mean()), sem=float(v.std() / math.sqrt(
+                        v.numel())) if v.numel() > 1 else None)
                 if c != cols[-1] and p.numel() > 1:
                     d = p - base
                     row["psnr_minus_vanilla"][c] = dict(mean=float(d.mean()),
