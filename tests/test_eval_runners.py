@@ -275,3 +275,9 @@ def test_cli_noise_floor(tmp_path, capsys):
 def test_default_noise_floor_pool_exceeds_the_sample_count():
     assert cli_eval.default_heldout(100) == 10000 and cli_eval.default_heldout(10000) == 30000
     assert cli_eval.default_heldout(50000) == 60000
+
+
+def test_cli_rejects_an_unknown_device(tmp_path, capsys):
+    assert _cli(["qualitative", "--device", "foo", "--out", str(tmp_path)]) == 2
+    assert "--device: 'foo' is not a torch device; use cpu, cuda or cuda:N" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -55,6 +55,10 @@ def add_rgb_metric_args(e: argparse.ArgumentParser, reference: bool = True) -> N
 def _device_dtype(args):
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device: {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {device!r} requested but torch sees no CUDA device")
     name = args.dtype if args.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
