@@ -2,6 +2,7 @@
 same image whatever the batch size or process count."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -35,37 +36,30 @@ class NoiseSource:
         return len(self._gens)
 
     def _draw(self, n: int) -> torch.Tensor:
-        """(B, n) float32 on CPU, n fresh values from each generator."""
+        """(B, n) float32 on CPU, n fresh values from each generator (split over ``workers`` threads)."""
         out = torch.empty(len(self._gens), n)
-        if self.workers == 1 or len(self._gens) < 2 * self.workers:
-            for g, row in zip(self._gens, out):
-                torch.randn(n, generator=g, out=row)
-            return out
-        from concurrent.futures import ThreadPoolExecutor
         step = -(-len(self._gens) // self.workers)
 
         def fill(lo):  # torch releases the GIL inside randn, so the threads run in parallel
             for g, row in zip(self._gens[lo:lo + step], out[lo:lo + step]):
                 torch.randn(n, generator=g, out=row)
-        with ThreadPoolExecutor(self.workers) as pool:
-            list(pool.map(fill, range(0, len(self._gens), step)))
+        starts = range(0, len(self._gens), step)
+        if len(starts) == 1:
+            fill(0)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(len(starts)) as pool:
+                list(pool.map(fill, starts))
         return out
 
     def randn(self, sample_shape: Sequence[int]) -> torch.Tensor:
         """A (B, *sample_shape) standard normal tensor, row i from generator i."""
         shape = tuple(int(s) for s in sample_shape)
-        n = 1
-        for s in shape:
-            n *= s
-        if self.prefetch == 1 and self._buf is None:
-            rows = [torch.randn(shape, generator=g, dtype=torch.float32) for g in self._gens]
-            return torch.stack(rows).to(device=self.device, dtype=self.dtype)
+        n = math.prod(shape)
         left = 0 if self._buf is None else self._buf.shape[1] - self._pos
-        if left < n:
-            old = None if left == 0 else self._buf[:, self._pos:]
-            fresh = self._draw(n * self.prefetch - left)
-            fresh = fresh.to(self.device)
-            self._buf = fresh if old is None else torch.cat([old, fresh], dim=1)
+        if left < n:   # refill: the unread rest, then `prefetch` requests' worth of fresh values
+            fresh = self._draw(n * self.prefetch - left).to(self.device)
+            self._buf = fresh if left == 0 else torch.cat([self._buf[:, self._pos:], fresh], dim=1)
             self._pos = 0
         out = self._buf[:, self._pos:self._pos + n]
         self._pos += n

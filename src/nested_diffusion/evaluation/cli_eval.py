@@ -8,13 +8,11 @@ Wiring (cli.py): ``from .evaluation import cli_eval`` then ``cli_eval.add_parser
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from ..argtypes import int_at_least as _int, nonneg_float as _float
-from ..models.serialization import atomic_write_bytes
 from . import cli_pipelines as cp
 
 RND_DEFAULT = "1x200,2x100,4x50,5x40,10x20,20x10"
@@ -185,6 +183,7 @@ def _noise_floor(args) -> int:
     from .distances import FrechetToReference, fd_noise_floor
     from .features import load_feature_classifier
     from .reference import fashion_reference
+    from .runners import _write_json
     bad = [n for n in args.samples if not 2 <= n <= args.heldout]
     if bad:
         print(f"error: --samples: each count must lie in [2, --heldout={args.heldout}], got {bad}", file=sys.stderr)
@@ -202,7 +201,7 @@ def _noise_floor(args) -> int:
                definition="FD of random n-image subsets of the train split to the test-split reference",
                floors=floors, wall_time_s=time.time() - t0)
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "noise_floor.json", (json.dumps(doc, indent=1) + "\n").encode())
+    _write_json(args.out / "noise_floor.json", doc)
     for f in floors:
         print(f"n={f['n']}: FD floor {f['mean']:.4f} ± {f['std']:.4f} (std over {len(f['values'])} subsets of "
               f"{f['pool']})")

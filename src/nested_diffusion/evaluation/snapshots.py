@@ -117,7 +117,7 @@ class Snapshots:
 
 
 def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int] | NoiseSource, shape: Sequence[int], cond: Any,
-                    marks: Sequence[int], device: str | None = None) -> Snapshots:
+                    marks: Sequence[int]) -> Snapshots:
     """Run the stream once and keep the anytime result current at each mark (the last update with nfe ≤ mark)."""
     marks = sorted(int(m) for m in marks)
     if not marks or marks[0] < 1 or marks[-1] > sampler.total_nfe:
@@ -143,8 +143,7 @@ def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int] | NoiseSource, 
 
     try:
         with torch.no_grad():  # the generator body runs inside: sampling never builds autograd graphs
-            where = {} if device is None else dict(device=device)
-            for u in sampler.stream(seeds, tuple(shape), cond, max_nfe=marks[-1], previews="first", **where):
+            for u in sampler.stream(seeds, tuple(shape), cond, max_nfe=marks[-1], previews="first"):
                 tb = time.perf_counter()
                 while p < len(marks) and marks[p] < u.nfe:
                     if last is None:
@@ -196,7 +195,7 @@ def collect_snapshots(factory: SamplerFactory, outer: int, inner: int, n_samples
             timing["chunks_cached"] += 1
         else:
             snap = snapshot_stream(sampler, factory.noise([seed + i for i in idx]), (len(idx), *factory.sample_shape),
-                                   factory.cond_on_device(idx), marks, factory.device)
+                                   factory.cond_on_device(idx), marks)
             part = dict(images=torch.stack(snap.images), mark_index=snap.mark_index, marks=snap.marks,
                         update_nfes=snap.update_nfes, sources=snap.sources, seeds=snap.seeds, timing=snap.timing)
             buf = io.BytesIO()
