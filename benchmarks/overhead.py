@@ -14,7 +14,7 @@ import time
 import torch
 
 from nested_diffusion import ModelDenoiser, NestedSampler, vanilla_sampler
-from nested_diffusion.models import TinyUNet
+from nested_diffusion.bundled import TinyUNet
 
 
 def timed(sampler, shape, cond):

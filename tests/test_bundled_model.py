@@ -5,7 +5,7 @@ import torch
 
 from nested_diffusion import NestedSampler
 from nested_diffusion.bundled import make_denoiser, parse_classes
-from nested_diffusion.models import FashionClassifier, TinyUNet, bundled_classifier_path, bundled_model_path
+from nested_diffusion.bundled import FashionClassifier, TinyUNet, bundled_classifier_path, bundled_model_path
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 from nested_diffusion import (DDIMSolver, DenoiserOutput, DPMSolverPP2M, DPMSolverPP2S, GaussianMixtureDenoiser,
                               ModelDenoiser, NestedSampler, NestedSolver, NoiseSchedule, NoiseSource,
                               vanilla_sampler)
-from nested_diffusion.steps import ddim_step, ddpm_learned_step, learned_range_log_variance
+from nested_diffusion.core.steps import ddim_step, ddpm_learned_step, learned_range_log_variance
 
 
 class SmoothEps:
@@ -77,7 +77,7 @@ def test_one_outer_step_equals_vanilla(solver):
 def test_dpmpp_first_order_equals_ddim():
     den, _ = make_denoiser("scaled_linear")
     x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(0))
-    from nested_diffusion.steps import dpmpp_first_order
+    from nested_diffusion.core.steps import dpmpp_first_order
     S = den.schedule
     for t, tn in [(999, 800), (600, 420), (37, 0), (20, -1)]:
         x0 = den(x, t).x0
@@ -137,7 +137,7 @@ def test_learned_variance_solver_uses_the_model_variance_and_ends_at_x0():
     ups = list(s.stream([1, 2], (2, 1, 3, 3)))
     assert [u.nfe for u in ups] == list(range(1, 11))
     # the last grid point is t = 0 and the final update is x̂0 there, with no noise added
-    from nested_diffusion.solvers import DDPMLearnedSolver
+    from nested_diffusion.core.solvers import DDPMLearnedSolver
     assert DDPMLearnedSolver().grid(999, 10, "clean")[-2:] == [0, -1]
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from nested_diffusion.data import DEFAULT_DIR, IDXFormatError, find_data_dir, load_fashion_mnist, read_idx
+from nested_diffusion.bundled.data import DEFAULT_DIR, IDXFormatError, find_data_dir, load_fashion_mnist, read_idx
 
 
 def write_idx(path, arr, compress=True):

@@ -10,8 +10,8 @@ from nested_diffusion.inverse import (DDRMSolver, Deblurring, Denoising, Inpaint
                                       ddrm_init, ddrm_restore, ddrm_sampler, ddrm_update, measure,
                                       reference_t_start, uniform_kernel)
 from nested_diffusion.inverse.ddrm import Measurement, ve_sigma
-from nested_diffusion.solvers import CLEAN
-from nested_diffusion.steps import ddim_step
+from nested_diffusion.core.solvers import CLEAN
+from nested_diffusion.core.steps import ddim_step
 
 
 class SmoothEps:

@@ -11,7 +11,7 @@ from nested_diffusion.evaluation.distances import (FrechetToReference, Reference
 from nested_diffusion.evaluation.features import (ClassifierFeatures, dequantize, extract_features,
                                                   inception_weights_path, load_feature_classifier, quantize)
 from nested_diffusion.evaluation.frechet import FeatureStats, frechet_distance
-from nested_diffusion.models import FashionClassifier
+from nested_diffusion.bundled import FashionClassifier
 
 
 def images(n, shift=0.0, seed=0):

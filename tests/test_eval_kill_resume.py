@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import nested_diffusion
-from nested_diffusion.models import FashionClassifier, TinyUNet
+from nested_diffusion.bundled import FashionClassifier, TinyUNet
 
 TIMING_KEYS = {"timing", "timing_total", "wall_time_s", "started"}
 
@@ -28,7 +28,7 @@ def _strip(doc):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     try:
-        from nested_diffusion.data import find_data_dir
+        from nested_diffusion.bundled.data import find_data_dir
         find_data_dir()
     except FileNotFoundError as e:
         pytest.skip(str(e))

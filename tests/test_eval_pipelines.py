@@ -17,11 +17,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from fixtures_tiny import tiny_dit, tiny_sd, tiny_tokenizer  # noqa: E402
-from nested_diffusion.evaluation import cli_eval  # noqa: E402
+from nested_diffusion.cli import eval as cli_eval  # noqa: E402
 from nested_diffusion.evaluation.consistency import FeatureCosineDistance, MSEDistance  # noqa: E402
 from nested_diffusion.evaluation.features import extract_features, quantize  # noqa: E402
 from nested_diffusion.evaluation.frechet import FeatureStats, frechet_distance  # noqa: E402
-from nested_diffusion.evaluation.pipeline_factories import (dit_factory, parse_class_labels, prompt_score,  # noqa
+from nested_diffusion.pipelines.factories import (dit_factory, parse_class_labels, prompt_score,  # noqa
                                                             read_prompts, sd_factory)
 from nested_diffusion.evaluation.reference import reference_from_images  # noqa: E402
 from nested_diffusion.evaluation.rgb_metrics import (CLIPScorer, InceptionFeatures, RandomRGBFeatures,  # noqa

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from nested_diffusion.evaluation import cli_eval
+from nested_diffusion.cli import eval as cli_eval
 from nested_diffusion.evaluation.auc import anytime_auc
 from nested_diffusion.evaluation.consistency import (MSEDistance, build_consistency_metrics,
                                                      evaluate_metric)
@@ -17,8 +17,8 @@ from nested_diffusion.evaluation.frechet import FeatureStats, frechet_distance
 from nested_diffusion.evaluation.reference import reference_from_images
 from nested_diffusion.evaluation.runners import run_budget_table, run_consistency, run_qualitative, run_rnd_sweep
 from nested_diffusion.evaluation.snapshots import collect_snapshots
-from nested_diffusion.evaluation.toy import mixture_images, toy_factory
-from nested_diffusion.models import FashionClassifier, TinyUNet
+from toy import mixture_images, toy_factory
+from nested_diffusion.bundled import FashionClassifier, TinyUNet
 
 CONFIGS = "1x24,3x8,4x6"
 N = 24
@@ -252,7 +252,7 @@ def test_cli_rnd_sweep_and_qualitative(tmp_path, capsys):
 def test_cli_noise_floor(tmp_path, capsys):
     """`eval noise-floor`: FD of real train subsets to the test reference; subsets of a larger pool differ."""
     try:
-        from nested_diffusion.data import find_data_dir
+        from nested_diffusion.bundled.data import find_data_dir
         find_data_dir()
     except FileNotFoundError as e:
         pytest.skip(str(e))

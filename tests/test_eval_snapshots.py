@@ -6,8 +6,8 @@ from nested_diffusion.evaluation.auc import UpdateSchedule
 from nested_diffusion.evaluation.features import quantize
 from nested_diffusion.evaluation.snapshots import (SamplerFactory, bundled_factory, collect_snapshots,
                                                    snapshot_stream)
-from nested_diffusion.evaluation.toy import mixture_images, toy_factory
-from nested_diffusion.models import TinyUNet
+from toy import mixture_images, toy_factory
+from nested_diffusion.bundled import TinyUNet
 
 MARKS = list(range(3, 25, 3))   # a 3-NFE grid over 24 NFE: many marks fall inside inner runs
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from nested_diffusion.inverse import cli_restore
-from nested_diffusion.inverse.table2 import run_table2
-from nested_diffusion.models import FashionClassifier
+from nested_diffusion.cli import restore as cli_restore
+from nested_diffusion.bundled.table2 import run_table2
+from nested_diffusion.bundled import FashionClassifier
 
 
 def restore(argv, capsys):
@@ -88,7 +88,7 @@ def test_restore_argument_errors(tmp_path, capsys):
 
 def test_restore_a_fashion_mnist_test_image(tmp_path, capsys):
     try:
-        from nested_diffusion.data import find_data_dir
+        from nested_diffusion.bundled.data import find_data_dir
         find_data_dir()
     except FileNotFoundError as e:
         pytest.skip(str(e))
@@ -150,7 +150,7 @@ def test_restore_table_command(tmp_path, capsys, monkeypatch):
     from nested_diffusion import cli
     g = torch.Generator().manual_seed(1)
     fake = (torch.rand(3, 1, 28, 28, generator=g) > 0.5).float() * 2 - 1
-    monkeypatch.setattr("nested_diffusion.data.load_fashion_mnist", lambda split, data_dir=None: (fake, None))
+    monkeypatch.setattr("nested_diffusion.bundled.data.load_fashion_mnist", lambda split, data_dir=None: (fake, None))
     argv = ["restore-table", "--images", "2", "--batch", "1", "--outer", "2", "--inner", "1", "--vanilla-steps",
             "2", "--tasks", "sr4,denoise", "--out", str(tmp_path), "--quiet"]
     assert cli.main(argv) == 0

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from nested_diffusion.evaluation.snapshots import bundled_factory, collect_snapshots
-from nested_diffusion.models import TinyUNet
-from nested_diffusion.noise import NoiseSource
+from nested_diffusion.bundled import TinyUNet
+from nested_diffusion.core.noise import NoiseSource
 
 
 @pytest.mark.parametrize("prefetch,workers", [(1, 3), (3, 1), (7, 2), (20, 4)])

@@ -11,7 +11,7 @@ import torch
 from nested_diffusion import GaussianMixtureDenoiser, NestedSampler, NoiseSource
 from nested_diffusion.pipelines.adapters import resolve_inner_solver, resolve_nested_args
 from nested_diffusion.pipelines.noise import GeneratorNoise, diffusers_randn, make_noise
-from nested_diffusion.solvers import DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S
+from nested_diffusion.core.solvers import DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S
 
 
 def test_core_and_pipelines_package_import_without_diffusers():

@@ -1,12 +1,12 @@
 """nested-diffusion: anytime image generation with Nested Diffusion (Elata, Kawar, Michaeli, Elad — WACV 2024)."""
-from .schedule import NoiseSchedule, get_schedule
-from .denoisers import (ClassifierFreeGuidance, CountingDenoiser, Denoiser, DenoiserOutput, ModelDenoiser,
+from .core.schedule import NoiseSchedule, get_schedule
+from .core.denoisers import (ClassifierFreeGuidance, CountingDenoiser, Denoiser, DenoiserOutput, ModelDenoiser,
                         NonFiniteOutputError)
-from .noise import NoiseSource
-from .solvers import (DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver, SolverEvent,
+from .core.noise import NoiseSource
+from .core.solvers import (DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver, SolverEvent,
                       get_solver, step_grid)
-from .nested import AnytimeUpdate, NestedSampler, NestedSolver, vanilla_sampler
-from .analytic import GaussianMixtureDenoiser
+from .core.nested import AnytimeUpdate, NestedSampler, NestedSolver, vanilla_sampler
+from .core.analytic import GaussianMixtureDenoiser
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models.serialization import atomic_write_bytes
+from .bundled.serialization import atomic_write_bytes
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models import FashionClassifier
+from ..bundled import FashionClassifier
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's port of the TF graph
 
@@ -85,7 +85,7 @@ class PrecomputedFeatures(nn.Module):
 
 def load_feature_classifier(path: str | os.PathLike | None = None) -> ClassifierFeatures:
     """The bundled (or a given ``from_pretrained`` folder's) classifier as a feature extractor."""
-    from ..models import bundled_classifier_path
+    from ..bundled import bundled_classifier_path
     folder = Path(path) if path is not None else bundled_classifier_path()
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(

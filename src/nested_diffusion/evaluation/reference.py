@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.serialization import atomic_write_bytes
+from ..bundled.serialization import atomic_write_bytes
 from .distances import ReferenceStats, subset
 from .features import extract_features
 
@@ -45,7 +45,7 @@ def fashion_reference(extractor: nn.Module, data_dir: str | os.PathLike | None =
                       log=None) -> EvalReference:
     """Reference: the Fashion-MNIST test split (first ``limit`` images, default all 10K), quantized as stored;
     held-out pool: ``heldout`` random train images. Features are cached in ``cache_dir`` when given."""
-    from ..data import load_fashion_mnist
+    from ..bundled.data import load_fashion_mnist
     ext_id = getattr(extractor, "extractor_id", type(extractor).__name__)
     name = f"reference-{ext_id}-test{limit or 'all'}-train{heldout}-s{seed}.npz"
     path = Path(cache_dir) / name if cache_dir is not None else None

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from .. import __version__
-from ..models.serialization import atomic_write_bytes
+from ..bundled.serialization import atomic_write_bytes
 from . import plots
 from .auc import DEFAULT_STEP, anytime_auc, nfe_marks, parse_configs
 from .consistency import consistency_curves

@@ -18,9 +18,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..models.serialization import atomic_write_bytes
-from ..nested import NestedSampler
-from ..noise import NoiseSource
+from ..bundled.serialization import atomic_write_bytes
+from ..core.nested import NestedSampler
+from ..core.noise import NoiseSource
 from .auc import UpdateSchedule
 from .features import quantize, state_fingerprint
 
@@ -76,7 +76,7 @@ def bundled_factory(model=None, guidance: float | None = None, solver: str = "dd
                     noise_workers: int = 1) -> SamplerFactory:
     """The bundled Fashion-MNIST UNet (or any TinyUNet) with CFG in the inner process; sample i gets label i % 10.
     Sampling runs on the model's device; the device type is part of the cache key (float results differ)."""
-    from ..bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser
+    from ..bundled.denoiser import DEFAULT_GUIDANCE, load_unet, make_denoiser
     model = load_unet() if model is None else model
     guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
     den = make_denoiser(model, guidance)

@@ -28,10 +28,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..denoisers import Denoiser
-from ..nested import NestedSampler
-from ..noise import NoiseSource, as_noise_source
-from ..solvers import CLEAN, CONVENTIONS, Solver, SolverEvent, _check_steps, _dedup_desc
+from ..core.denoisers import Denoiser
+from ..core.nested import NestedSampler
+from ..core.noise import NoiseSource, as_noise_source
+from ..core.solvers import CLEAN, CONVENTIONS, Solver, SolverEvent, _check_steps, _dedup_desc
 from .operators import SVDOperator, check_sigma_y
 
 DEFAULT_ETA = 0.85

@@ -16,8 +16,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ..schedule import NoiseSchedule
-from ..solvers import (SQRT_ONE_MINUS_ALPHA_BAR, DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver,
+from ..core.schedule import NoiseSchedule
+from ..core.solvers import (SQRT_ONE_MINUS_ALPHA_BAR, DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver,
                        SolverEvent, _check_steps, step_grid, validate_eta, zero_ending_grid)
 from .noise import step_generator
 

@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..nested import PREVIEW_MODES, AnytimeUpdate, NestedSampler
-from ..noise import NoiseSource
-from ..solvers import CONVENTIONS
+from ..core.nested import PREVIEW_MODES, AnytimeUpdate, NestedSampler
+from ..core.noise import NoiseSource
+from ..core.solvers import CONVENTIONS
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 

@@ -14,9 +14,9 @@ from diffusers import AutoencoderKL, DiTPipeline, DiTTransformer2DModel
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
-from ..denoisers import ClassifierFreeGuidance, ModelDenoiser
-from ..nested import NestedSampler
-from ..schedule import NoiseSchedule
+from ..core.denoisers import ClassifierFreeGuidance, ModelDenoiser
+from ..core.nested import NestedSampler
+from ..core.schedule import NoiseSchedule
 from .adapters import SchedulerSolver, resolve_nested_args
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs,
                       check_common, info_of)

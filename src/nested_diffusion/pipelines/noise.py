@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from ..noise import NoiseSource
+from ..core.noise import NoiseSource
 
 GeneratorSpec = "torch.Generator | Sequence[torch.Generator] | None"
 

@@ -15,9 +15,9 @@ from diffusers import StableDiffusionPipeline
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-from ..denoisers import ModelDenoiser
-from ..nested import NestedSampler
-from ..schedule import NoiseSchedule
+from ..core.denoisers import ModelDenoiser
+from ..core.nested import NestedSampler
+from ..core.schedule import NoiseSchedule
 from .adapters import SchedulerSolver, resolve_nested_args
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs,
                       check_common, info_of)

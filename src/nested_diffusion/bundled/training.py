@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_fashion_mnist
-from .models.unet import TinyUNet
-from .schedule import NoiseSchedule
+from .unet import TinyUNet
+from ..core.schedule import NoiseSchedule
 
 
 @dataclass

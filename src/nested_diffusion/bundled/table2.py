@@ -23,11 +23,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..models.serialization import atomic_write_bytes
-from .ddrm import DEFAULT_ETA, DEFAULT_ETA_B, ddrm_restore, ddrm_sampler
-from .metrics import consistency_rms, psnr
-from .operators import MEASUREMENT_SEED_OFFSET, measure
-from .registry import make_operator
+from .serialization import atomic_write_bytes
+from ..inverse.ddrm import DEFAULT_ETA, DEFAULT_ETA_B, ddrm_restore, ddrm_sampler
+from ..inverse.metrics import consistency_rms, psnr
+from ..inverse.operators import MEASUREMENT_SEED_OFFSET, measure
+from ..inverse.registry import make_operator
 
 TASKS: dict[str, dict] = {
     "denoise": dict(degradation="denoise", sigma_y=1.0),
@@ -73,9 +73,10 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
     the bundled one if present (FD is skipped otherwise); ``images``: (N, 1, H, W) clean images in [−1, 1]
     instead of the Fashion-MNIST test split; ``distances``: per-image metrics ``d(restored, clean) -> (B,)`` with a
     ``name`` (e.g. ``evaluation.consistency.LPIPSDistance``), reported as mean ± standard error per column."""
-    from ..bundled import load_unet, make_denoiser
+    from .denoiser import load_unet, make_denoiser
     from ..evaluation.frechet import FeatureStats, frechet_distance
-    from ..models import FashionClassifier, bundled_classifier_path
+    from .classifier import FashionClassifier
+    from .pretrained import bundled_classifier_path
 
     tasks = dict(TASKS if tasks is None else tasks)
     for name, spec in tasks.items():
@@ -86,7 +87,7 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{what}: must be an integer ≥ 1, got {v!r}")
     if images is None:
-        from ..data import load_fashion_mnist
+        from .data import load_fashion_mnist
         images = load_fashion_mnist("test", data_dir)[0]
     if images.shape[0] < n_images:
         raise ValueError(f"n_images: {n_images} requested but only {images.shape[0]} images are available")

@@ -9,9 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 from .argtypes import int_at_least as _int_at_least, nonneg_float as _nonneg_float
-from .data import CLASS_NAMES
+from ..bundled.data import CLASS_NAMES
 
 
 def _positive_int(name):
@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=_positive_int("--epochs"), default=3)
     c.add_argument("--data-dir", default=None)
 
-    from .evaluation import cli_eval
-    from .inverse import cli_restore, cli_table2
+    from . import eval as cli_eval
+    from . import restore as cli_restore, restore_table as cli_table2
     cli_eval.add_parser(sub)
     cli_restore.add_parser(sub)
     cli_table2.add_parser(sub)
@@ -108,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_quality(args) -> int:
     import torch
 
-    from .bundled import DEFAULT_GUIDANCE
-    from .evaluation.model_quality import main_report
+    from ..bundled import DEFAULT_GUIDANCE
+    from ..bundled.quality import main_report
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.guidance is None:
@@ -122,7 +122,7 @@ def cmd_quality(args) -> int:
 
 
 def cmd_train_classifier(args) -> int:
-    from .classifier_training import train_classifier
+    from ..bundled.classifier_training import train_classifier
     try:
         print(json.dumps(train_classifier(args.out, args.epochs, data_dir=args.data_dir)))
     except FileNotFoundError as e:
@@ -134,9 +134,9 @@ def cmd_train_classifier(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
-    from .bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser, parse_classes
-    from .nested import NestedSampler
-    from .run_io import AnytimeRecorder
+    from ..bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser, parse_classes
+    from ..core.nested import NestedSampler
+    from .recorder import AnytimeRecorder
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -199,7 +199,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .training import TrainConfig, train
+    from ..bundled.training import TrainConfig, train
     cfg = TrainConfig(out_dir=args.out, total_steps=args.steps, batch_size=args.batch_size,
                       max_minutes=args.max_minutes, checkpoint_minutes=args.checkpoint_minutes,
                       data_dir=args.data_dir, threads=args.threads)
@@ -213,17 +213,17 @@ def cmd_train(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from .evaluation import cli_eval
+    from . import eval as cli_eval
     return cli_eval.run(args)
 
 
 def _run_restore(args) -> int:
-    from .inverse import cli_restore
+    from . import restore as cli_restore
     return cli_restore.run(args)
 
 
 def _run_restore_table(args) -> int:
-    from .inverse import cli_table2
+    from . import restore_table as cli_table2
     return cli_table2.run(args)
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_fashion_mnist
-from .models.classifier import FashionClassifier
+from .classifier import FashionClassifier
 
 
 @torch.no_grad()

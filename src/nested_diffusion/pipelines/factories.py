@@ -21,10 +21,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..nested import AnytimeUpdate, NestedSampler
-from ..noise import as_noise_source
-from ..schedule import NoiseSchedule
-from .snapshots import SamplerFactory
+from ..core.nested import AnytimeUpdate, NestedSampler
+from ..core.noise import as_noise_source
+from ..core.schedule import NoiseSchedule
+from ..evaluation.snapshots import SamplerFactory
 
 __all__ = ["PipelineSampler", "sd_factory", "dit_factory", "read_prompts", "parse_class_labels",
            "weights_fingerprint", "PromptScore", "prompt_score"]
@@ -146,7 +146,7 @@ class PipelineSampler(NestedSampler):
 
     def __init__(self, pipe: Any, cond_arg: str, latent_shape: tuple, outer: int, inner: int, options: dict,
                  defaults: dict, decode_batch: int = 8):
-        from ..pipelines.adapters import resolve_nested_args
+        from .adapters import resolve_nested_args
         args = resolve_nested_args(outer, None, inner, None, options.get("inner_solver"), None,
                                    options.get("inner_eta"), options.get("outer_eta"), None, **defaults)
         schedule = NoiseSchedule.from_diffusers_config(dict(pipe.scheduler.config))

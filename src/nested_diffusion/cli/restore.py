@@ -11,9 +11,9 @@ import math
 import sys
 from pathlib import Path
 
-from ..argtypes import int_at_least as _int_at_least
-from .operators import MEASUREMENT_SEED_OFFSET
-from .registry import DEGRADATIONS
+from .argtypes import int_at_least as _int_at_least
+from ..inverse.operators import MEASUREMENT_SEED_OFFSET
+from ..inverse.registry import DEGRADATIONS
 
 
 def _float_in(name: str, low: float, high: float = math.inf):
@@ -118,8 +118,8 @@ def _run_sampler(name, sampler, args, x, y, op, cond, settings, folder, shape, q
     import torch
 
     from ..imaging import row, save_png
-    from ..run_io import AnytimeRecorder
-    from .metrics import consistency, consistency_rms, psnr
+    from .recorder import AnytimeRecorder
+    from ..inverse.metrics import consistency, consistency_rms, psnr
 
     rec = AnytimeRecorder(folder, {**settings, "method": name, "outer": sampler.outer_steps,
                                    "inner": sampler.inner_steps[0]}, args.scale)
@@ -156,13 +156,13 @@ def run(args) -> int:
     import torch
 
     from ..bundled import load_unet, make_denoiser, parse_classes
-    from ..data import CLASS_NAMES, load_fashion_mnist
+    from ..bundled.data import CLASS_NAMES, load_fashion_mnist
     from ..imaging import row, save_png, tile, to_uint8
-    from ..models.serialization import atomic_write_bytes
-    from .ddrm import ddrm_sampler, reference_t_start
-    from .metrics import psnr
-    from .operators import measure
-    from .registry import make_operator
+    from ..bundled.serialization import atomic_write_bytes
+    from ..inverse.ddrm import ddrm_sampler, reference_t_start
+    from ..inverse.metrics import psnr
+    from ..inverse.operators import measure
+    from ..inverse.registry import make_operator
 
     if args.threads:
         torch.set_num_threads(args.threads)

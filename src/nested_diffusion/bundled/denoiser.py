@@ -7,8 +7,9 @@ from typing import Sequence
 import torch
 
 from .data import CLASS_NAMES
-from .denoisers import ClassifierFreeGuidance, ModelDenoiser
-from .models import TinyUNet, bundled_model_path
+from ..core.denoisers import ClassifierFreeGuidance, ModelDenoiser
+from .pretrained import bundled_model_path
+from .unet import TinyUNet
 
 DEFAULT_GUIDANCE = 2.0
 

@@ -8,7 +8,7 @@ import torch
 from .classifier import FashionClassifier
 from .unet import TinyUNet
 
-_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
+_WEIGHTS = Path(__file__).resolve().parent / "weights"
 
 
 def bundled_model_path() -> Path:

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..argtypes import int_at_least as _int_at_least
+from .argtypes import int_at_least as _int_at_least
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,7 +38,7 @@ def run(args) -> int:
     import torch
 
     from ..evaluation.plots import plot_restoration_psnr
-    from .table2 import TASKS, run_table2
+    from ..bundled.table2 import TASKS, run_table2
     torch.set_num_threads(args.threads)
     tasks = None
     if args.tasks:

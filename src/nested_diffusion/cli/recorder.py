@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .imaging import progression_grid, row, save_gif, save_png
-from .models.serialization import atomic_write_bytes
-from .nested import AnytimeUpdate
+from ..imaging import progression_grid, row, save_gif, save_png
+from ..bundled.serialization import atomic_write_bytes
+from ..core.nested import AnytimeUpdate
 
 
 class AnytimeRecorder:

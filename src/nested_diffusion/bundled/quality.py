@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from ..bundled import DEFAULT_GUIDANCE, make_denoiser
-from ..classifier_training import accuracy
-from ..data import load_fashion_mnist
-from ..models import FashionClassifier, TinyUNet
-from ..nested import NestedSampler
-from .frechet import FeatureStats, frechet_distance
+from .denoiser import DEFAULT_GUIDANCE, make_denoiser
+from .classifier_training import accuracy
+from .data import load_fashion_mnist
+from .classifier import FashionClassifier
+from .unet import TinyUNet
+from ..core.nested import NestedSampler
+from ..evaluation.frechet import FeatureStats, frechet_distance
 
 
 @torch.no_grad()
@@ -85,8 +86,8 @@ def quality_report(model: TinyUNet, clf: FashionClassifier, n: int = 5000, steps
 
 
 def main_report(args) -> int:
-    from ..bundled import load_unet
-    from ..models import bundled_classifier_path
+    from .denoiser import load_unet
+    from .pretrained import bundled_classifier_path
     model = load_unet(args.model)
     clf = FashionClassifier.from_pretrained(args.classifier or bundled_classifier_path())
     rep = quality_report(model, clf, args.samples, args.steps, args.solver, args.guidance, args.seed,

@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..argtypes import int_at_least as _int, nonneg_float as _float
-from . import cli_pipelines as cp
+from .argtypes import int_at_least as _int, nonneg_float as _float
+from . import eval_pipelines as cp
 
 RND_DEFAULT = "1x200,2x100,4x50,5x40,10x20,20x10"
 CONSISTENCY_DEFAULT = "2x100,4x50,5x40,10x20"
@@ -152,7 +152,7 @@ def _defaults(args) -> None:
 
 def _factory(args):
     from ..bundled import load_unet
-    from .snapshots import bundled_factory
+    from ..evaluation.snapshots import bundled_factory
     if args.pipeline != "bundled":
         return cp.pipeline_factory(args)
     args.solver = args.solver or "ddpm"
@@ -170,7 +170,7 @@ def _factory(args):
 
 def _classifier(args, factory):
     """The feature classifier on the sampler's device (features come back to the CPU)."""
-    from .features import load_feature_classifier
+    from ..evaluation.features import load_feature_classifier
     return load_feature_classifier(args.classifier).to(factory.device or "cpu")
 
 
@@ -180,10 +180,10 @@ def default_heldout(samples: int) -> int:
 
 
 def _noise_floor(args) -> int:
-    from .distances import FrechetToReference, fd_noise_floor
-    from .features import load_feature_classifier
-    from .reference import fashion_reference
-    from .runners import _write_json
+    from ..evaluation.distances import FrechetToReference, fd_noise_floor
+    from ..evaluation.features import load_feature_classifier
+    from ..evaluation.reference import fashion_reference
+    from ..evaluation.runners import _write_json
     bad = [n for n in args.samples if not 2 <= n <= args.heldout]
     if bad:
         print(f"error: --samples: each count must lie in [2, --heldout={args.heldout}], got {bad}", file=sys.stderr)
@@ -214,7 +214,7 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     if args.experiment == "noise-floor":
         return _noise_floor(args)
-    from . import runners
+    from ..evaluation import runners
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     cache = args.cache_dir or args.out / "cache"
     try:
@@ -226,7 +226,7 @@ def run(args) -> int:
             doc = runners.run_qualitative(factory, args.out, args.configs, args.total_nfe, args.show,
                                           args.rows_every, args.seed, cache, args.scale, log)
         elif args.experiment == "consistency":
-            from .consistency import build_consistency_metrics
+            from ..evaluation.consistency import build_consistency_metrics
             names = [m.strip() for m in args.metrics.split(",") if m.strip()]
             ext = None
             if "feature_cosine" in names:
@@ -236,7 +236,7 @@ def run(args) -> int:
             doc = runners.run_consistency(factory, metrics, args.out, args.configs, args.total_nfe, args.step,
                                           args.samples, args.seed, args.chunk, cache, log)
         else:
-            from .reference import fashion_reference
+            from ..evaluation.reference import fashion_reference
             if pipeline:
                 scores = cp.pipeline_scores(args, factory)
                 ext = cp.pipeline_features(args)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..analytic import GaussianMixtureDenoiser
-from ..nested import NestedSampler
-from .snapshots import SamplerFactory
+from nested_diffusion.core.analytic import GaussianMixtureDenoiser
+from nested_diffusion.core.nested import NestedSampler
+from nested_diffusion.evaluation.snapshots import SamplerFactory
 
 
 class CountingMixture(GaussianMixtureDenoiser):

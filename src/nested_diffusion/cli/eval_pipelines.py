@@ -14,7 +14,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-from ..argtypes import int_at_least as _int
+from .argtypes import int_at_least as _int
 
 PIPELINES = ("bundled", "sd", "dit")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -101,7 +101,7 @@ def check_pipeline_args(args) -> None:
                          f"{args.experiment} with --pipeline {args.pipeline}")
     needs_features = distribution or "feature_cosine" in getattr(args, "metrics", "")
     if needs_features and getattr(args, "features", None) in (None, "inception"):
-        from .features import require_inception_weights
+        from ..evaluation.features import require_inception_weights
         require_inception_weights()  # fail before the pipeline is loaded
 
 
@@ -126,7 +126,7 @@ def load_pipeline(args):
 
 def pipeline_factory(args, pipe=None):
     """The SamplerFactory of ``--pipeline sd|dit`` with the sampling options of the command line."""
-    from .pipeline_factories import dit_factory, sd_factory
+    from ..pipelines.factories import dit_factory, sd_factory
     pipe = load_pipeline(args) if pipe is None else pipe
     common = dict(inner_solver=args.solver or ("ddim" if args.pipeline == "sd" else "ddpm"),
                   inner_eta=args.inner_eta, outer_eta=args.outer_eta, grid=args.grid,
@@ -146,13 +146,13 @@ def image_size(factory) -> tuple[int, int]:
 
 
 def pipeline_features(args):
-    from .rgb_metrics import feature_network
+    from ..evaluation.rgb_metrics import feature_network
     return feature_network(args.features or "inception", _device_dtype(args)[0])
 
 
 def pipeline_reference(args, factory, extractor, cache_dir, log=None):
     """``--reference-stats`` (FD only) or ``--reference-images`` (features of real images, cached)."""
-    from .rgb_metrics import reference_from_folder, reference_from_stats
+    from ..evaluation.rgb_metrics import reference_from_folder, reference_from_stats
     if args.reference_stats is not None:
         return reference_from_stats(extractor, args.reference_stats)
     if log:
@@ -164,6 +164,6 @@ def pipeline_reference(args, factory, extractor, cache_dir, log=None):
 def pipeline_scores(args, factory) -> list:
     if getattr(args, "clip_model", None) is None:
         return []
-    from .pipeline_factories import prompt_score
-    from .rgb_metrics import CLIPScorer
+    from ..pipelines.factories import prompt_score
+    from ..evaluation.rgb_metrics import CLIPScorer
     return [prompt_score(factory, CLIPScorer(args.clip_model, _device_dtype(args)[0]))]
