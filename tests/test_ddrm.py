@@ -10,7 +10,7 @@ from nested_diffusion.inverse import (DDRMSolver, Deblurring, Denoising, Inpaint
                                       ddrm_init, ddrm_restore, ddrm_sampler, ddrm_update, measure,
                                       reference_t_start, uniform_kernel)
 from nested_diffusion.inverse.ddrm import Measurement, ve_sigma
-from nested_diffusion.core.solvers import CLEAN
+from nested_diffusion.core.grids import CLEAN
 from nested_diffusion.core.steps import ddim_step
 
 

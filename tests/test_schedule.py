@@ -60,6 +60,6 @@ def test_per_step_eta_list_and_rule():
     with pytest.raises(ValueError, match="eta: a per-step list needs 4 values, got 2"):
         list(DDIMSolver([0.1, 0.2]).run(gm, x, 999, 4, noise))
     # the seed's η_t = √(1 − ᾱ_t) rule gives η ≈ 1 at the top of the schedule
-    from nested_diffusion.core.solvers import resolve_eta
+    from nested_diffusion.core.eta import resolve_eta
     assert math.isclose(resolve_eta("sqrt_one_minus_alpha_bar", 0, 999, S.alpha_bar(999), 4),
                         math.sqrt(1 - S.alpha_bar(999)))

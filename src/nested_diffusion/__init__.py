@@ -1,17 +1,24 @@
-"""nested-diffusion: anytime image generation with Nested Diffusion (Elata, Kawar, Michaeli, Elad — WACV 2024)."""
+"""nested-diffusion: anytime image generation with Nested Diffusion (Elata, Kawar, Michaeli, Elad — WACV 2024).
+
+Layers (docs/ARCHITECTURE.md): ``core`` (the library core: schedules, steps, solvers, the nested sampler) ←
+``inverse``, ``evaluation`` ← ``pipelines`` (diffusers) ← ``bundled`` (the Fashion-MNIST model) ← ``cli``.
+"""
 from .core.schedule import NoiseSchedule, get_schedule
 from .core.denoisers import (ClassifierFreeGuidance, CountingDenoiser, Denoiser, DenoiserOutput, ModelDenoiser,
-                        NonFiniteOutputError)
+                             NonFiniteOutputError)
 from .core.noise import NoiseSource
-from .core.solvers import (DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver, SolverEvent,
-                      get_solver, step_grid)
-from .core.nested import AnytimeUpdate, NestedSampler, NestedSolver, vanilla_sampler
+from .core.events import INNER_RESULT, X0_PREVIEW, AnytimeInfo, AnytimeUpdate, SolverEvent
+from .core.grids import step_grid
+from .core.solvers import DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver
+from .core.registry import SolverSpec, get_solver, register_solver, solver_names, unregister_solver
+from .core.nested import NestedSampler, NestedSolver, vanilla_sampler
 from .core.analytic import GaussianMixtureDenoiser
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["NoiseSchedule", "get_schedule", "ClassifierFreeGuidance", "CountingDenoiser", "Denoiser",
-           "DenoiserOutput", "ModelDenoiser", "NonFiniteOutputError", "NoiseSource", "DDIMSolver",
-           "DDPMLearnedSolver", "DPMSolverPP2M", "DPMSolverPP2S", "Solver", "SolverEvent", "get_solver",
-           "step_grid", "AnytimeUpdate", "NestedSampler", "NestedSolver", "vanilla_sampler",
+           "DenoiserOutput", "ModelDenoiser", "NonFiniteOutputError", "NoiseSource", "INNER_RESULT", "X0_PREVIEW",
+           "AnytimeInfo", "AnytimeUpdate", "SolverEvent", "step_grid", "DDIMSolver", "DDPMLearnedSolver",
+           "DPMSolverPP2M", "DPMSolverPP2S", "Solver", "SolverSpec", "get_solver", "register_solver",
+           "solver_names", "unregister_solver", "NestedSampler", "NestedSolver", "vanilla_sampler",
            "GaussianMixtureDenoiser", "__version__"]

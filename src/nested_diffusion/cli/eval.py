@@ -12,13 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from .argtypes import int_at_least as _int, nonneg_float as _float
+from .argtypes import inner_eta_for, int_at_least as _int, nonneg_float as _float, solver_choices
 from . import eval_pipelines as cp
 
 RND_DEFAULT = "1x200,2x100,4x50,5x40,10x20,20x10"
 CONSISTENCY_DEFAULT = "2x100,4x50,5x40,10x20"
 SD_CONSISTENCY_DEFAULT = "2x30,3x20,4x15,6x10"
-SOLVERS = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2s")
 
 
 def _list(name: str, kind):
@@ -43,7 +42,7 @@ def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
                    help="sample i uses seed + i and label i %% classes (or prompt i %% prompts) under every "
                         "configuration (default: %(default)s)")
     e.add_argument("--model", default=None, help="a TinyUNet from_pretrained folder (default: the bundled model)")
-    e.add_argument("--solver", choices=SOLVERS, default=None,
+    e.add_argument("--solver", choices=solver_choices(), default=None,
                    help="inner solver (default: ddpm, learned-variance ancestral, the paper's DiT setting; ddim "
                         "with η 0.85 for --pipeline sd)")
     e.add_argument("--inner-eta", type=_float("--inner-eta"), default=None, help="η of a DDIM inner (default 0.85)")
@@ -156,9 +155,7 @@ def _factory(args):
     if args.pipeline != "bundled":
         return cp.pipeline_factory(args)
     args.solver = args.solver or "ddpm"
-    if args.solver != "ddim" and args.inner_eta is not None:
-        raise ValueError(f"--inner-eta: only the ddim solver takes η, got --solver {args.solver}")
-    eta = (0.85 if args.inner_eta is None else args.inner_eta) if args.solver == "ddim" else None
+    eta = inner_eta_for(args.solver, args.inner_eta)
     outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
     if args.dtype not in ("auto", "float32"):
         raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")

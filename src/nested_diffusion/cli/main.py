@@ -10,14 +10,13 @@ import time
 from pathlib import Path
 
 from .. import __version__
-from .argtypes import int_at_least as _int_at_least, nonneg_float as _nonneg_float
+from .argtypes import inner_eta_for, int_at_least as _int_at_least, nonneg_float as _nonneg_float, solver_choices
 from ..bundled.data import CLASS_NAMES
 
 
 def _positive_int(name):
     return _int_at_least(name, 1)
 
-SOLVER_CHOICES = ("ddim", "ddpm", "dpmpp_2m", "dpmpp_2s")
 
 
 def _writable_dir(s: str) -> Path:
@@ -50,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (same seed, same image)")
     g.add_argument("--outer", type=_positive_int("--outer"), default=5, help="outer steps")
     g.add_argument("--inner", type=_positive_int("--inner"), default=20, help="inner steps per outer step")
-    g.add_argument("--solver", choices=SOLVER_CHOICES, default="ddpm",
+    g.add_argument("--solver", choices=solver_choices(), default="ddpm",
                    help="inner solver (ddpm = learned-variance ancestral sampling, the paper's DiT setting)")
     g.add_argument("--inner-eta", type=_nonneg_float("--inner-eta"), default=None,
                    help="η of a DDIM inner solver (default 0.85, as in the paper's SD setting)")
@@ -82,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("--samples", type=_positive_int("--samples"), default=5000)
     q.add_argument("--steps", type=_positive_int("--steps"), default=100, help="vanilla sampling steps")
-    q.add_argument("--solver", choices=SOLVER_CHOICES, default="ddim")
+    q.add_argument("--solver", choices=solver_choices(), default="ddim")
     q.add_argument("--guidance", type=_nonneg_float("--guidance"), default=None)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
@@ -144,12 +143,10 @@ def cmd_generate(args) -> int:
         classes = parse_classes(args.classes)
         if args.deadline is not None and not args.deadline > 0:
             raise ValueError(f"--deadline: must be a positive number of seconds, got {args.deadline}")
-        if args.solver != "ddim" and args.inner_eta is not None:
-            raise ValueError(f"--inner-eta: only the ddim solver takes η, got --solver {args.solver}")
+        inner_eta = inner_eta_for(args.solver, args.inner_eta)
         model = load_unet(args.model)
         guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
         den = make_denoiser(model, guidance)
-        inner_eta = (0.85 if args.inner_eta is None else args.inner_eta) if args.solver == "ddim" else None
         runs = [("nested", args.outer, args.inner)]
         if args.vanilla:
             runs.append(("vanilla", 1, args.outer * args.inner))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..imaging import progression_grid, row, save_gif, save_png
 from ..bundled.serialization import atomic_write_bytes
-from ..core.nested import AnytimeUpdate
+from ..core.events import AnytimeUpdate
 
 
 class AnytimeRecorder:
@@ -16,9 +16,9 @@ class AnytimeRecorder:
 
     def add(self, u: AnytimeUpdate) -> None:
         self.snapshots.append(u.x0.detach().cpu())
-        self.records.append(dict(nfe=u.nfe, elapsed_s=round(u.elapsed, 4), outer_step=u.outer_step,
-                                 outer_steps=u.outer_steps, inner_step=u.inner_step, inner_steps=u.inner_steps,
-                                 t=u.t, source=u.source, final=u.final))
+        record = u.info()
+        record["elapsed_s"] = round(record.pop("elapsed"), 4)
+        self.records.append(record)
 
     def write(self, interrupted: bool = False) -> list[Path]:
         if not self.snapshots:

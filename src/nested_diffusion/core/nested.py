@@ -7,16 +7,18 @@ Solver, so nesting three or more levels is just composition. ``NestedSampler`` a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .denoisers import Denoiser, NonFiniteOutputError
+from .eta import EtaSpec, resolve_eta, validate_eta
+from .events import INNER_RESULT, X0_PREVIEW, AnytimeUpdate, SolverEvent
+from .grids import check_convention, check_step_counts, outer_grid
 from .noise import NoiseSource, as_noise_source
-from .solvers import (CLEAN, CONVENTIONS, EtaSpec, Solver, SolverEvent, _check_steps, _dedup_desc, get_solver,
-                      resolve_eta, validate_eta)
+from .registry import get_solver
+from .solvers import Solver
 from .steps import ddim_sigma, ddim_step
 
 
@@ -35,15 +37,9 @@ class NestedSolver(Solver):
                  outer_eta: EtaSpec = 0.0, inner_eta: EtaSpec | None = None, convention: str | None = None):
         self.inner = get_solver(inner, inner_eta)
         self.inner_steps = inner_steps
-        if isinstance(inner_steps, (int, np.integer)) and not isinstance(inner_steps, bool):
-            _check_steps(int(inner_steps), 10 ** 9, 10 ** 9, "inner_steps")
-        else:
-            for s in inner_steps:
-                _check_steps(s, 10 ** 9, 10 ** 9, "inner_steps")
+        check_step_counts(inner_steps, "inner_steps")
         self.outer_eta = validate_eta(outer_eta, "outer_eta")
-        if convention is not None and convention not in CONVENTIONS:
-            raise ValueError(f"grid: unknown convention {convention!r}; use one of {CONVENTIONS}")
-        self.convention = convention
+        self.convention = None if convention is None else check_convention(convention)
 
     def steps_per_outer(self, n: int) -> list[int]:
         if isinstance(self.inner_steps, (int, np.integer)):
@@ -57,22 +53,13 @@ class NestedSolver(Solver):
         return sum(self.inner.nfe(s) for s in self.steps_per_outer(n))
 
     def grid(self, t_start, n, convention, name="outer_steps"):
-        convention = self.convention or convention
-        _check_steps(n, t_start, t_start, name)
-        if convention == "clean":
-            pts = _dedup_desc(np.linspace(t_start, 0, n + 1)[:-1])
-        elif convention == "authors":
-            pts = _dedup_desc(np.linspace(t_start, 1, n + 1)[:-1])
-        else:
-            raise ValueError(f"grid: unknown convention {convention!r}; use one of {CONVENTIONS}")
-        if len(pts) != n:
-            raise ValueError(f"{name}: {n} outer steps from t={t_start} give duplicate timesteps")
-        for k, (t, s) in enumerate(zip(pts, self.steps_per_outer(n))):
+        times = outer_grid(t_start, n, self.convention or convention, name)
+        for k, (t, s) in enumerate(zip(times[:-1], self.steps_per_outer(n))):
             most = self.inner.max_steps(t, convention)
             if s > most:
                 raise ValueError(f"inner_steps: {s} inner steps at outer step {k} (t={t}) exceed the {most} "
                                  f"distinct timesteps available there; use at most {most} or fewer outer steps")
-        return pts + [CLEAN]
+        return times
 
     def max_steps(self, t_start, convention):
         return t_start
@@ -85,13 +72,14 @@ class NestedSolver(Solver):
         for k, (steps, t, t_next) in enumerate(zip(self.steps_per_outer(n), times[:-1], times[1:])):
             x0_hat = None
             for ev in self.inner.run(denoiser, x, t, steps, noise, cond, convention):  # inner diffusion
+                at = dict(nfe=spent + ev.nfe, step=k, t=t, sub=ev)
                 if ev.final:
                     x0_hat = ev.x0
-                    yield SolverEvent(spent + ev.nfe, x0_hat, "result", k == n - 1, True, k, t, ev)
+                    yield SolverEvent(x0=x0_hat, source=INNER_RESULT, final=k == n - 1, **at)
                 elif k == 0:  # before the first inner run ends, its latest x̂0 is the anytime result
-                    yield SolverEvent(spent + ev.nfe, ev.x0, ev.kind, False, ev.changed, k, t, ev)
+                    yield SolverEvent(x0=ev.x0, source=ev.source, changed=ev.changed, **at)
                 else:  # afterwards the result only changes when an inner run ends
-                    yield SolverEvent(spent + ev.nfe, best, "result", False, False, k, t, ev)
+                    yield SolverEvent(x0=best, source=INNER_RESULT, changed=False, **at)
                 spent_in_run = ev.nfe
             spent += spent_in_run
             best = x0_hat
@@ -101,23 +89,32 @@ class NestedSolver(Solver):
             x = ddim_step(x, x0_hat, a, a_next, eta, z)
 
 
-@dataclass
-class AnytimeUpdate:
-    """One anytime result. ``source``: "x0_preview" (a raw x̂0 during the first inner run) or "inner_result"."""
-
-    x0: torch.Tensor
-    nfe: int
-    outer_step: int       # 1-based index of the outer step that produced it
-    outer_steps: int
-    inner_step: int       # 1-based position inside that outer step's inner run
-    inner_steps: int
-    final: bool
-    source: str
-    t: int                # outer time the inner run started from
-    elapsed: float        # seconds since sampling started
-
-
 PREVIEW_MODES = ("first", "all", "none")
+
+
+def _check_stream_args(shape, max_nfe, deadline, previews) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"shape: expected (batch, channels, ...) with positive sizes, got {shape}")
+    if max_nfe is not None and (isinstance(max_nfe, bool) or not isinstance(max_nfe, (int, np.integer))
+                                or max_nfe < 1):
+        raise ValueError(f"max_nfe: must be an integer ≥ 1 (one NFE is the smallest budget), got {max_nfe}")
+    if deadline is not None and not deadline > 0:
+        raise ValueError(f"deadline: must be a positive number of seconds, got {deadline}")
+    if previews not in PREVIEW_MODES:
+        raise ValueError(f"previews: {previews!r} is not valid; use one of {PREVIEW_MODES}")
+    return shape
+
+
+def _stop_check(stop) -> Callable[[], bool]:
+    """``stop``: None, a callable returning a truth value, or an object with ``is_set()`` (threading.Event)."""
+    if stop is None:
+        return lambda: False
+    if hasattr(stop, "is_set"):
+        return stop.is_set
+    if callable(stop):
+        return lambda: bool(stop())
+    raise TypeError(f"stop: expected None, a callable or a threading.Event, got {type(stop).__name__}")
 
 
 class NestedSampler:
@@ -130,8 +127,7 @@ class NestedSampler:
     def __init__(self, denoiser: Denoiser, outer_steps: int, inner_steps: int | Sequence[int],
                  inner_solver: Solver | str = "ddim", inner_eta: EtaSpec | None = None,
                  outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: int | None = None):
-        if grid not in CONVENTIONS:
-            raise ValueError(f"grid: unknown convention {grid!r}; use one of {CONVENTIONS}")
+        check_convention(grid)
         if not hasattr(denoiser, "schedule"):
             raise TypeError("denoiser: must have a .schedule (a NoiseSchedule), e.g. a ModelDenoiser")
         self.denoiser, self.grid_convention = denoiser, grid
@@ -148,20 +144,16 @@ class NestedSampler:
     def stream(self, seeds: NoiseSource | Sequence[int] | int, shape: Sequence[int], cond: Any = None,
                max_nfe: int | None = None, deadline: float | None = None, previews: str = "first",
                x_T: torch.Tensor | None = None, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> Iterator[AnytimeUpdate]:
+               dtype: torch.dtype = torch.float32, stop: "Callable[[], bool] | Any | None" = None,
+               grad: bool = False) -> Iterator[AnytimeUpdate]:
         """Yield anytime updates for a batch. ``seeds``: one per sample (or a base seed, then
         shape[0] samples); ``shape``: (B, C, H, W). ``max_nfe``: stop at the best result within this many NFEs;
-        ``deadline``: seconds of wall time from the start. Break out of the loop to stop at any time."""
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 2 or any(s < 1 for s in shape):
-            raise ValueError(f"shape: expected (batch, channels, ...) with positive sizes, got {shape}")
-        if max_nfe is not None and (isinstance(max_nfe, bool) or not isinstance(max_nfe, (int, np.integer))
-                                    or max_nfe < 1):
-            raise ValueError(f"max_nfe: must be an integer ≥ 1 (one NFE is the smallest budget), got {max_nfe}")
-        if deadline is not None and not deadline > 0:
-            raise ValueError(f"deadline: must be a positive number of seconds, got {deadline}")
-        if previews not in PREVIEW_MODES:
-            raise ValueError(f"previews: {previews!r} is not valid; use one of {PREVIEW_MODES}")
+        ``deadline``: seconds of wall time from the start. Break out of the loop to stop at any time; ``stop``
+        (a callable returning True, or a ``threading.Event``) is checked after every denoiser call, so another
+        thread can end the stream within one NFE (the last update yielded is the result). The model runs
+        without autograd unless ``grad=True``."""
+        shape = _check_stream_args(shape, max_nfe, deadline, previews)
+        should_stop = _stop_check(stop)
         noise = as_noise_source(seeds, shape[0], device, dtype)
         if noise.batch_size != shape[0]:
             raise ValueError(f"seeds: {noise.batch_size} seeds for a batch of {shape[0]}")
@@ -171,32 +163,41 @@ class NestedSampler:
         budget = self.total_nfe if max_nfe is None else min(int(max_nfe), self.total_nfe)
         run_end = np.cumsum([self.solver.inner.nfe(s) for s in self.inner_steps]).tolist()
         start = time.perf_counter()
-        k, nfe = 0, 0
+        ev = None
         events = self.solver.run(self.denoiser, x, self.t_start, self.outer_steps, noise, cond,
-                                 self.grid_convention)
+                                 self.grid_convention, grad=grad)
         try:
             for ev in events:
                 elapsed = time.perf_counter() - start
                 if deadline is not None and elapsed > deadline:
                     return
-                k, nfe = ev.step, ev.nfe
-                show = ev.changed or (previews == "all" and ev.sub is not None and k > 0)
-                if previews == "none" and ev.kind == "preview":
-                    show = False
-                if show:
-                    x0 = ev.sub.x0 if (k > 0 and not ev.sub.final) else ev.x0
-                    yield AnytimeUpdate(x0, ev.nfe, k + 1, self.outer_steps, ev.sub.nfe, self.inner_steps[k],
-                                        ev.final, "inner_result" if ev.sub.final else "x0_preview", ev.t, elapsed)
-                if ev.nfe >= budget:
+                if self._shown(ev, previews):
+                    yield self._update(ev, elapsed)
+                if ev.nfe >= budget or should_stop():
                     return
                 # after the first inner run, never start a run that cannot finish within the budget
+                k = ev.step
                 if ev.sub.final and ev.nfe >= run_end[0] and k + 1 < len(run_end) and run_end[k + 1] > budget:
                     return
         except NonFiniteOutputError as e:
+            k, nfe = (0, 0) if ev is None else (ev.step, ev.nfe)
             raise NonFiniteOutputError(e.t, f"model output (outer step {k + 1}/{self.outer_steps}, "
                                             f"after {nfe} NFE)") from e
         finally:
             events.close()
+
+    @staticmethod
+    def _shown(ev: SolverEvent, previews: str) -> bool:
+        if previews == "none" and ev.source == X0_PREVIEW:
+            return False
+        return ev.changed or (previews == "all" and ev.sub is not None and ev.step > 0)
+
+    def _update(self, ev: SolverEvent, elapsed: float) -> AnytimeUpdate:
+        k = ev.step
+        x0 = ev.sub.x0 if (k > 0 and not ev.sub.final) else ev.x0
+        return AnytimeUpdate(x0=x0, nfe=ev.nfe, outer_step=k + 1, outer_steps=self.outer_steps,
+                             inner_step=ev.sub.nfe, inner_steps=self.inner_steps[k], final=ev.final,
+                             source=INNER_RESULT if ev.sub.final else X0_PREVIEW, t=ev.t, elapsed=elapsed)
 
     def sample(self, seeds, shape, **kwargs) -> AnytimeUpdate:
         """Run the stream to its end (or budget/deadline) and return the last update."""

@@ -31,7 +31,9 @@ import torch
 from ..core.denoisers import Denoiser
 from ..core.nested import NestedSampler
 from ..core.noise import NoiseSource, as_noise_source
-from ..core.solvers import CLEAN, CONVENTIONS, Solver, SolverEvent, _check_steps, _dedup_desc
+from ..core.events import SolverEvent, step_event
+from ..core.grids import check_convention, zero_ending_grid
+from ..core.solvers import Solver
 from .operators import SVDOperator, check_sigma_y
 
 DEFAULT_ETA = 0.85
@@ -48,11 +50,7 @@ def ddrm_grid(t_start: int, n: int) -> list[int]:
     """round(linspace(t_start, 0, n)) followed by CLEAN: n denoiser calls, the first at t_start, the last at 0."""
     if isinstance(t_start, bool) or not isinstance(t_start, (int, np.integer)) or t_start < 0:
         raise ValueError(f"t_start: must be an integer time ≥ 0, got {t_start!r}")
-    _check_steps(n, int(t_start), int(t_start) + 1, "steps")
-    pts = _dedup_desc(np.linspace(int(t_start), 0, n))
-    if len(pts) != n:
-        raise ValueError(f"steps: {n} steps from t={t_start} give duplicate timesteps after rounding")
-    return pts + [CLEAN]
+    return zero_ending_grid(int(t_start), n)
 
 
 def reference_t_start(num_train_timesteps: int, steps: int) -> int:
@@ -200,8 +198,7 @@ class DDRMSolver(Solver):
         return t_start + 1
 
     def grid(self, t_start: int, n: int, convention: str = "clean", name: str = "steps") -> list[int]:
-        if convention not in CONVENTIONS:
-            raise ValueError(f"grid: unknown convention {convention!r}; use one of {CONVENTIONS}")
+        check_convention(convention)
         return ddrm_grid(t_start, n)
 
     def resolved_top(self, denoiser: Denoiser) -> int:
@@ -223,18 +220,23 @@ class DDRMSolver(Solver):
         for i, (t, t_next) in enumerate(zip(times[:-1], times[1:])):
             x0 = denoiser(x, t, cond).x0
             x = ddrm_update(meas, x, x0, S.alpha_bar(t), S.alpha_bar(t_next), self.eta, self.eta_b, noise)
-            final = i == n - 1
-            yield SolverEvent(i + 1, x if final else x0, "result" if final else "preview", final, True, i, t)
+            yield step_event(i, n, x, x0, t)
 
 
 def ddrm_restore(denoiser: Denoiser, operator: SVDOperator, y: torch.Tensor, sigma_y: float = 0.0,
                  steps: int = 20, seeds: NoiseSource | Sequence[int] | int = 0, eta: float = DEFAULT_ETA,
                  eta_b: float = DEFAULT_ETA_B, t_start: int | None = None, cond: Any = None,
-                 x_T: torch.Tensor | None = None) -> torch.Tensor:
+                 x_T: torch.Tensor | None = None, grad: bool = False) -> torch.Tensor:
     """Vanilla DDRM: a plain loop (independent of the nested machinery) from t_start (default T−1; use
     ``reference_t_start(T, steps)`` for DDRM's 950, 900, …, 0 grid) with the y-based initialisation.
     ``seeds``: one per measurement (or a base seed), drawn exactly as NestedSampler draws them, so
-    ``ddrm_sampler(..., outer_steps=1, inner_steps=steps)`` gives the same result bit for bit."""
+    ``ddrm_sampler(..., outer_steps=1, inner_steps=steps)`` gives the same result bit for bit. The model runs
+    without autograd unless ``grad=True``."""
+    with torch.set_grad_enabled(grad):
+        return _ddrm_loop(denoiser, operator, y, sigma_y, steps, seeds, eta, eta_b, t_start, cond, x_T)
+
+
+def _ddrm_loop(denoiser, operator, y, sigma_y, steps, seeds, eta, eta_b, t_start, cond, x_T) -> torch.Tensor:
     meas = Measurement(operator, y, sigma_y)
     eta, eta_b = _check_eta(eta, "eta"), _check_eta(eta_b, "eta_b")
     T = denoiser.schedule.num_train_timesteps

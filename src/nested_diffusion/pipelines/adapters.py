@@ -16,14 +16,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from ..core.events import SolverEvent, step_event
+from ..core.grids import check_step_counts, check_steps, step_grid, zero_ending_grid
+from ..core.eta import SQRT_ONE_MINUS_ALPHA_BAR, validate_eta
+from ..core.registry import eta_solvers, solver_names, solver_spec, spec_of
 from ..core.schedule import NoiseSchedule
-from ..core.solvers import (SQRT_ONE_MINUS_ALPHA_BAR, DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver,
-                       SolverEvent, _check_steps, step_grid, validate_eta, zero_ending_grid)
+from ..core.solvers import Solver
 from .noise import step_generator
-
-INNER_SOLVERS = ("ddim", "dpmpp_2s", "dpmpp_2m", "ddpm")
-_NAME_ALIASES = {"ddim": "ddim", "dpmsolver": "dpmpp_2s", "dpmpp_2s": "dpmpp_2s", "dpm++2s": "dpmpp_2s",
-                 "dpmpp_2m": "dpmpp_2m", "dpm++2m": "dpmpp_2m", "ddpm": "ddpm", "ddpm_learned": "ddpm"}
 _ENDS_AT_ZERO = ("DDPMScheduler", "DDPMParallelScheduler")  # add noise whenever t > 0: their grid must end at 0
 
 
@@ -113,38 +112,46 @@ class SchedulerSolver(Solver):
             final = i == n - 1
             if final and sigmas is not None and float(s.sigmas[-1]) > 0 and scale != 1.0:
                 state = state / math.sqrt(1.0 + float(s.sigmas[-1]) ** 2)
-            yield SolverEvent(i + 1, state if final else out.x0, "result" if final else "preview", final, True,
-                              i, pts[i])
+            yield step_event(i, n, state, out.x0, pts[i])
 
 
-def resolve_inner_solver(spec: Any, inner_eta: Any, default_eta: float = 0.85) -> Solver:
-    """'ddim' | 'dpmpp_2s' | 'dpmpp_2m' | 'ddpm' (also the authors' 'DDIM' / 'DPMSolver'), a core Solver, or a
-    diffusers scheduler instance (wrapped in SchedulerSolver). ``inner_eta`` applies to DDIM only."""
+def resolve_inner_solver(spec: Any, inner_eta: Any) -> Solver:
+    """A registered name (``core.registry``: 'ddim', 'dpmpp_2s', 'dpmpp_2m', 'ddpm', …, also the authors' 'DDIM' /
+    'DPMSolver'), a core Solver, or a diffusers scheduler instance (wrapped in SchedulerSolver). ``inner_eta``
+    applies to solvers that take η; a DDIM inner run defaults to the registry's inner η (0.85)."""
     if is_diffusers_scheduler(spec):
         if inner_eta is not None:
-            raise ValueError(f"inner_eta: only the 'ddim' inner solver takes η, got inner_eta={inner_eta} with "
-                             f"{type(spec).__name__}")
+            raise ValueError(f"inner_eta: only the {_eta_names()} inner solver takes η, got inner_eta={inner_eta} "
+                             f"with {type(spec).__name__}")
         return SchedulerSolver(spec)
     if isinstance(spec, Solver):
         if inner_eta is not None:
             raise ValueError("inner_eta: pass η to the Solver instance itself, not as inner_eta")
         return spec
     if not isinstance(spec, str):
-        raise TypeError(f"inner_solver: expected a name ({', '.join(INNER_SOLVERS)}), a core Solver or a diffusers "
+        raise TypeError(f"inner_solver: expected a name ({', '.join(solver_names())}), a core Solver or a diffusers "
                         f"scheduler instance, got {type(spec).__name__}")
-    key = _NAME_ALIASES.get(spec.lower().replace("-", "_"))
-    if key is None:
-        raise ValueError(f"inner_solver: unknown solver {spec!r}; valid: {', '.join(INNER_SOLVERS)} "
-                         f"(or the authors' 'DDIM', 'DPMSolver'), or a diffusers scheduler instance")
-    if key == "ddim":
-        return DDIMSolver(validate_eta(default_eta if inner_eta is None else inner_eta, "inner_eta"))
-    if inner_eta is not None:
-        raise ValueError(f"inner_eta: only the 'ddim' inner solver takes η, got inner_eta={inner_eta} with {spec!r}")
-    return {"dpmpp_2s": DPMSolverPP2S, "dpmpp_2m": DPMSolverPP2M, "ddpm": DDPMLearnedSolver}[key]()
+    try:
+        entry = solver_spec(spec, "inner_solver")
+    except ValueError:
+        raise ValueError(f"inner_solver: unknown solver {spec!r}; valid: {', '.join(solver_names())} "
+                         f"(or the authors' 'DDIM', 'DPMSolver'), or a diffusers scheduler instance") from None
+    if inner_eta is not None and not entry.takes_eta:
+        raise ValueError(f"inner_eta: only the {_eta_names()} inner solver takes η, got inner_eta={inner_eta} "
+                         f"with {spec!r}")
+    return entry.build(inner_eta, inner=True, eta_name="inner_eta")
 
 
-def is_dpm_solver(solver: Solver) -> bool:
-    return isinstance(solver, (DPMSolverPP2S, DPMSolverPP2M)) or getattr(solver, "is_dpm_solver", False)
+def _eta_names() -> str:
+    return "/".join(f"'{n}'" for n in eta_solvers())
+
+
+def implied_outer_eta(solver: Solver) -> Any:
+    """The outer η an inner solver implies: its registry entry's, or √(1−ᾱ_t) for a diffusers DPM-Solver."""
+    entry = spec_of(solver)
+    if entry is not None:
+        return entry.outer_eta_default
+    return SQRT_ONE_MINUS_ALPHA_BAR if getattr(solver, "is_dpm_solver", False) else 0.0
 
 
 def _merge(ours: Any, ours_name: str, theirs: Any, theirs_name: str) -> Any:
@@ -169,20 +176,16 @@ def resolve_nested_args(outer_steps, num_inference_steps, inner_steps, num_inner
     DPM-Solver++ and ``auto_outer_eta_for_dpm`` (the paper's high-order setting, §C.2), else 0 (DDIM)."""
     outer = _merge(outer_steps, "outer_steps", num_inference_steps, "num_inference_steps")
     inner = _merge(inner_steps, "inner_steps", num_inner_steps, "num_inner_steps")
-    solver_spec = _merge(inner_solver, "inner_solver", inner_scheduler, "inner_scheduler")
+    chosen = _merge(inner_solver, "inner_solver", inner_scheduler, "inner_scheduler")
     o_eta = _merge(outer_eta, "outer_eta", eta, "eta")
     outer = default_outer if outer is None else outer
     inner = default_inner if inner is None else inner
-    _check_steps(outer, 10 ** 9, 10 ** 9, "outer_steps")
-    if isinstance(inner, (list, tuple)):
-        if len(inner) != outer:
-            raise ValueError(f"inner_steps: a list needs one entry per outer step ({outer}), got {len(inner)}")
-        for s in inner:
-            _check_steps(s, 10 ** 9, 10 ** 9, "inner_steps")
-    else:
-        _check_steps(inner, 10 ** 9, 10 ** 9, "inner_steps")
-    solver = resolve_inner_solver(default_solver if solver_spec is None else solver_spec, inner_eta)
+    check_steps(outer, 10 ** 9, 10 ** 9, "outer_steps")
+    if isinstance(inner, (list, tuple)) and len(inner) != outer:
+        raise ValueError(f"inner_steps: a list needs one entry per outer step ({outer}), got {len(inner)}")
+    check_step_counts(inner, "inner_steps")
+    solver = resolve_inner_solver(default_solver if chosen is None else chosen, inner_eta)
     if o_eta is None:
-        o_eta = SQRT_ONE_MINUS_ALPHA_BAR if (auto_outer_eta_for_dpm and is_dpm_solver(solver)) else 0.0
+        o_eta = implied_outer_eta(solver) if auto_outer_eta_for_dpm else 0.0
     validate_eta(o_eta, "outer_eta")
     return NestedArgs(int(outer), inner, solver, o_eta)

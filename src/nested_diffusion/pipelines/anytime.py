@@ -8,14 +8,15 @@ the caller, so only the updates that are consumed are decoded.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import dataclasses
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
-from ..core.nested import PREVIEW_MODES, AnytimeUpdate, NestedSampler
+from ..core.events import INNER_RESULT, AnytimeInfo, AnytimeUpdate
+from ..core.grids import CONVENTIONS
+from ..core.nested import PREVIEW_MODES, NestedSampler
 from ..core.noise import NoiseSource
-from ..core.solvers import CONVENTIONS
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -24,25 +25,16 @@ class PipelineInterrupted(Exception):
     """Raised inside the denoiser when ``pipe._interrupt`` was set; the loop ends with the last finished update."""
 
 
-@dataclass
-class AnytimeInfo:
-    """Fields every nested pipeline output carries besides the images."""
-
-    nfe: int
-    outer_step: int
-    outer_steps: int
-    inner_step: int
-    inner_steps: int
-    final: bool
-    source: str
-    t: int
-    elapsed: float
-
-
-def info_of(update: AnytimeUpdate) -> dict:
-    return dict(nfe=update.nfe, outer_step=update.outer_step, outer_steps=update.outer_steps,
-                inner_step=update.inner_step, inner_steps=update.inner_steps, final=update.final,
-                source=update.source, t=update.t, elapsed=update.elapsed)
+def with_anytime_fields(base: type, name: str, doc: str, module: str) -> type:
+    """A dataclass subclass of a diffusers output class with every ``AnytimeInfo`` field (defaults: a finished
+    result) plus ``latents``, the x̂0 latent the images were decoded from."""
+    defaults = dict(nfe=0, outer_step=0, outer_steps=0, inner_step=0, inner_steps=0, final=True,
+                    source=INNER_RESULT, t=0, elapsed=0.0)
+    extra = [(f.name, f.type, dataclasses.field(default=defaults.get(f.name)))
+             for f in dataclasses.fields(AnytimeInfo)]
+    extra.append(("latents", "torch.Tensor | None", dataclasses.field(default=None)))
+    cls = dataclasses.make_dataclass(name, extra, bases=(base,), namespace={"__doc__": doc, "__module__": module})
+    return cls
 
 
 def check_common(max_nfe: Any, deadline: Any, previews: Any, output_type: Any, grid: Any,

@@ -6,7 +6,6 @@ deterministic DDIM (η = 0). Both run in latent space; the variance prediction i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,24 +18,11 @@ from ..core.nested import NestedSampler
 from ..core.schedule import NoiseSchedule
 from .adapters import SchedulerSolver, resolve_nested_args
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs,
-                      check_common, info_of)
+                      check_common, with_anytime_fields)
 from .noise import make_noise
 
 
-@dataclass
-class NestedImagePipelineOutput(ImagePipelineOutput):
-    """ImagePipelineOutput plus where in the nested run the images come from."""
-
-    nfe: int = 0
-    outer_step: int = 0
-    outer_steps: int = 0
-    inner_step: int = 0
-    inner_steps: int = 0
-    final: bool = True
-    source: str = "inner_result"
-    t: int = 0
-    elapsed: float = 0.0
-    latents: torch.Tensor | None = None
+NestedImagePipelineOutput = with_anytime_fields(ImagePipelineOutput, "NestedImagePipelineOutput", "ImagePipelineOutput plus where in the nested run the images come from (the AnytimeInfo fields) and the x̂0 latent they were decoded from.", __name__)
 
 
 class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
@@ -209,4 +195,4 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
                     images = self.numpy_to_pil(images)
         if not ctx["return_dict"]:
             return (images,)
-        return NestedImagePipelineOutput(images=images, latents=x0, **info_of(update))
+        return NestedImagePipelineOutput(images=images, latents=x0, **update.info())

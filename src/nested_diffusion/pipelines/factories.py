@@ -21,7 +21,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..core.nested import AnytimeUpdate, NestedSampler
+from ..core.events import AnytimeUpdate
+from ..core.nested import NestedSampler
 from ..core.noise import as_noise_source
 from ..core.schedule import NoiseSchedule
 from ..evaluation.snapshots import SamplerFactory
@@ -177,8 +178,7 @@ class PipelineSampler(NestedSampler):
         self._forward.target, run.denoiser = original, self.denoiser   # self.denoiser may be a runner's timer
         try:
             for out in outs:
-                yield AnytimeUpdate(out.images, out.nfe, out.outer_step, out.outer_steps, out.inner_step,
-                                    out.inner_steps, out.final, out.source, out.t, out.elapsed)
+                yield AnytimeUpdate.of(out.images, out)
         finally:
             outs.close()
             run.denoiser, self._forward.target = original, None

@@ -7,7 +7,6 @@ inner process only. One NFE = one UNet call (the guided [uncond, text] pair is o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -20,24 +19,11 @@ from ..core.nested import NestedSampler
 from ..core.schedule import NoiseSchedule
 from .adapters import SchedulerSolver, resolve_nested_args
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs,
-                      check_common, info_of)
+                      check_common, with_anytime_fields)
 from .noise import make_noise
 
 
-@dataclass
-class NestedStableDiffusionPipelineOutput(StableDiffusionPipelineOutput):
-    """StableDiffusionPipelineOutput plus where in the nested run the images come from."""
-
-    nfe: int = 0
-    outer_step: int = 0
-    outer_steps: int = 0
-    inner_step: int = 0
-    inner_steps: int = 0
-    final: bool = True
-    source: str = "inner_result"
-    t: int = 0
-    elapsed: float = 0.0
-    latents: torch.Tensor | None = None  # the x̂0 latent the images were decoded from
+NestedStableDiffusionPipelineOutput = with_anytime_fields(StableDiffusionPipelineOutput, "NestedStableDiffusionPipelineOutput", "StableDiffusionPipelineOutput plus where in the nested run the images come from (the AnytimeInfo fields) and the x̂0 latent they were decoded from.", __name__)
 
 
 class _TextCond:
@@ -276,4 +262,4 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         if not ctx["return_dict"]:
             return image, nsfw
         return NestedStableDiffusionPipelineOutput(images=image, nsfw_content_detected=nsfw, latents=x0,
-                                                   **info_of(update))
+                                                   **update.info())
