@@ -5,7 +5,6 @@ Samples are generated in chunks cached as .pt files (written atomically), so an 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from .classifier import FashionClassifier
 from .unet import TinyUNet
 from ..core.nested import NestedSampler
 from ..evaluation.frechet import FeatureStats, frechet_distance
+from ..io import atomic_torch_save
 
 
 @torch.no_grad()
@@ -47,9 +47,7 @@ def generate_cached(model: TinyUNet, n: int, steps: int, solver: str, guidance: 
             continue
         labels = torch.tensor([i % 10 for i in idx])
         x = sampler.sample([seed + i for i in idx], (len(idx), 1, 28, 28), cond=labels).x0
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(x, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(x, path)
         xs.append(x)
         log(f"  {idx[-1] + 1}/{n} samples, {time.time() - t0:.0f} s")
     return torch.cat(xs), torch.tensor([i % 10 for i in range(n)])

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .serialization import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..inverse.ddrm import DEFAULT_ETA, DEFAULT_ETA_B, ddrm_restore, ddrm_sampler
 from ..inverse.metrics import consistency_rms, psnr
 from ..inverse.operators import MEASUREMENT_SEED_OFFSET, measure

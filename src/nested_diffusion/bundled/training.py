@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from .data import load_fashion_mnist
 from .unet import TinyUNet
 from ..core.schedule import NoiseSchedule
+from ..io import atomic_torch_save
 
 
 @dataclass
@@ -101,12 +101,6 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def train(cfg: TrainConfig, log=print) -> Path:
     """Train (or resume) the bundled UNet. Returns the folder of the exported EMA model."""
     if cfg.threads:
@@ -135,7 +129,7 @@ def train(cfg: TrainConfig, log=print) -> Path:
     ema_params, params = list(ema.parameters()), list(model.parameters())
 
     def save() -> None:
-        _atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
+        atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                             "generator": gen.get_state(), "step": step, "history": history,
                             "wall_seconds": wall, "config": asdict(cfg)}, ckpt_path)
         ema.save_pretrained(out / "ema")

@@ -180,7 +180,7 @@ def _noise_floor(args) -> int:
     from ..evaluation.distances import FrechetToReference, fd_noise_floor
     from ..evaluation.features import load_feature_classifier
     from ..evaluation.reference import fashion_reference
-    from ..evaluation.runners import _write_json
+    from ..io import atomic_write_json
     bad = [n for n in args.samples if not 2 <= n <= args.heldout]
     if bad:
         print(f"error: --samples: each count must lie in [2, --heldout={args.heldout}], got {bad}", file=sys.stderr)
@@ -198,7 +198,7 @@ def _noise_floor(args) -> int:
                definition="FD of random n-image subsets of the train split to the test-split reference",
                floors=floors, wall_time_s=time.time() - t0)
     args.out.mkdir(parents=True, exist_ok=True)
-    _write_json(args.out / "noise_floor.json", doc)
+    atomic_write_json(args.out / "noise_floor.json", doc)
     for f in floors:
         print(f"n={f['n']}: FD floor {f['mean']:.4f} ± {f['std']:.4f} (std over {len(f['values'])} subsets of "
               f"{f['pool']})")

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..imaging import progression_grid, row, save_gif, save_png
-from ..bundled.serialization import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..core.events import AnytimeUpdate
 
 

@@ -158,7 +158,7 @@ def run(args) -> int:
     from ..bundled import load_unet, make_denoiser, parse_classes
     from ..bundled.data import CLASS_NAMES, load_fashion_mnist
     from ..imaging import row, save_png, tile, to_uint8
-    from ..bundled.serialization import atomic_write_bytes
+    from ..io import atomic_write_bytes
     from ..inverse.ddrm import ddrm_sampler, reference_t_start
     from ..inverse.metrics import psnr
     from ..inverse.operators import measure

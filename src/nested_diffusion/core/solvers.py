@@ -20,7 +20,7 @@ import torch
 
 from .denoisers import Denoiser
 from .eta import EtaSpec, resolve_eta, validate_eta
-from .events import INNER_RESULT, X0_PREVIEW, SolverEvent, step_event
+from .events import SolverEvent, step_event
 from .grids import step_grid, zero_ending_grid
 from .noise import NoiseSource
 from .steps import ddim_sigma, ddim_step, ddpm_learned_step, dpmpp_first_order, dpmpp_second_order

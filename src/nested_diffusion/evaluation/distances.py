@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bundled.serialization import atomic_write_bytes
+from ..io import atomic_write_bytes
 from .features import PrecomputedFeatures, require_inception_weights
 from .frechet import FeatureStats
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from ..imaging import tile, to_uint8
-from ..bundled.serialization import atomic_write_bytes
+from ..io import atomic_write_bytes
 
 
 def _figure(w: float, h: float, ncols: int = 1):

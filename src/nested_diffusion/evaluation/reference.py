@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bundled.serialization import atomic_write_bytes
+from ..io import atomic_write_bytes
 from .distances import ReferenceStats, subset
 from .features import extract_features
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..bundled.serialization import atomic_write_bytes
+from ..io import atomic_write_bytes
 from .distances import ReferenceStats, load_reference_stats
 from .features import dequantize, require_inception_weights, state_fingerprint, to_inception_input
 from .reference import EvalReference

@@ -8,7 +8,6 @@ sample count (FD of real held-out images of the same N).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -19,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 
 from .. import __version__
-from ..bundled.serialization import atomic_write_bytes
+from ..io import atomic_write_json
 from . import plots
 from .auc import DEFAULT_STEP, anytime_auc, nfe_marks, parse_configs
 from .consistency import consistency_curves
@@ -34,11 +33,6 @@ RND_CONFIGS = ((1, 200), (2, 100), (4, 50), (5, 40), (10, 20), (20, 10))   # Tab
 BUDGETS = (100, 150, 200, 250)                                              # Table 3
 FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 CONSISTENCY_CONFIGS = ((2, 100), (4, 50), (5, 40), (10, 20))
-
-
-def _write_json(path: Path, doc: dict) -> Path:
-    atomic_write_bytes(path, (json.dumps(doc, indent=1) + "\n").encode())
-    return path
 
 
 def _common(factory: SamplerFactory, n: int, seed: int, t_start: float) -> dict:
@@ -194,7 +188,7 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
     doc["timing_total"] = _total_timing([r["timing"] for r in rows])
     doc["files"] = [plots.plot_fd_curves(doc, out / "rnd_fd_curves.png").name, "rnd_sweep.json"]
     doc["wall_time_s"] = time.time() - t_start
-    _write_json(out / "rnd_sweep.json", doc)
+    atomic_write_json(out / "rnd_sweep.json", doc)
     return doc
 
 
@@ -263,7 +257,7 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
                scores={sc.name: getattr(sc, "description", sc.name) for sc in scores})
     doc["files"] = [plots.plot_budget_table(doc, out / "budget_table.png").name, "budget_table.json"]
     doc["wall_time_s"] = time.time() - t_start
-    _write_json(out / "budget_table.json", doc)
+    atomic_write_json(out / "budget_table.json", doc)
     return doc
 
 
@@ -298,7 +292,7 @@ def run_consistency(factory: SamplerFactory, metrics: Sequence, out_dir: str | o
                timing_total=_total_timing([r["timing"] for r in rows]))
     doc["files"] = [plots.plot_consistency(doc, out / "consistency.png").name, "consistency.json"]
     doc["wall_time_s"] = time.time() - t_start
-    _write_json(out / "consistency.json", doc)
+    atomic_write_json(out / "consistency.json", doc)
     return doc
 
 
@@ -330,5 +324,5 @@ def run_qualitative(factory: SamplerFactory, out_dir: str | os.PathLike, configs
     doc["files"] = [plots.qualitative_figure(grids, rows, samples, out / "qualitative.png", scale).name,
                     "qualitative.json"]
     doc["wall_time_s"] = time.time() - t_start
-    _write_json(out / "qualitative.json", doc)
+    atomic_write_json(out / "qualitative.json", doc)
     return doc

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..bundled.serialization import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..core.nested import NestedSampler
 from ..core.noise import NoiseSource
 from .auc import UpdateSchedule
