@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from . import eval as cli_eval
     from . import restore as cli_restore, restore_table as cli_table2
+    from . import calibrate as cli_calibrate
+    cli_calibrate.add_parser(sub)
     cli_eval.add_parser(sub)
     cli_restore.add_parser(sub)
     cli_table2.add_parser(sub)
@@ -223,11 +225,17 @@ def _run_restore_table(args) -> int:
     return cli_table2.run(args)
 
 
+def _run_calibrate(args) -> int:
+    from . import calibrate as cli_calibrate
+    return cli_calibrate.run(args)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"generate": cmd_generate, "train": cmd_train, "quality": cmd_quality,
                 "train-classifier": cmd_train_classifier, "eval": _run_eval,
-                "restore": _run_restore, "restore-table": _run_restore_table}
+                "restore": _run_restore, "restore-table": _run_restore_table,
+                "calibrate": _run_calibrate}
     return commands[args.command](args)
 
 

@@ -15,6 +15,7 @@ import torch
 from .denoisers import Denoiser, NonFiniteOutputError
 from .eta import EtaSpec, resolve_eta, validate_eta
 from .events import INNER_RESULT, X0_PREVIEW, AnytimeUpdate, SolverEvent
+from .expected_change import Calibration, SignalTracker, VarianceObserver, canonical, mean_var
 from .grids import check_convention, check_step_counts, outer_grid
 from .noise import NoiseSource, as_noise_source
 from .registry import get_solver
@@ -145,14 +146,19 @@ class NestedSampler:
                max_nfe: int | None = None, deadline: float | None = None, previews: str = "first",
                x_T: torch.Tensor | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, stop: "Callable[[], bool] | Any | None" = None,
-               grad: bool = False) -> Iterator[AnytimeUpdate]:
+               grad: bool = False, calibration: Calibration | None = None) -> Iterator[AnytimeUpdate]:
         """Yield anytime updates for a batch. ``seeds``: one per sample (or a base seed, then
         shape[0] samples); ``shape``: (B, C, H, W). ``max_nfe``: stop at the best result within this many NFEs;
         ``deadline``: seconds of wall time from the start. Break out of the loop to stop at any time; ``stop``
         (a callable returning True, or a ``threading.Event``) is checked after every denoiser call, so another
         thread can end the stream within one NFE (the last update yielded is the result). The model runs
-        without autograd unless ``grad=True``."""
+        without autograd unless ``grad=True``. ``calibration`` (for this configuration, else ValueError) attaches
+        an ``ExpectedChange`` to every update, from signals the run already has (no extra NFE)."""
         shape = _check_stream_args(shape, max_nfe, deadline, previews)
+        den, tracker = self.denoiser, None
+        if calibration is not None:
+            calibration.check(self.calibration_settings(previews))
+            den, tracker = VarianceObserver(self.denoiser), calibration.tracker()
         should_stop = _stop_check(stop)
         noise = as_noise_source(seeds, shape[0], device, dtype)
         if noise.batch_size != shape[0]:
@@ -164,15 +170,20 @@ class NestedSampler:
         run_end = np.cumsum([self.solver.inner.nfe(s) for s in self.inner_steps]).tolist()
         start = time.perf_counter()
         ev = None
-        events = self.solver.run(self.denoiser, x, self.t_start, self.outer_steps, noise, cond,
+        events = self.solver.run(den, x, self.t_start, self.outer_steps, noise, cond,
                                  self.grid_convention, grad=grad)
         try:
             for ev in events:
                 elapsed = time.perf_counter() - start
                 if deadline is not None and elapsed > deadline:
                     return
+                if tracker is not None:
+                    track(tracker, ev, den.last_var, shape[0])
                 if self._shown(ev, previews):
-                    yield self._update(ev, elapsed)
+                    u = self._update(ev, elapsed)
+                    if tracker is not None:
+                        u.expected_change = calibration.predict(u.nfe, tracker.update(u.x0))
+                    yield u
                 if ev.nfe >= budget or should_stop():
                     return
                 # after the first inner run, never start a run that cannot finish within the budget
@@ -185,6 +196,14 @@ class NestedSampler:
                                             f"after {nfe} NFE)") from e
         finally:
             events.close()
+
+    def calibration_settings(self, previews: str = "first") -> dict:
+        """The sampler settings a calibration is made for (the denoiser's identity is the caller's part)."""
+        inner = self.solver.inner
+        return canonical(dict(outer_steps=self.outer_steps, inner_steps=self.inner_steps, inner_solver=inner.name,
+                              inner_eta=getattr(inner, "eta", None), outer_eta=self.solver.outer_eta,
+                              grid=self.grid_convention, t_start=self.t_start, previews=previews,
+                              num_train_timesteps=self.denoiser.schedule.num_train_timesteps))
 
     @staticmethod
     def _shown(ev: SolverEvent, previews: str) -> bool:
@@ -207,6 +226,15 @@ class NestedSampler:
         if last is None:
             raise TimeoutError("deadline: passed before the first denoiser call finished; no result to return")
         return last
+
+
+def track(tracker: SignalTracker, ev: SolverEvent, var_values: torch.Tensor | None, batch: int) -> None:
+    """Feed one event of a nested run to a SignalTracker (in the order its docstring asks)."""
+    tracker.call(mean_var(var_values, batch))
+    if ev.sub.nfe == 1:
+        tracker.run_started(ev.sub.x0)
+    if ev.sub.final:
+        tracker.run_finished(ev.x0)
 
 
 def vanilla_sampler(denoiser: Denoiser, steps: int, solver: Solver | str = "ddim", eta: EtaSpec | None = None,

@@ -14,6 +14,7 @@ atomically and skipped when present, so an interrupted calibration resumes.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -75,7 +76,6 @@ def run_chunks(sampler: NestedSampler, seeds: Sequence[int], labels: Callable[[S
         paths.append(path)
         if path.is_file():
             continue
-        import time
         t0 = time.perf_counter()
         cond = labels(s)
         arrays = run_chunk(sampler, s, (len(s), *shape), cond)
@@ -83,3 +83,21 @@ def run_chunks(sampler: NestedSampler, seeds: Sequence[int], labels: Callable[[S
         atomic_save_npz(path, **arrays)
         log(f"{path.name}: {len(s)} samples in {time.perf_counter() - t0:.1f} s")
     return paths
+
+
+def claim_cache(cache: Path, config: dict) -> None:
+    """Stamp ``cache`` with the configuration its chunks belong to (``config.json``); ValueError if it already
+    holds another configuration's chunks. A folder with chunks but no stamp is claimed as it is."""
+    import json
+    from ..core.expected_change import canonical, config_hash
+    from ..io import atomic_write_json
+    cache = Path(cache)
+    stamp = cache / "config.json"
+    if stamp.is_file():
+        have = json.loads(stamp.read_text())
+        if have.get("config_hash") != config_hash(config):
+            raise ValueError(f"--cache-dir: {str(cache)!r} holds chunks of configuration {have.get('config_hash')}"
+                             f", not {config_hash(config)}; use another folder")
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(stamp, {"config_hash": config_hash(config), "config": canonical(config)})
