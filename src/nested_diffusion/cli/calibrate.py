@@ -97,7 +97,7 @@ def run(args) -> int:
                 first_result_nfe=sampler.solver.inner.nfe(sampler.inner_steps[0]))
     cal = fit_calibration(data["signals"], data["targets"], data["nfe"], config, meta, feats)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.outer}x{args.inner}-{args.solver}-{h}.json"
+    name = f"{args.outer}x{args.inner}-{args.solver}-{args.signals}-{h}.json"
     log(f"wrote {atomic_write_json(args.out / name, cal.to_dict())} ({args.samples} samples)")
     if args.heldout:
         ho_paths = run_chunks(sampler, range(args.heldout_seed, args.heldout_seed + args.heldout), labels,
@@ -108,8 +108,8 @@ def run(args) -> int:
                                                                        args.heldout_seed + args.heldout])
         path = atomic_write_json(args.out / f"evaluation-{h}-{args.signals}.json", doc)
         p = doc["pooled"]["after_first_result"]
-        log(f"wrote {path}: after the first inner result, MAE −{100 * p['rmse']['mae_reduction']:.0f}% (rmse), "
-            f"−{100 * p['semantic']['mae_reduction']:.0f}% (semantic) vs the population curve; 80% coverage "
+        log(f"wrote {path}: from the first inner result on, MAE {-100 * p['rmse']['mae_reduction']:+.0f}% (rmse), "
+            f"{-100 * p['semantic']['mae_reduction']:+.0f}% (semantic) vs the population curve; 80% coverage "
             f"{p['rmse']['coverage_80']:.2f}/{p['semantic']['coverage_80']:.2f}; Brier {p['flip']['brier']:.4f} vs "
             f"{p['flip']['brier_population']:.4f}")
     return 0

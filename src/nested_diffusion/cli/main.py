@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scale", type=_positive_int("--scale"), default=4, help="pixel upscaling in pictures")
     g.add_argument("--threads", type=_positive_int("--threads"), default=None, help="torch CPU threads")
     g.add_argument("--quiet", action="store_true", help="no per-update lines or progress bar")
+    g.add_argument("--calibration", default="auto", help="expected change: 'auto' (the shipped calibration of "
+                   "this configuration, if any), 'none', or a file from `nested-diffusion calibrate`")
 
     t = sub.add_parser("train", help="train (or resume) the Fashion-MNIST denoiser",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -153,6 +155,8 @@ def cmd_generate(args) -> int:
             runs.append(("vanilla", 1, args.outer * args.inner))
         samplers = [(name, NestedSampler(den, k, n, args.solver, inner_eta, args.outer_eta, args.grid))
                     for name, k, n in runs]
+        from ..bundled.expected_change import resolve_calibration
+        cal = resolve_calibration(args.calibration, samplers[0][1], model, guidance)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -176,12 +180,13 @@ def cmd_generate(args) -> int:
             bar = tqdm(total=total, unit="NFE", leave=False, dynamic_ncols=True)
         try:
             for u in sampler.stream(seeds, (len(classes), 1, 28, 28), labels, max_nfe=args.budget,
-                                    deadline=args.deadline):
+                                    deadline=args.deadline, calibration=cal if name == "nested" else None):
                 rec.add(u)
                 if bar is not None:
                     bar.update(u.nfe - bar.n)
                     bar.write(f"  nfe {u.nfe:4d}/{total}  outer {u.outer_step}/{u.outer_steps}  "
-                              f"t={u.t:3d}  {u.elapsed:6.2f} s  {'final' if u.final else u.source}")
+                              f"t={u.t:3d}  {u.elapsed:6.2f} s  {'final' if u.final else u.source}"
+                              + (f"  {u.expected_change.summary()}" if u.expected_change is not None else ""))
         except KeyboardInterrupt:
             code = 130
             print("\ninterrupted: writing the latest result", file=sys.stderr)

@@ -191,11 +191,12 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def canonical(v: Any) -> Any:
-    """A JSON-stable form of a setting (numbers as floats, tuples as lists, callables by name)."""
+    """A JSON-stable form of a setting (whole numbers as ints so 2 == 2.0, tuples as lists, callables by name)."""
     if isinstance(v, bool) or v is None or isinstance(v, str):
         return v
-    if isinstance(v, (int, float)):
-        return float(v)
+    if isinstance(v, (int, float)) or hasattr(v, "__float__") and not isinstance(v, torch.Tensor):
+        f = float(v)
+        return int(f) if f.is_integer() else f
     if isinstance(v, (list, tuple)):
         return [canonical(x) for x in v]
     if isinstance(v, dict):
