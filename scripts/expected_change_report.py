@@ -20,8 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nested_diffusion.core.expected_change import TARGETS, load_calibration  # noqa: E402
-from nested_diffusion.evaluation.expected_change import (calibration_set, evaluate, fit_median,  # noqa: E402
-                                                          predictions)
+from nested_diffusion.evaluation.expected_change import calibration_set, evaluate, predictions  # noqa: E402
 from nested_diffusion.evaluation.features import load_feature_classifier  # noqa: E402
 from nested_diffusion.io import atomic_write_json  # noqa: E402
 
@@ -99,7 +98,6 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calibration", required=True)
     ap.add_argument("--cache", type=Path, required=True)
-    ap.add_argument("--fit", default=None, help="lo:hi calibration seeds (for the population median baseline)")
     ap.add_argument("--heldout", required=True, help="lo:hi held-out seeds")
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", type=Path, default=Path("docs/results/expected-change"))
@@ -111,11 +109,7 @@ def main() -> None:
     feat = cal.uses_feature_signals()
     lo, hi = (int(x) for x in a.heldout.split(":"))
     ho = calibration_set(chunk_paths(a.cache, lo, hi), steps, fx.classifier, feat)
-    med = None
-    if a.fit:
-        flo, fhi = (int(x) for x in a.fit.split(":"))
-        med = fit_median(calibration_set(chunk_paths(a.cache, flo, fhi), steps, fx.classifier, feat))
-    ev = evaluate(cal, ho["signals"], ho["targets"], ho["nfe"], med)
+    ev = evaluate(cal, ho["signals"], ho["targets"], ho["nfe"])
     ev.update(calibration=cal.hash, heldout_samples=len(ho["seeds"]), heldout_seeds=[min(ho["seeds"]),
                                                                                      max(ho["seeds"])])
     a.out.mkdir(parents=True, exist_ok=True)
@@ -125,16 +119,18 @@ def main() -> None:
     flip_plot(ev, a.name, a.out)
     print(f"{a.name}: {len(ho['seeds'])} held-out samples, calibration {cal.hash} "
           f"({cal.meta.get('samples')} samples, signals {cal.meta.get('signals')})")
-    print("| pooled | target | MAE | MAE pop. mean | MAE pop. median | reduction | Spearman (pooled / within) "
-          "| 80% coverage |")
+    print("| updates | distance | MAE mean / population | reduction | MAE median / pop. median | reduction "
+          "| Spearman pooled / within update | 80% coverage (population) |")
     for part in ("all", "after_first_result"):
         for t in TARGETS:
             p = ev["pooled"][part][t]
-            print(f"| {part} | {t} | {p['mae']:.4f} | {p['mae_population']:.4f} | {p['mae_population_median']:.4f} "
-                  f"| {100 * p['mae_reduction']:.0f}% | {p['spearman_pooled']:.2f} / "
-                  f"{p['spearman_within_update_mean']:.2f} | {p['coverage_80']:.3f} |")
+            print(f"| {part} | {t} | {p['mae']:.4f} / {p['mae_population']:.4f} | {100 * p['mae_reduction']:.0f}% "
+                  f"| {p['mae_median_point']:.4f} / {p['mae_population_median']:.4f} "
+                  f"| {100 * p['mae_reduction_median']:.0f}% | {p['spearman_pooled']:.2f} / "
+                  f"{p['spearman_within_update_mean']:.2f} | {p['coverage_80']:.3f} ({p['coverage_80_population']:.3f}) |")
         f = ev["pooled"][part]["flip"]
-        print(f"| {part} | flip Brier | {f['brier']:.4f} | pop. rate {f['brier_population']:.4f} | | | | |")
+        print(f"| {part} | flip: Brier {f['brier']:.4f} vs population rate {f['brier_population']:.4f} "
+              f"(rate {f['rate']:.3f}) | | | | | | |")
     print(json.dumps({p["nfe"]: [round(p[t]["spearman"], 2) for t in TARGETS] for p in ev["per_update"][:-1]}))
 
 

@@ -74,7 +74,7 @@ def run(args) -> int:
     from ..core.change_fit import fit_calibration
     from ..core.expected_change import config_hash
     from ..evaluation.calibration_runs import claim_cache, run_chunks
-    from ..evaluation.expected_change import PIXEL_SIGNALS, calibration_set, evaluate, fit_median
+    from ..evaluation.expected_change import PIXEL_SIGNALS, calibration_set, evaluate
     from ..io import atomic_write_json
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,7 +103,7 @@ def run(args) -> int:
         ho_paths = run_chunks(sampler, range(args.heldout_seed, args.heldout_seed + args.heldout), labels,
                               (1, 28, 28), cache, args.chunk, log)
         ho = calibration_set(ho_paths, sampler.inner_steps, fx.classifier, args.signals == "feature")
-        doc = evaluate(cal, ho["signals"], ho["targets"], ho["nfe"], fit_median(data))
+        doc = evaluate(cal, ho["signals"], ho["targets"], ho["nfe"])
         doc.update(config_hash=h, signals=args.signals, heldout_seeds=[args.heldout_seed,
                                                                        args.heldout_seed + args.heldout])
         path = atomic_write_json(args.out / f"evaluation-{h}-{args.signals}.json", doc)

@@ -80,9 +80,9 @@ def fit_log_linear(y: torch.Tensor, S: torch.Tensor, features: Sequence[str], ep
             tr = ids != f
             bf, wf = ridge(X[tr], z[tr], lam)
             cross[~tr] = z[~tr] - bf - X[~tr] @ wf
-    q = torch.quantile(cross, torch.tensor([LOW, HIGH], dtype=torch.float64))
+    q = torch.quantile(cross, torch.tensor([LOW, 0.5, HIGH], dtype=torch.float64))
     model.update(intercept=b, coef=w.tolist(), eps=eps, smear=float(torch.exp(resid).mean()),
-                 q_low=float(q[0]), q_high=float(q[1]), resid_sd=float(cross.std()))
+                 q_low=float(q[0]), q_mid=float(q[1]), q_high=float(q[2]), resid_sd=float(cross.std()))
     return model
 
 

@@ -67,14 +67,17 @@ def grayness(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ExpectedChange:
-    """Per-sample predictions for one update, each a (B,) float tensor: the expected remaining pixel RMSE on
-    [0, 1] and its 80% interval, the expected remaining semantic distance (1 − cosine) and its 80% interval, and
-    the probability that the predicted class still flips."""
+    """Per-sample predictions for one update, each a (B,) float tensor. For the remaining pixel RMSE on [0, 1]
+    (``rmse*``) and the remaining semantic distance, 1 − cosine of feature-network features (``semantic*``):
+    the expected (mean) value, the median ("typical") value and the 80% interval (10% and 90% quantiles); and
+    ``flip``, the probability that the feature network's predicted class still changes."""
 
     rmse: torch.Tensor
+    rmse_median: torch.Tensor
     rmse_low: torch.Tensor
     rmse_high: torch.Tensor
     semantic: torch.Tensor
+    semantic_median: torch.Tensor
     semantic_low: torch.Tensor
     semantic_high: torch.Tensor
     flip: torch.Tensor
@@ -94,15 +97,17 @@ class ExpectedChange:
     def sample(self, i: int) -> dict[str, Any]:
         """Sample i as a JSON-able dict (rounded to 5 decimals)."""
         r = lambda v: round(float(v[i]), 5)  # noqa: E731
-        return {"rmse": r(self.rmse), "rmse_80": [r(self.rmse_low), r(self.rmse_high)],
-                "semantic": r(self.semantic), "semantic_80": [r(self.semantic_low), r(self.semantic_high)],
+        return {"rmse": r(self.rmse), "rmse_median": r(self.rmse_median),
+                "rmse_80": [r(self.rmse_low), r(self.rmse_high)], "semantic": r(self.semantic),
+                "semantic_median": r(self.semantic_median), "semantic_80": [r(self.semantic_low),
+                                                                            r(self.semantic_high)],
                 "flip": r(self.flip), "wording": self.wording(i)}
 
     def to_list(self) -> list[dict[str, Any]]:
         return [self.sample(i) for i in range(len(self))]
 
     def summary(self) -> str:
-        """One line for a terminal: the batch's median expected RMSE / semantic distance, the mean flip
+        """One line for a terminal: the batch's median of the expected RMSE / semantic distance, the mean flip
         probability and how many samples each wording applies to."""
         words = [self.wording(i) for i in range(len(self))]
         counts = ", ".join(f"{words.count(w)} {w}" for w in WORDS if words.count(w))
@@ -266,7 +271,7 @@ class Calibration:
 
     def predict(self, nfe: int, signals: torch.Tensor, use_signals: bool = True) -> ExpectedChange:
         """Predictions for the update at ``nfe`` from its (B, len(SIGNALS)) signals; ``use_signals=False`` gives
-        the population curve (the calibration set's mean D and its 10–90% range at that NFE)."""
+        the population curve (the calibration set's mean D, its median and 10–90% range at that NFE)."""
         e = self.entry(nfe)
         B = signals.shape[0]
         out = {}
@@ -318,18 +323,18 @@ def design(model: dict, signals: torch.Tensor) -> torch.Tensor:
     return torch.stack(cols, 1) if cols else torch.zeros(signals.shape[0], 0, dtype=torch.float64)
 
 
-def predict_log_linear(model: dict, signals: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(mean, low, high) of D from log(D + eps) = b + X·w + r, r from the calibration residuals: the mean uses
-    the residuals' smearing factor E[exp r], the interval their 10% and 90% quantiles."""
+def predict_log_linear(model: dict, signals: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(mean, median, low, high) of D from log(D + eps) = b + X·w + r, r from the calibration residuals: the
+    mean uses the residuals' smearing factor E[exp r], the median and interval their 50%, 10% and 90% quantiles."""
     if model.get("zero"):
         z = torch.zeros(signals.shape[0])
-        return z, z, z
+        return z, z, z, z
     X = design(model, signals)
     lin = model["intercept"] + X @ torch.tensor(model["coef"], dtype=torch.float64)
     eps = model["eps"]
     f = lambda r: (torch.exp(lin + r) - eps).clamp_min(0).float()  # noqa: E731
     mean = (torch.exp(lin) * model["smear"] - eps).clamp_min(0).float()
-    return mean, f(model["q_low"]), f(model["q_high"])
+    return mean, f(model["q_mid"]), f(model["q_low"]), f(model["q_high"])
 
 
 def predict_logistic(model: dict, signals: torch.Tensor) -> torch.Tensor:

@@ -4,9 +4,10 @@
   ``NestedSampler.stream`` does, so the signals are the ones a live run computes (tested).
 * ``chunk_targets``: remaining change of every shown update to the final — pixel RMSE on [0, 1], semantic
   distance 1 − cos of feature-network features, and the flip of the predicted class.
-* ``evaluate``: per update, Spearman correlation of predicted vs realised D, MAE of the per-sample predictor vs
-  the population curve (the calibration set's mean D at that NFE) and vs the population median, 80% interval
-  coverage, and the flip probability's Brier score vs the population rate, plus reliability bins.
+* ``evaluate``: per update, Spearman correlation of predicted vs realised D, MAE of the per-sample mean
+  prediction vs the population curve (the calibration set's mean D at that NFE) and of the per-sample median
+  vs the population median, 80% interval coverage, and the flip probability's Brier score vs the population
+  rate, plus reliability bins.
 """
 from __future__ import annotations
 
@@ -102,57 +103,57 @@ def reliability(p: torch.Tensor, y: torch.Tensor, bins: int = 10) -> list[dict]:
 def predictions(cal: Calibration, signals: torch.Tensor, nfe: Sequence[int], use_signals: bool = True) -> dict:
     """Stacked (N, U) predictions of a calibration for a held-out set's signals."""
     preds = [cal.predict(n, signals[:, j], use_signals) for j, n in enumerate(nfe)]
-    names = ("rmse", "rmse_low", "rmse_high", "semantic", "semantic_low", "semantic_high", "flip")
+    names = ("rmse", "rmse_median", "rmse_low", "rmse_high", "semantic", "semantic_median", "semantic_low",
+             "semantic_high", "flip")
     return {k: torch.stack([getattr(p, k) for p in preds], 1) for k in names}
 
 
-def update_metrics(pred: dict, pop: dict, real: dict, j: int, pop_median: dict) -> dict:
-    """The metrics of update j (see the module docstring)."""
-    m = {}
-    for t in TARGETS:
-        y, p, q = real[t][:, j].double(), pred[t][:, j].double(), pop[t][:, j].double()
-        cover = ((real[t][:, j] >= pred[f"{t}_low"][:, j]) & (real[t][:, j] <= pred[f"{t}_high"][:, j]))
-        pop_cover = ((real[t][:, j] >= pop[f"{t}_low"][:, j]) & (real[t][:, j] <= pop[f"{t}_high"][:, j]))
-        m[t] = {"realised_mean": float(y.mean()), "spearman": spearman(p, y),
-                "mae": float((p - y).abs().mean()), "mae_population": float((q - y).abs().mean()),
-                "mae_population_median": float((pop_median[t][j] - y).abs().mean()),
-                "coverage_80": float(cover.double().mean()), "coverage_80_population": float(pop_cover.double().mean()),
-                "interval_width": float((pred[f"{t}_high"][:, j] - pred[f"{t}_low"][:, j]).double().mean())}
-    f, pf, qf = real["flip"][:, j].double(), pred["flip"][:, j].double(), pop["flip"][:, j].double()
-    m["flip"] = {"rate": float(f.mean()), "brier": float(((pf - f) ** 2).mean()),
-                 "brier_population": float(((qf - f) ** 2).mean())}
+def target_metrics(pred: dict, pop: dict, real: dict, t: str, sel) -> dict:
+    """Metrics of distance t over the updates ``sel`` (a list of indices), all samples pooled."""
+    y = real[t][:, sel].double()
+    inside = lambda p: ((real[t][:, sel] >= p[f"{t}_low"][:, sel])  # noqa: E731
+                        & (real[t][:, sel] <= p[f"{t}_high"][:, sel])).double().mean()
+    mae = lambda p, k: float((p[k][:, sel].double() - y).abs().mean())  # noqa: E731
+    m = {"realised_mean": float(y.mean()), "mae": mae(pred, t), "mae_population": mae(pop, t),
+         "mae_median_point": mae(pred, f"{t}_median"), "mae_population_median": mae(pop, f"{t}_median"),
+         "coverage_80": float(inside(pred)), "coverage_80_population": float(inside(pop)),
+         "interval_width": float((pred[f"{t}_high"][:, sel] - pred[f"{t}_low"][:, sel]).double().mean()),
+         "interval_width_population": float((pop[f"{t}_high"][:, sel] - pop[f"{t}_low"][:, sel]).double().mean())}
+    m["mae_reduction"] = 1 - m["mae"] / m["mae_population"] if m["mae_population"] > 0 else float("nan")
+    m["mae_reduction_median"] = (1 - m["mae_median_point"] / m["mae_population_median"]
+                                 if m["mae_population_median"] > 0 else float("nan"))
+    if len(sel) == 1:
+        m["spearman"] = spearman(pred[t][:, sel[0]], real[t][:, sel[0]])
     return m
 
 
-def evaluate(cal: Calibration, signals: torch.Tensor, real: dict, nfe: Sequence[int],
-             median: dict | None = None) -> dict:
-    """Held-out metrics per update and pooled over all non-final updates (after the first inner result:
-    ``after_first_result``). ``median``: per target, the calibration set's median D per update (a second,
-    stronger constant baseline for MAE); defaults to the population mean curve."""
+def flip_metrics(pred: dict, pop: dict, real: dict, sel, bins: bool = False) -> dict:
+    f = real["flip"][:, sel].double()
+    m = {"rate": float(f.mean()), "brier": float(((pred["flip"][:, sel].double() - f) ** 2).mean()),
+         "brier_population": float(((pop["flip"][:, sel].double() - f) ** 2).mean())}
+    if bins:
+        m.update(reliability=reliability(pred["flip"][:, sel], f), reliability_population=reliability(
+            pop["flip"][:, sel], f))
+    return m
+
+
+def evaluate(cal: Calibration, signals: torch.Tensor, real: dict, nfe: Sequence[int]) -> dict:
+    """Held-out metrics per update, and pooled over the non-final updates ("all") and over those from the first
+    inner result on ("after_first_result"). Baselines: the population curve (mean D at that NFE, for the mean
+    prediction) and the population median (for the median prediction)."""
     pred, pop = predictions(cal, signals, nfe), predictions(cal, signals, nfe, use_signals=False)
-    med = median or {t: pop[t][0] for t in TARGETS}
-    per = [dict(nfe=int(n), **update_metrics(pred, pop, real, j, med)) for j, n in enumerate(nfe)]
-    first_result = next(j for j, n in enumerate(nfe) if n >= cal.meta.get("first_result_nfe", n))
+    per = [dict(nfe=int(n), flip=flip_metrics(pred, pop, real, [j]),
+                **{t: target_metrics(pred, pop, real, t, [j]) for t in TARGETS}) for j, n in enumerate(nfe)]
+    first = cal.meta.get("first_result_nfe", nfe[0])
+    first_result = next(j for j, n in enumerate(nfe) if n >= first)
     pooled = {}
     for name, sel in (("all", range(len(nfe) - 1)), ("after_first_result", range(first_result, len(nfe) - 1))):
         sel = list(sel)
-        p = {}
+        p = {t: target_metrics(pred, pop, real, t, sel) for t in TARGETS}
         for t in TARGETS:
-            y, a, b = real[t][:, sel].double(), pred[t][:, sel].double(), pop[t][:, sel].double()
-            c = torch.stack([med[t][j] for j in sel]).double()
-            cover = (real[t][:, sel] >= pred[f"{t}_low"][:, sel]) & (real[t][:, sel] <= pred[f"{t}_high"][:, sel])
-            p[t] = {"mae": float((a - y).abs().mean()), "mae_population": float((b - y).abs().mean()),
-                    "mae_population_median": float((c - y).abs().mean()),
-                    "spearman_pooled": spearman(a.flatten(), y.flatten()),
-                    "spearman_within_update_mean": float(np.nanmean([per[j][t]["spearman"] for j in sel])),
-                    "coverage_80": float(cover.double().mean())}
-            p[t]["mae_reduction"] = 1 - p[t]["mae"] / p[t]["mae_population"]
-            p[t]["mae_reduction_vs_median"] = 1 - p[t]["mae"] / p[t]["mae_population_median"]
-        f = real["flip"][:, sel].double()
-        p["flip"] = {"brier": float(((pred["flip"][:, sel].double() - f) ** 2).mean()),
-                     "brier_population": float(((pop["flip"][:, sel].double() - f) ** 2).mean()),
-                     "reliability": reliability(pred["flip"][:, sel], f),
-                     "reliability_population": reliability(pop["flip"][:, sel], f)}
+            p[t]["spearman_pooled"] = spearman(pred[t][:, sel].flatten(), real[t][:, sel].flatten())
+            p[t]["spearman_within_update_mean"] = float(np.nanmean([per[j][t]["spearman"] for j in sel]))
+        p["flip"] = flip_metrics(pred, pop, real, sel, bins=True)
         pooled[name] = p
     return {"samples": int(signals.shape[0]), "per_update": per, "pooled": pooled}
 
@@ -182,8 +183,3 @@ def calibration_set(paths: Sequence[Path], inner_steps: Sequence[int], classifie
     targets = chunk_targets(chunk, lambda x: fn(x)[0], lambda x: fn(x)[1])
     return {"signals": signals, "targets": targets, "nfe": [int(n) for n in chunk["nfe"]],
             "seeds": chunk["seeds"].tolist()}
-
-
-def fit_median(data: dict) -> dict:
-    """Per target, the calibration set's median D per update (the constant MAE-optimal baseline)."""
-    return {t: data["targets"][t].double().median(0).values for t in TARGETS}
