@@ -20,8 +20,9 @@ no extra NFE:
   latest call, where the model predicts one (NaN otherwise);
 * optional *feature signals*, when the calibration carries a feature function (``Calibration.features``: image
   batch → (features, logits or None); for the bundled model the classifier, ~12% of one NFE per shown update):
-  ``sem_step`` / ``sem_inner``, 1 − cosine between the features of this and the previous shown result / of the
-  last two inner results, and ``entropy`` of the predicted class distribution of this result.
+  ``sem_step`` / ``sem_inner`` / ``sem_run``, 1 − cosine between the features of this and the previous shown
+  result / of the last two inner results / of this result and its inner run's first x̂0 prediction, and the
+  ``entropy`` and ``margin`` (top-1 minus top-2 logit) of the predicted class distribution of this result.
 
 Wording (``ExpectedChange.wording``), thresholds on the predicted values (documented in README):
 "settled" when the interval's upper end of the pixel RMSE is below ``SETTLED_RMSE`` and the flip probability
@@ -42,8 +43,8 @@ from .denoisers import DenoiserOutput
 
 FORMAT_VERSION = 1
 SIGNALS = ("step_change", "inner_change", "run_change", "first_gray", "gray", "var_first", "var_last",
-           "sem_step", "sem_inner", "entropy")
-FEATURE_SIGNALS = frozenset({"sem_step", "sem_inner", "entropy"})
+           "sem_step", "sem_inner", "sem_run", "entropy", "margin")
+FEATURE_SIGNALS = frozenset({"sem_step", "sem_inner", "sem_run", "entropy", "margin"})
 LOG_SIGNALS = frozenset({"step_change", "inner_change", "run_change", "first_gray", "gray"}) | FEATURE_SIGNALS
 TARGETS = ("rmse", "semantic")
 
@@ -144,13 +145,16 @@ class SignalTracker:
         self.results: list[torch.Tensor] = []
         self.result_feats: list[torch.Tensor] = []
         self.var_last = self.var_first = None
-        self.features, self.result_pending = features, False
+        self.features, self.result_pending, self.first_feat = features, False, None
 
     def call(self, var_mean: torch.Tensor) -> None:
         self.var_last = var_mean
 
     def run_started(self, x0_first: torch.Tensor) -> None:
         self.first, self.var_first = x0_first, self.var_last
+        if self.features is not None:
+            with torch.no_grad():
+                self.first_feat = self.features(x0_first)[0].detach().float().cpu()
 
     def run_finished(self, x0: torch.Tensor) -> None:
         self.results = (self.results + [x0])[-2:]
@@ -159,7 +163,7 @@ class SignalTracker:
     def feature_signals(self, x0: torch.Tensor) -> dict[str, torch.Tensor]:
         nan = torch.full((x0.shape[0],), math.nan)
         if self.features is None:
-            return {"sem_step": nan, "sem_inner": nan, "entropy": nan}
+            return {name: nan for name in FEATURE_SIGNALS}
         with torch.no_grad():
             f, logits = self.features(x0)
         f = f.detach().float().cpu()
@@ -168,7 +172,9 @@ class SignalTracker:
         cos = lambda a, b: 1 - torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1).float()  # noqa
         out = {"sem_step": nan if self.prev_feat is None else cos(f, self.prev_feat),
                "sem_inner": cos(*self.result_feats) if len(self.result_feats) == 2 else nan,
-               "entropy": nan if logits is None else entropy(logits.detach().float().cpu())}
+               "sem_run": cos(f, self.first_feat),
+               "entropy": nan if logits is None else entropy(logits.detach().float().cpu()),
+               "margin": nan if logits is None else margin(logits.detach().float().cpu())}
         self.prev_feat = f
         return out
 
@@ -193,6 +199,14 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) per row."""
     logp = torch.log_softmax(logits.double(), -1)
     return -(logp.exp() * logp).sum(-1).clamp_min(0).float()
+
+
+def margin(logits: torch.Tensor) -> torch.Tensor:
+    """Top-1 minus top-2 logit per row (0 when there is a single class)."""
+    if logits.shape[-1] < 2:
+        return torch.zeros(logits.shape[0])
+    top = logits.topk(2, -1).values
+    return (top[:, 0] - top[:, 1]).float()
 
 
 def canonical(v: Any) -> Any:
