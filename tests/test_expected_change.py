@@ -210,3 +210,34 @@ def test_exact_gaussian_realised_change_matches_closed_form(outer, inner):
     last = list(sampler.stream(list(range(4)), (4, 1, 16, 16), calibration=cal))[-1]
     assert last.final and float(last.expected_change.rmse.abs().max()) == 0
     assert float(last.expected_change.rmse_high.abs().max()) == 0
+
+
+def test_calibrate_cli_resumes_and_generate_shows_expected_change(tmp_path, capsys):
+    from nested_diffusion.cli.main import main
+    cache, out = tmp_path / "cache", tmp_path / "cal"
+    args = ["calibrate", "--outer", "2", "--inner", "3", "--samples", "20", "--chunk", "10", "--heldout", "20",
+            "--cache-dir", str(cache), "--out", str(out), "--threads", "1", "--signals", "pixel"]
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert log.count("samples in") == 4 and "MAE" in log
+    assert main(args) == 0
+    assert "samples in" not in capsys.readouterr().out  # every chunk cached: nothing re-run
+    cal_file = next(out.glob("2x3-ddpm-pixel-*.json"))
+    doc = json.loads(cal_file.read_text())
+    assert doc["meta"]["samples"] == 20 and doc["meta"]["seeds"] == [100000, 100020]
+    assert doc["config"]["sampler"]["outer_steps"] == 2 and "weights" in doc["config"]["model"]
+    g = tmp_path / "g"
+    assert main(["generate", "--out", str(g), "--classes", "0,7", "--outer", "2", "--inner", "3", "--threads", "1",
+                 "--calibration", str(cal_file)]) == 0
+    lines = capsys.readouterr().out
+    assert "expected change: rmse" in lines
+    ups = json.loads((g / "updates.json").read_text())["updates"]
+    assert len(ups[0]["expected_change"]) == 2 and ups[-1]["expected_change"][0]["wording"] == "settled"
+    assert main(["generate", "--out", str(g), "--classes", "0", "--outer", "3", "--inner", "3", "--threads", "1",
+                 "--calibration", str(cal_file), "--quiet"]) == 2
+    assert "error: calibration: made for configuration" in capsys.readouterr().err
+    assert main(["generate", "--out", str(g), "--classes", "0", "--outer", "2", "--inner", "3", "--threads", "1",
+                 "--calibration", "none", "--quiet"]) == 0
+    assert json.loads((g / "updates.json").read_text())["updates"][0]["expected_change"] is None
+    bad = ["calibrate", "--outer", "3", "--inner", "3", "--samples", "20", "--cache-dir", str(cache), "--out", str(out)]
+    assert main(bad) == 2 and "holds chunks of configuration" in capsys.readouterr().err
