@@ -241,3 +241,12 @@ def test_calibrate_cli_resumes_and_generate_shows_expected_change(tmp_path, caps
     assert json.loads((g / "updates.json").read_text())["updates"][0]["expected_change"] is None
     bad = ["calibrate", "--outer", "3", "--inner", "3", "--samples", "20", "--cache-dir", str(cache), "--out", str(out)]
     assert main(bad) == 2 and "holds chunks of configuration" in capsys.readouterr().err
+
+
+def test_pipeline_outputs_carry_the_field_with_default_none():
+    import dataclasses
+    pytest.importorskip("diffusers")
+    from nested_diffusion.pipelines.dit import NestedImagePipelineOutput
+    f = {x.name: x for x in dataclasses.fields(NestedImagePipelineOutput)}
+    assert f["expected_change"].default is None
+    assert NestedImagePipelineOutput(images=[]).expected_change is None

@@ -13,6 +13,8 @@ from .core.solvers import DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolve
 from .core.registry import SolverSpec, get_solver, register_solver, solver_names, unregister_solver
 from .core.nested import NestedSampler, NestedSolver, vanilla_sampler
 from .core.analytic import GaussianMixtureDenoiser
+from .core.expected_change import Calibration, ExpectedChange, load_calibration
+from .core.change_fit import fit_calibration
 
 __version__ = "0.2.0"
 
@@ -21,4 +23,5 @@ __all__ = ["NoiseSchedule", "get_schedule", "ClassifierFreeGuidance", "CountingD
            "AnytimeInfo", "AnytimeUpdate", "SolverEvent", "step_grid", "DDIMSolver", "DDPMLearnedSolver",
            "DPMSolverPP2M", "DPMSolverPP2S", "Solver", "SolverSpec", "get_solver", "register_solver",
            "solver_names", "unregister_solver", "NestedSampler", "NestedSolver", "vanilla_sampler",
-           "GaussianMixtureDenoiser", "__version__"]
+           "GaussianMixtureDenoiser", "Calibration", "ExpectedChange", "load_calibration", "fit_calibration",
+           "__version__"]
