@@ -160,14 +160,15 @@ def test_live_stream_equals_replay_and_costs_no_extra_nfe(feature_signals):
 
 
 def test_wording_thresholds():
-    z, one = torch.zeros(3), torch.ones(3)
-    ec = ExpectedChange(rmse=torch.tensor([0.005, 0.03, 0.2]), rmse_median=z, rmse_low=z,
-                        rmse_high=torch.tensor([0.01, 0.05, 0.3]), semantic=z, semantic_median=z, semantic_low=z,
-                        semantic_high=z, flip=torch.tensor([0.01, 0.1, 0.0]))
-    assert [ec.wording(i) for i in range(3)] == list(WORDS)
-    ec.flip = torch.tensor([0.5, 0.0, 0.0])
-    assert ec.wording(0) == WORDS[2] and "expected change" in ec.summary()
-    assert one.sum() == 3
+    z = torch.zeros(5)
+    ec = ExpectedChange(rmse=torch.tensor([0.005, 0.03, 0.25, 0.01, 0.01]), rmse_median=z, rmse_low=z,
+                        rmse_high=torch.tensor([0.01, 0.05, 0.3, 0.019, 0.019]),
+                        semantic=torch.tensor([0.0, 0.01, 0.0, 0.06, 0.0]), semantic_median=z, semantic_low=z,
+                        semantic_high=z, flip=torch.tensor([0.01, 0.1, 0.0, 0.0, 0.3]))
+    assert [ec.wording(i) for i in range(5)] == [WORDS[0], WORDS[1], WORDS[2], WORDS[2], WORDS[2]]
+    ec.flip = torch.tensor([0.06, 0.0, 0.0, 0.0, 0.0])
+    assert ec.wording(0) == WORDS[1]
+    assert "1 details may still change, 4 may still change a lot" in ec.summary()
 
 
 def gaussian_reference(sampler, mu, s):
