@@ -168,7 +168,7 @@ def test_wording_thresholds():
     assert [ec.wording(i) for i in range(5)] == [WORDS[0], WORDS[1], WORDS[2], WORDS[2], WORDS[2]]
     ec.flip = torch.tensor([0.06, 0.0, 0.0, 0.0, 0.0])
     assert ec.wording(0) == WORDS[1]
-    assert "1 details may still change, 4 may still change a lot" in ec.summary()
+    assert "(1 settled, 2 details may still change, 2 may still change a lot)" in ec.summary()
 
 
 def gaussian_reference(sampler, mu, s):
