@@ -251,3 +251,11 @@ def test_pipeline_outputs_carry_the_field_with_default_none():
     f = {x.name: x for x in dataclasses.fields(NestedImagePipelineOutput)}
     assert f["expected_change"].default is None
     assert NestedImagePipelineOutput(images=[]).expected_change is None
+
+
+def test_entropy_and_margin_signals():
+    from nested_diffusion.core.expected_change import entropy, margin
+    logits = torch.tensor([[0.0, 0.0], [10.0, 0.0], [2.0, 1.0]])
+    torch.testing.assert_close(entropy(logits)[0], torch.tensor(math.log(2)))
+    assert float(entropy(logits)[1]) < 1e-3 and 0 < float(entropy(logits)[2]) < math.log(2)
+    torch.testing.assert_close(margin(logits), torch.tensor([0.0, 10.0, 1.0]))

@@ -204,7 +204,7 @@ class SignalTracker:
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) per row."""
     logp = torch.log_softmax(logits.double(), -1)
-    return -(logp.exp() * logp).sum(-1).clamp_min(0).float()
+    return (-(logp.exp() * logp).sum(-1)).clamp_min(0).float()
 
 
 def margin(logits: torch.Tensor) -> torch.Tensor:
