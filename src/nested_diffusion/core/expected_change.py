@@ -151,7 +151,7 @@ class SignalTracker:
         self.results: list[torch.Tensor] = []
         self.result_feats: list[torch.Tensor] = []
         self.var_last = self.var_first = None
-        self.features, self.result_pending, self.first_feat = features, False, None
+        self.features, self.result_pending, self.first_feat, self.first_out = features, False, None, None
 
     def call(self, var_mean: torch.Tensor) -> None:
         self.var_last = var_mean
@@ -160,7 +160,8 @@ class SignalTracker:
         self.first, self.var_first = x0_first, self.var_last
         if self.features is not None:
             with torch.no_grad():
-                self.first_feat = self.features(x0_first)[0].detach().float().cpu()
+                self.first_out = self.features(x0_first)
+            self.first_feat = self.first_out[0].detach().float().cpu()
 
     def run_finished(self, x0: torch.Tensor) -> None:
         self.results = (self.results + [x0])[-2:]
@@ -170,8 +171,11 @@ class SignalTracker:
         nan = torch.full((x0.shape[0],), math.nan)
         if self.features is None:
             return {name: nan for name in FEATURE_SIGNALS}
-        with torch.no_grad():
-            f, logits = self.features(x0)
+        if x0 is self.first and self.first_out is not None:  # the run's first prediction is shown: reuse
+            f, logits = self.first_out
+        else:
+            with torch.no_grad():
+                f, logits = self.features(x0)
         f = f.detach().float().cpu()
         if self.result_pending:
             self.result_feats = (self.result_feats + [f])[-2:]
