@@ -11,6 +11,7 @@ from pathlib import Path
 from .. import __version__
 from .argtypes import inner_eta_for, int_at_least as _int_at_least, nonneg_float as _nonneg_float, solver_choices
 from ..bundled.data import CLASS_NAMES
+from . import serve as cli_serve
 
 
 def _positive_int(name):
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import eval as cli_eval
     from . import restore as cli_restore, restore_table as cli_table2
     cli_eval.add_parser(sub)
+    cli_serve.add_parser(sub)
     cli_restore.add_parser(sub)
     cli_table2.add_parser(sub)
     return p
@@ -227,7 +229,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"generate": cmd_generate, "train": cmd_train, "quality": cmd_quality,
                 "train-classifier": cmd_train_classifier, "eval": _run_eval,
-                "restore": _run_restore, "restore-table": _run_restore_table}
+                "restore": _run_restore, "restore-table": _run_restore_table,
+                "serve": cli_serve.run}
     return commands[args.command](args)
 
 
