@@ -100,12 +100,12 @@ def _update(backend: Any, info: Any, images: np.ndarray, run: Any, total: int, b
                      expected_change=expected_change_words(info, images.shape[0]))
 
 
-def _end_state(last: WebUpdate, prep: Prepared, stopped: bool) -> str:
+def _end_state(last: WebUpdate, prep: Prepared, stopped: bool, elapsed: float) -> str:
     if last.final:
         return "done"
     if stopped:
         return "stopped"
-    if prep.deadline is not None and last.elapsed >= prep.deadline * 0.999:
+    if prep.deadline is not None and elapsed >= prep.deadline:
         return "deadline"
     return "budget"
 
@@ -130,8 +130,8 @@ def stream_updates(backend: Any, request: JobRequest | Prepared, stop: Any = Non
             yield last
         if last is None:
             raise TimeoutError("deadline: passed before the first model call finished; no result (raise it)")
-        yield replace(last, spent=nested.calls, elapsed=time.perf_counter() - start,
-                      state=_end_state(last, prep, should_stop()))
+        elapsed = time.perf_counter() - start
+        yield replace(last, spent=nested.calls, elapsed=elapsed, state=_end_state(last, prep, should_stop(), elapsed))
     finally:
         nested.close()
         if vanilla is not None:
