@@ -25,6 +25,7 @@ from .backends import JobRequest, Limits  # noqa: E402
 from .render import gif_bytes, progression_strip  # noqa: E402
 from .stream import Job, JobBoard, WebUpdate  # noqa: E402
 
+HEARTBEAT_S = 0.1   # longest wait without a message to the page (a lost client is noticed at the next one)
 INTRO = {
     "bundled": "Class-conditional Fashion-MNIST (the bundled 28×28 model).",
     "sd": "Text-to-image with Nested Stable Diffusion.",
@@ -83,13 +84,14 @@ class DemoHandlers:
         if not final:
             return u.image, u.vanilla, u.status(), change, gr.skip(), gr.skip()
         frames = job.frames if job is not None else [u.images]
-        strip = progression_strip(frames, self.backend.scale)
+        strip = progression_strip(frames, max(1, self.backend.scale // 2))
         gif = self.gif_dir / f"progression-{''.join(ch for ch in key if ch.isalnum())[:32] or 'local'}.gif"
         atomic_write_bytes(gif, gif_bytes(frames, self.backend.scale))
         return u.image, u.vanilla, u.status(), change, strip, str(gif)
 
-    async def generate(self, *values: Any, request: gr.Request = None):
-        key = request.session_hash if request is not None else "local"
+    async def generate(self, request: gr.Request, *values: Any):
+        """Inputs: the backend's fields in page order, then the vanilla toggle (Gradio injects ``request``)."""
+        key = request.session_hash
         try:
             job = Job(self.backend, _request(self.names, list(values[:-1]), values[-1]), self.limits)
         except (ValueError, TypeError) as e:
@@ -99,8 +101,10 @@ class DemoHandlers:
         try:
             yield None, None, "Starting…", "", None, None
             while not job.done:
-                seq, u = await asyncio.to_thread(job.next_update, seq, 0.5)
-                if u is not None and u.state == "running":
+                seq, u = await asyncio.to_thread(job.next_update, seq, HEARTBEAT_S)
+                if u is None:         # nothing new: an empty message, so a vanished client is noticed now
+                    yield (gr.skip(),) * 6
+                elif u.state == "running":
                     yield self._outputs(u, False)
             if job.state == "failed":
                 raise gr.Error(f"The job failed: {job.error}", title="Generation failed", print_exception=False)
@@ -136,11 +140,10 @@ def build_app(backend: Any, limits: Limits | None = None, concurrency: int = 2, 
                     stop = gr.Button("Stop", variant="secondary", elem_id="nd-stop")
                     cancel = gr.Button("Cancel", variant="stop", elem_id="nd-cancel")
             with gr.Column(scale=2):
-                with gr.Row():
-                    image = gr.Image(label="Nested diffusion (current result)", format="png", interactive=False,
-                                     elem_id="nd-image")
-                    van_img = gr.Image(label="Vanilla at the same NFE", format="png", interactive=False,
-                                       visible=False, elem_id="nd-vanilla")
+                image = gr.Image(label="Nested diffusion (current result)", format="png", interactive=False,
+                                 elem_id="nd-image")
+                van_img = gr.Image(label="Vanilla sampling at the same NFE (its x̂0 preview)", format="png",
+                                   interactive=False, visible=False, elem_id="nd-vanilla")
                 status = gr.Markdown("Press **Generate**.", elem_id="nd-status")
                 change = gr.Markdown("", elem_id="nd-change")
                 strip = gr.Image(label="Progression (rows: images, columns: anytime results)", format="png",
