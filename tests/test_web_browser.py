@@ -102,7 +102,7 @@ def test_generate_watch_stop_in_chromium(server, tmp_path):
         tab = context.new_page()                                          # closing the tab ends the job
         tab.goto(url)
         tab.wait_for_selector("#nd-generate")
-        model.delay = 0.25
+        model.delay = 0.4
         tab.click("#nd-generate")
         watch(tab, lambda n, i: len(n) >= 2)
         tab.close()
