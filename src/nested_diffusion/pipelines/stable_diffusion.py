@@ -86,6 +86,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         clip_skip: int | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        denoiser_hook: Callable | None = None,
         num_inference_steps: int | None = None,
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
@@ -117,6 +118,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
                 kwargs["latents"] is the update's x̂0 latent; returned prompt embeddings take effect from the
                 next UNet call. Setting ``pipe._interrupt = True`` stops at the next UNet call and returns the
                 last finished update.
+            denoiser_hook(denoiser) -> denoiser: wraps this call's model denoiser (profiling, NFE counting).
         """
         pairs, ctx = self._prepare(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
         last = None
@@ -228,7 +230,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
             cond.negative = returned.get("negative_prompt_embeds", cond.negative)
 
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
-                              a["callback_on_step_end"], tensor_inputs, tensors, apply)
+                              a["callback_on_step_end"], tensor_inputs, tensors, apply, a["denoiser_hook"])
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], device=device, dtype=dtype,
                    generator=gen if isinstance(gen, (torch.Generator, list)) else None)
         return pairs, ctx
