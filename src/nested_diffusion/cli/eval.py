@@ -177,7 +177,8 @@ def default_heldout(samples: int) -> int:
 
 
 def _noise_floor(args) -> int:
-    from ..evaluation.distances import FrechetToReference, fd_noise_floor
+    from ..evaluation.distances import fd_noise_floor
+    from ..evaluation.frechet import FrechetToReference
     from ..bundled.features import load_feature_classifier
     from ..bundled.reference import fashion_reference
     from ..io import atomic_write_json
