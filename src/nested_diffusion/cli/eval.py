@@ -1,8 +1,8 @@
 """``nested-diffusion eval <experiment>``: the paper's anytime evaluations on the bundled Fashion-MNIST model, or
 on a diffusers Nested SD / DiT pipeline (``--pipeline sd|dit``, see ``cli_pipelines``).
 
-Wiring (cli.py): ``from .evaluation import cli_eval`` then ``cli_eval.add_parser(sub)`` in ``build_parser`` and
-``"eval": cli_eval.run`` in the command table. Every experiment caches each (configuration, chunk of seeds) in
+Wiring (cli/main.py): ``cli_eval.add_parser(sub)`` in ``build_parser`` and ``"eval": cli_eval.run`` in
+``COMMANDS``. Every experiment caches each (configuration, chunk of seeds) in
 ``--cache-dir``: rerun the same command after an interruption and only unfinished chunks are sampled.
 """
 from __future__ import annotations
