@@ -126,7 +126,7 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
                   cache_dir: str | os.PathLike | None = None, kid: bool = True,
                   log: Callable[[str], None] | None = print, scores: Sequence = ()) -> dict:
     """AUC (Δ Σ ln FD) and final FD for each outer×inner split of ``total_nfe``; FD-per-NFE curves (Fig. 9).
-    ``scores``: per-sample scores also reported at every mark (e.g. ``pipeline_factories.prompt_score``: CLIP
+    ``scores``: per-sample scores also reported at every mark (e.g. ``pipelines.factories.prompt_score``: CLIP
     score to each sample's prompt). A reference without features (statistics only) gives FD without KID and
     precision/recall."""
     t_start, out = time.time(), Path(out_dir)
