@@ -190,30 +190,52 @@ class BundledBackend:
 
     def open(self, prep: Prepared, outer: int, inner: int, stop: Callable[[], bool],
              max_nfe: int | None = None, deadline: float | None = None) -> Run:
-        sampler = self.sampler(prep, outer, inner)
-        counter = CountingDenoiser(sampler.denoiser)
-        sampler.denoiser = counter
+        sampler, counter = self.sampler(prep, outer, inner), _Counter()
         stream = sampler.stream(prep.seeds, (prep.batch, 1, 28, 28), prep.cond.to(self.device), max_nfe=max_nfe,
-                                deadline=deadline, device=self.device, stop=stop)
+                                deadline=deadline, device=self.device, stop=stop, wrap_denoiser=counter.wrap)
         return Run(((u, model_to_rgb(u.x0)) for u in stream), counter)
 
     def total_nfe(self, prep: Prepared, outer: int, inner: int) -> int:
         return self.sampler(prep, outer, inner).total_nfe
 
 
-class _StopGuard:
-    """Wraps a pipeline run's denoiser: counts calls and, once ``stop()`` is true, ends the run before the next
-    model call (the pipelines' anytime loop ends cleanly on ``PipelineInterrupted``)."""
+class _Counter:
+    """``wrap`` is a ``wrap_denoiser`` / ``denoiser_hook``: counts this run's model calls (``nfe``)."""
 
-    def __init__(self, denoiser: Any, stop: Callable[[], bool]):
-        self.inner, self.schedule, self.stop, self.nfe = denoiser, denoiser.schedule, stop, 0
+    def __init__(self):
+        self.counting: CountingDenoiser | None = None
 
-    def __call__(self, x, t, cond=None):
+    def wrap(self, denoiser: Any) -> CountingDenoiser:
+        self.counting = CountingDenoiser(denoiser)
+        return self.counting
+
+    @property
+    def nfe(self) -> int:
+        return 0 if self.counting is None else self.counting.nfe
+
+
+class _StopGuard(_Counter):
+    """A ``denoiser_hook`` for the pipelines: counts calls and, once ``stop()`` is true, ends the run before the
+    next model call (the pipelines' anytime loop ends cleanly on ``PipelineInterrupted``)."""
+
+    def __init__(self, stop: Callable[[], bool]):
+        super().__init__()
+        self.stop = stop
+
+    def wrap(self, denoiser: Any) -> Any:
         from ..pipelines.anytime import PipelineInterrupted
-        if self.stop():
-            raise PipelineInterrupted()
-        self.nfe += 1
-        return self.inner(x, t, cond)
+        counting = super().wrap(denoiser)
+        stop = self.stop
+
+        class Guarded:
+            schedule = denoiser.schedule
+
+            def __call__(self, x, t, cond=None):
+                if stop():
+                    raise PipelineInterrupted()
+                return counting(x, t, cond)
+
+        return Guarded()
 
 
 class PipelineBackend:
@@ -283,12 +305,11 @@ class PipelineBackend:
     def open(self, prep: Prepared, outer: int, inner: int, stop: Callable[[], bool],
              max_nfe: int | None = None, deadline: float | None = None) -> Run:
         gens = [torch.Generator(device="cpu").manual_seed(s) for s in prep.seeds]
+        guard = _StopGuard(stop)
         outs = self.pipe.iter_anytime(**self._call_args(prep), outer_steps=outer, inner_steps=inner,
                                       inner_solver=prep.solver, guidance_scale=prep.guidance, generator=gens,
-                                      max_nfe=max_nfe, deadline=deadline, output_type="np")
-        run = self.pipe.nested_sampler          # prepared by iter_anytime; sampling starts on the first next()
-        guard = _StopGuard(run.denoiser, stop)
-        run.denoiser = guard
+                                      max_nfe=max_nfe, deadline=deadline, output_type="np",
+                                      denoiser_hook=guard.wrap)
         return Run(((out, unit_to_rgb(out.images)) for out in outs), guard)
 
     def total_nfe(self, prep: Prepared, outer: int, inner: int) -> int:
