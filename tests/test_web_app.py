@@ -177,6 +177,19 @@ def test_bad_input_is_a_message_not_a_traceback(server):
         client.close()
 
 
+def test_failed_job_is_a_message(server):
+    client = Client(server.url, verbose=False)
+    server.model.fail = "simulated out of memory"
+    try:
+        with pytest.raises(Exception) as e:
+            client.predict(*args([1], 0, 1, 2), api_name="/generate")
+        assert "The job failed: RuntimeError: simulated out of memory" in str(e.value)
+    finally:
+        server.model.fail = None
+        client.close()
+    wait_idle(server.board)
+
+
 def rss(pid: int) -> int:
     import psutil
     return psutil.Process(pid).memory_info().rss

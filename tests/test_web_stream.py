@@ -190,6 +190,13 @@ def test_pipelines_on_the_same_path(tiny_pipes, kind):
     assert len(calls) <= at_stop + 1 and job.result.spent == len(calls) < 24
 
 
+def test_serve_without_gradio_says_what_to_install(monkeypatch, capsys):
+    from nested_diffusion.cli.main import main
+    monkeypatch.setitem(sys.modules, "gradio", None)      # import gradio now raises ImportError
+    assert main(["serve", "--port", "7999"]) == 2
+    assert "pip install 'nested-diffusion[demo]'" in capsys.readouterr().err
+
+
 def test_pipeline_backend_needs_a_folder():
     with pytest.raises(ValueError, match="--pipeline sd needs --model-path DIR"):
         load_backend("sd", None)

@@ -20,12 +20,14 @@ class CountingModel:
     def __init__(self, model=None, delay: float = 0.0):
         self.model = model or load_unet()
         self.config, self.null_class = self.model.config, self.model.null_class
-        self.delay, self.calls = delay, 0
+        self.delay, self.calls, self.fail = delay, 0, None
         self._lock = threading.Lock()
 
     def __call__(self, x, t, labels):
         with self._lock:
             self.calls += 1
+        if self.fail:
+            raise RuntimeError(self.fail)
         if self.delay:
             time.sleep(self.delay)
         return self.model(x, t, labels)

@@ -5,6 +5,9 @@ over a ``Job`` (``web.stream``); Stop is a ``queue=False`` handler keyed by the 
 the image shown is the result, within one model call), Cancel uses ``cancels=`` and discards the result, closing
 the tab (the session's unload) cancels the job. Offline by construction: analytics off, no share tunnel, the
 default theme (bundled fonts), bound to 127.0.0.1 unless told otherwise.
+
+API clients (``gradio_client``, "Use via API") see the same stream; while nothing new is produced the handler sends
+an empty update (every ``HEARTBEAT_S``) so that a vanished client is noticed within that time.
 """
 from __future__ import annotations
 
