@@ -28,7 +28,7 @@ from nested_diffusion.web import BundledBackend, Limits  # noqa: E402
 from nested_diffusion.web.app import build_app, launch_app  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from web_helpers import CountingModel, library_images, page_picture  # noqa: E402
+from web_helpers import CountingModel, library_images, page_picture, saved_tiny_pipe  # noqa: E402
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -188,6 +188,26 @@ def test_failed_job_is_a_message(server):
         server.model.fail = None
         client.close()
     wait_idle(server.board)
+
+
+def test_sd_pipeline_page_streams_the_library_images():
+    pytest.importorskip("diffusers")
+    from nested_diffusion.web import JobRequest, load_backend, stream_updates
+    backend = load_backend("sd", saved_tiny_pipe("sd"))
+    demo = build_app(backend, Limits(max_size=64), concurrency=1)
+    _, url, _ = launch_app(demo, port=free_port(), block=False, quiet=True)
+    client = Client(url, verbose=False)
+    try:
+        out = client.predict("a photo of a cat", "", 0, 0, 4, 2, 3, "ddim", 7.5, 0, 0, True, api_name="/generate")
+        assert out[2].startswith("Done at NFE 6/6") and out[1] is not None      # vanilla shown too
+        ref = list(stream_updates(backend, JobRequest(prompt="a photo of a cat", seed=4, outer_steps=2,
+                                                      inner_steps=3, solver="ddim", guidance=7.5)))[-1]
+        assert np.array_equal(np.asarray(Image.open(out[0]).convert("RGB")), ref.image)
+        with pytest.raises(Exception, match="height: must be a multiple of 8 in \\[8, 64\\] pixels, got 72"):
+            client.predict("a cat", "", 72, 0, 4, 2, 3, "ddim", 7.5, 0, 0, False, api_name="/generate")
+    finally:
+        client.close()
+        demo.close()
 
 
 def rss(pid: int) -> int:

@@ -3,7 +3,6 @@ identical to the library's, the vanilla comparison, budgets, bad input, and the 
 from __future__ import annotations
 
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from nested_diffusion.web import BundledBackend, Job, JobRequest, Limits, load_b
 from nested_diffusion.web.render import expected_change_words, gif_bytes, progression_strip
 
 sys.path.insert(0, str(Path(__file__).parent))
-from web_helpers import CountingModel, library_images, page_picture  # noqa: E402
+from web_helpers import CountingModel, library_images, page_picture, saved_tiny_pipe  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -154,20 +153,10 @@ def test_concurrent_jobs_do_not_mix(model):
         assert np.array_equal(u.image, page_picture(library_images(model.model, [c], 100 + c, 2, 3)))
 
 
-@pytest.fixture(scope="module")
-def tiny_pipes():
-    pytest.importorskip("diffusers")
-    from fixtures_tiny import tiny_dit, tiny_sd
-    from nested_diffusion.pipelines import NestedDiTPipeline, NestedStableDiffusionPipeline
-    root = Path(tempfile.mkdtemp(prefix="web-pipes-"))
-    NestedStableDiffusionPipeline.from_pipe(tiny_sd()).save_pretrained(root / "sd")
-    NestedDiTPipeline.from_pipe(tiny_dit()).save_pretrained(root / "dit")
-    return root
-
-
 @pytest.mark.parametrize("kind", ["sd", "dit"])
-def test_pipelines_on_the_same_path(tiny_pipes, kind):
-    backend = load_backend(kind, tiny_pipes / kind)
+def test_pipelines_on_the_same_path(kind):
+    pytest.importorskip("diffusers")
+    backend = load_backend(kind, saved_tiny_pipe(kind))
     req = JobRequest(prompt="a photo of a cat", classes="1,goldfish", seed=7, outer_steps=2, inner_steps=3)
     ups = list(stream_updates(backend, req))
     assert ups[-1].state == "done" and ups[-1].spent == 6 and [u.nfe for u in ups[:-1]] == [1, 2, 3, 6]

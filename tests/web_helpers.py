@@ -2,8 +2,11 @@
 for a job's settings, and the same picture layout the page shows, built from the library's picture helpers."""
 from __future__ import annotations
 
+import functools
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,3 +47,16 @@ def page_picture(x0: torch.Tensor, scale: int = 8) -> np.ndarray:
     """The batch as the page shows it: one row, RGB, upscaled, 2-pixel white gaps."""
     grey = to_uint8(x0)
     return tile(list(np.repeat(grey, 3, axis=-1)), 1, len(grey), scale)
+
+
+@functools.lru_cache(maxsize=None)
+def saved_tiny_pipe(kind: str) -> Path:
+    """A tiny random-weight Nested SD (``"sd"``) or DiT (``"dit"``) pipeline saved with save_pretrained."""
+    from fixtures_tiny import tiny_dit, tiny_sd
+    from nested_diffusion.pipelines import NestedDiTPipeline, NestedStableDiffusionPipeline
+    path = Path(tempfile.mkdtemp(prefix=f"web-{kind}-"))
+    if kind == "sd":
+        NestedStableDiffusionPipeline.from_pipe(tiny_sd()).save_pretrained(path)
+    else:
+        NestedDiTPipeline.from_pipe(tiny_dit()).save_pretrained(path)
+    return path

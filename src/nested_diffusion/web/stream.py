@@ -173,7 +173,9 @@ class Job:
         self._soft.set()
 
     def cancel(self) -> None:
-        """Hard stop: end within one model call and discard the result."""
+        """Hard stop: end within one model call and discard the result (no effect on a finished job)."""
+        if self.done:
+            return
         self._hard.set()
         with self._cv:
             self._cv.notify_all()
