@@ -28,7 +28,7 @@ from nested_diffusion.web import BundledBackend, Limits  # noqa: E402
 from nested_diffusion.web.app import build_app, launch_app  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from web_helpers import CountingModel, library_images, page_picture, saved_tiny_pipe  # noqa: E402
+from web_helpers import CountingModel, library_images, page_picture, saved_tiny_pipe, wait_idle  # noqa: E402
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -50,13 +50,6 @@ def server():
 
 def args(classes, seed, outer, inner, vanilla=False):
     return ([CLASSES[c] for c in classes], seed, outer, inner, "ddpm", 2.0, 0, 0, vanilla)
-
-
-def wait_idle(board, timeout=10.0):
-    end = time.monotonic() + timeout
-    while len(board) and time.monotonic() < end:
-        time.sleep(0.02)
-    assert len(board) == 0, "the server still holds a job"
 
 
 def wait_nfe(job, k, timeout=20.0):
@@ -91,7 +84,7 @@ def test_six_clients_get_their_own_images(server):
     assert sorted(results) == list(range(6))
     for i, classes, seed in jobs:
         got = np.asarray(Image.open(results[i][0]).convert("RGB"))
-        want = page_picture(library_images(server.model.model, classes, seed, 2, 4))
+        want = page_picture(library_images(server.model.model, classes, seed, 2, 4), scale=4)
         assert np.array_equal(got, want), f"client {i} (seed {seed}) got another image"
         assert results[i][2].startswith("Done at NFE 8/8")
     wait_idle(server.board)
@@ -149,7 +142,7 @@ while True:
 
 
 def test_vanished_client_ends_its_job(server):
-    server.model.delay = 0.4
+    server.model.delay = 0.6          # > the handler's HEARTBEAT_S: the server notices within one model call
     proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, server.url], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "seen"

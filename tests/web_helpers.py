@@ -43,7 +43,7 @@ def library_images(model, classes, seed, outer, inner, solver="ddpm", guidance=2
     return sampler.sample(seeds, (len(classes), 1, 28, 28), cond=torch.tensor(classes)).x0
 
 
-def page_picture(x0: torch.Tensor, scale: int = 8) -> np.ndarray:
+def page_picture(x0: torch.Tensor, scale: int = 4) -> np.ndarray:
     """The batch as the page shows it: one row, RGB, upscaled, 2-pixel white gaps."""
     grey = to_uint8(x0)
     return tile(list(np.repeat(grey, 3, axis=-1)), 1, len(grey), scale)
@@ -60,3 +60,13 @@ def saved_tiny_pipe(kind: str) -> Path:
     else:
         NestedDiTPipeline.from_pipe(tiny_dit()).save_pretrained(path)
     return path
+
+
+def wait_idle(board, timeout: float = 15.0) -> None:
+    """Wait until the server holds no job and every job thread has ended."""
+    end = time.monotonic() + timeout
+    def busy():
+        return len(board) or any(t.name == "nested-diffusion-job" for t in threading.enumerate())
+    while busy() and time.monotonic() < end:
+        time.sleep(0.02)
+    assert not busy(), "the server still holds or runs a job"

@@ -28,7 +28,8 @@ from .backends import JobRequest, Limits  # noqa: E402
 from .render import gif_bytes, progression_strip  # noqa: E402
 from .stream import Job, JobBoard, WebUpdate  # noqa: E402
 
-HEARTBEAT_S = 0.1   # longest wait without a message to the page (a lost client is noticed at the next one)
+CSS = "#nd-image img, #nd-vanilla img, #nd-strip img { image-rendering: pixelated; }"  # crisp small pictures
+HEARTBEAT_S = 0.25  # longest wait without a message to the page (a lost client is noticed at the next one)
 INTRO = {
     "bundled": "Class-conditional Fashion-MNIST (the bundled 28×28 model).",
     "sd": "Text-to-image with Nested Stable Diffusion.",
@@ -171,4 +172,4 @@ def launch_app(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None
     """Serve offline: no share tunnel, no server-side rendering, no MCP, files only from the GIF folder."""
     return demo.launch(server_name=host, server_port=port, share=False, show_error=False, ssr_mode=False,
                        pwa=False, mcp_server=False, allowed_paths=[str(demo.nd_gif_dir)],
-                       prevent_thread_lock=not block, quiet=quiet)
+                       prevent_thread_lock=not block, quiet=quiet, css=CSS)

@@ -160,7 +160,7 @@ class BundledBackend:
     default_solver = "ddpm"
     exclusive = False      # the model is stateless: jobs may run concurrently
 
-    def __init__(self, model: Any = None, scale: int = 8, device: str = "cpu"):
+    def __init__(self, model: Any = None, scale: int = 4, device: str = "cpu"):
         from ..bundled import DEFAULT_GUIDANCE, load_unet
 
         self.model = load_unet(None) if model is None else model
@@ -324,7 +324,7 @@ def load_backend(kind: str = "bundled", model_path: str | os.PathLike | None = N
         raise ValueError(f"pipeline: {kind!r} is not valid; use one of {KINDS}")
     if kind == "bundled":
         from ..bundled import load_unet
-        return BundledBackend(load_unet(model_path, device=device), scale=scale or 8, device=device)
+        return BundledBackend(load_unet(model_path, device=device), scale=scale or 4, device=device)
     if model_path is None or not os.path.isdir(model_path):
         raise ValueError(f"model_path: --pipeline {kind} needs --model-path DIR, a saved diffusers pipeline "
                          f"folder (model_index.json); got {model_path!r}")
