@@ -84,7 +84,7 @@ def test_six_clients_get_their_own_images(server):
     assert sorted(results) == list(range(6))
     for i, classes, seed in jobs:
         got = np.asarray(Image.open(results[i][0]).convert("RGB"))
-        want = page_picture(library_images(server.model.model, classes, seed, 2, 4), scale=4)
+        want = page_picture(library_images(server.model.model, classes, seed, 2, 4))
         assert np.array_equal(got, want), f"client {i} (seed {seed}) got another image"
         assert results[i][2].startswith("Done at NFE 8/8")
     wait_idle(server.board)

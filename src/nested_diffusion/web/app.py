@@ -28,7 +28,10 @@ from .backends import JobRequest, Limits  # noqa: E402
 from .render import gif_bytes, progression_strip  # noqa: E402
 from .stream import Job, JobBoard, WebUpdate  # noqa: E402
 
-CSS = "#nd-image img, #nd-vanilla img, #nd-strip img { image-rendering: pixelated; }"  # crisp small pictures
+FIT = "#nd-image img, #nd-vanilla img, #nd-strip img { width: 100% !important; height: 100% !important; " \
+      "object-fit: contain; }"                                   # pictures fill their boxes
+PIXELATED = FIT + " #nd-image img, #nd-vanilla img, #nd-strip img { image-rendering: pixelated; }"  # 28×28: crisp
+IMAGE_PX = {"bundled": 260, "sd": 420, "dit": 320}   # display height of the current/vanilla pictures
 HEARTBEAT_S = 0.25  # longest wait without a message to the page (a lost client is noticed at the next one)
 INTRO = {
     "bundled": "Class-conditional Fashion-MNIST (the bundled 28×28 model).",
@@ -145,17 +148,19 @@ def build_app(backend: Any, limits: Limits | None = None, concurrency: int = 2, 
                     cancel = gr.Button("Cancel", variant="stop", elem_id="nd-cancel")
             with gr.Column(scale=2):
                 image = gr.Image(label="Nested diffusion (current result)", format="png", interactive=False,
-                                 elem_id="nd-image")
+                                 height=IMAGE_PX[backend.kind], elem_id="nd-image")
                 van_img = gr.Image(label="Vanilla sampling at the same NFE (its x̂0 preview)", format="png",
-                                   interactive=False, visible=False, elem_id="nd-vanilla")
+                                   interactive=False, visible=False, height=IMAGE_PX[backend.kind],
+                                   elem_id="nd-vanilla")
                 status = gr.Markdown("Press **Generate**.", elem_id="nd-status")
                 change = gr.Markdown("", elem_id="nd-change")
                 strip = gr.Image(label="Progression (rows: images, columns: anytime results)", format="png",
-                                 interactive=False, elem_id="nd-strip")
+                                 interactive=False, height=IMAGE_PX[backend.kind] + 140, elem_id="nd-strip")
                 gif = gr.File(label="Progression GIF", interactive=False, elem_id="nd-gif")
         h = DemoHandlers(backend, limits, [n for n, _ in fields], gif_dir)
         demo.nd_handlers = h          # for tests and embedding code
         demo.nd_gif_dir = gif_dir
+        demo.nd_css = PIXELATED if backend.kind == "bundled" else FIT
         outputs = [image, van_img, status, change, strip, gif]
         ev = run.click(h.generate, [c for _, c in fields] + [vanilla], outputs, api_name="generate",
                        concurrency_limit=concurrency, concurrency_id="generate", show_progress="minimal")
@@ -172,4 +177,4 @@ def launch_app(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None
     """Serve offline: no share tunnel, no server-side rendering, no MCP, files only from the GIF folder."""
     return demo.launch(server_name=host, server_port=port, share=False, show_error=False, ssr_mode=False,
                        pwa=False, mcp_server=False, allowed_paths=[str(demo.nd_gif_dir)],
-                       prevent_thread_lock=not block, quiet=quiet, css=CSS)
+                       prevent_thread_lock=not block, quiet=quiet, css=demo.nd_css)
