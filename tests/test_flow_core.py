@@ -111,6 +111,12 @@ def test_grids_and_euler_match_diffusers_flow_match_scheduler():
     flux.set_begin_index(1)
     ref = flux.step((x - x0) / s, flux.timesteps[1], x).prev_sample
     assert (flow_ddim_step(x, x0, s, s_next) - ref).abs().max() < 1e-6
+    fresh = FlowMatchEulerDiscreteScheduler.from_config(flux.config, stochastic_sampling=True)
+    fresh.set_timesteps(sigmas=np.linspace(1.0, 1 / 5, 5), mu=0.8)
+    fresh.set_begin_index(1)
+    ref = fresh.step((x - x0) / s, fresh.timesteps[1], x, generator=torch.Generator().manual_seed(5)).prev_sample
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+    assert (flow_ddim_step(x, x0, s, s_next, "fresh", z) - ref).abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("bad,match", [
