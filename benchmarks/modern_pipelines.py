@@ -20,7 +20,9 @@ of the right widths, since prompts are encoded once per call), bf16 on CUDA; ``-
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -98,31 +100,45 @@ def build_tiny(family: str):
     return stock, nested, tiny_taesd(4 if family == "sdxl" else 16)
 
 
+def measure(modes: dict, counter: Counter, repeats: int, sync) -> tuple[dict, dict, dict]:
+    """One untimed warm-up call per mode (counting model calls and decodes; it also fits the latent_rgb factors),
+    then ``repeats`` interleaved rounds; medians of wall time and of this process's CPU time (1 thread: CPU time
+    is insensitive to other jobs on a shared machine, wall time is what a user waits)."""
+    calls, wall, cpu = {}, {k: [] for k in modes}, {k: [] for k in modes}
+    for k, fn in modes.items():
+        counter.model = counter.decodes = counter.tiny = 0
+        fn()
+        sync()
+        calls[k] = (counter.model, counter.decodes, counter.tiny)
+    for _ in range(repeats):
+        for k, fn in modes.items():
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return ({k: statistics.median(v) for k, v in wall.items()}, {k: statistics.median(v) for k, v in cpu.items()},
+            calls)
+
+
 def run_family(family: str, built, args, device_sync) -> None:
-    """Measure every mode (the warm-up call of ``measure`` also fits the latent_rgb factors, untimed)."""
-    from pipelines import measure
     stock, nested, tiny = built
     model = stock.unet if family == "sdxl" else stock.transformer
     counter = Counter(model, stock.vae, tiny)
-    tiny_calls: dict[str, int] = {}
-
-    def counted(key, fn):
-        def call():
-            before = counter.tiny
-            fn()
-            tiny_calls[key] = counter.tiny - before
-        return call
     ms = modes(family, stock, nested, tiny, args.outer, args.inner, args.batch, args.size)
-    med, calls = measure({k: counted(k, f) for k, f in ms.items()}, counter, args.repeats, device_sync)
+    wall, cpu, calls = measure(ms, counter, args.repeats, device_sync)
     nfe = args.outer * args.inner
     bad = {k: c[0] for k, c in calls.items() if c[0] != nfe}
     if bad:
         raise RuntimeError(f"{family}: model calls differ from {nfe} NFE: {bad}")
     print(f"{family}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M model, {args.size}² px, "
           f"batch {args.batch}, {args.outer} × {args.inner} = {nfe} NFE")
-    for k, m in med.items():
-        print(f"  {k:13s} {m * 1e3:9.1f} ms  {m / med['stock']:6.3f} × stock  model calls {calls[k][0]:3d}  "
-              f"full-VAE decodes {calls[k][1]:3d}  tiny decodes {tiny_calls[k]:3d}")
+    for k in ms:
+        c = calls[k]
+        print(f"  {k:13s} wall {wall[k] * 1e3:9.1f} ms = {wall[k] / wall['stock']:6.3f} × stock   "
+              + (f"cpu {cpu[k] * 1e3:9.1f} ms = {cpu[k] / cpu['stock']:6.3f} × stock   " if not args.gpu else "")
+              + f"model calls {c[0]:3d}  full-VAE decodes {c[1]:3d}  tiny decodes {c[2]:3d}")
 
 
 def main(argv: list[str] | None = None) -> int:
