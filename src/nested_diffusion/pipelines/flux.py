@@ -73,6 +73,7 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         preview_results: bool = False,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        denoiser_hook: Callable | None = None,
         max_sequence_length: int = 512,
         mu: float | None = None,
         num_inference_steps: int | None = None,
@@ -160,7 +161,7 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
 
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
                               a["callback_on_step_end"], tensor_inputs,
-                              lambda: {"prompt_embeds": cond.prompt_embeds}, apply)
+                              lambda: {"prompt_embeds": cond.prompt_embeds}, apply, a["denoiser_hook"])
         vae = self.vae.config
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], output_cls=NestedFluxPipelineOutput,
                    spatial=lambda x0: self._unpack_latents(x0, a["height"], a["width"], self.vae_scale_factor),

@@ -79,6 +79,7 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         preview_results: bool = False,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        denoiser_hook: Callable | None = None,
         max_sequence_length: int = 256,
         mu: float | None = None,
         num_inference_steps: int | None = None,
@@ -160,7 +161,7 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
 
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
                               a["callback_on_step_end"], tensor_inputs,
-                              lambda: {k: getattr(cond, v) for k, v in names.items()}, apply)
+                              lambda: {k: getattr(cond, v) for k, v in names.items()}, apply, a["denoiser_hook"])
         vae = self.vae.config
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], spatial=lambda x0: x0,
                    output_cls=NestedStableDiffusion3PipelineOutput, full=self._full_decode,

@@ -89,6 +89,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         preview_results: bool = False,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        denoiser_hook: Callable | None = None,
         num_inference_steps: int | None = None,
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
@@ -171,7 +172,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
 
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
                               a["callback_on_step_end"], tensor_inputs,
-                              lambda: {k: getattr(cond, v) for k, v in names.items()}, apply)
+                              lambda: {k: getattr(cond, v) for k, v in names.items()}, apply, a["denoiser_hook"])
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], spatial=lambda x0: x0,
                    output_cls=NestedStableDiffusionXLPipelineOutput, full=self._full_decode,
                    preview=preview_decoder(self, a, preview, kl_encoder(self.vae, self.vae.config.scaling_factor,
