@@ -17,7 +17,8 @@ from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
 from ..core.flow_nested import FlowNestedSampler
 from ..core.flow_solvers import FlowDenoiser
-from .anytime import AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs, check_common
+from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,
+                      check_common)
 from .modern import decode_update, flow_schedule_of, output_class, preview_decoder, resolve_flow_args
 from .noise import make_noise
 from .previews import check_preview, kl_encoder
@@ -102,10 +103,34 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
                                "no result")
         return self._output(*last, ctx)
 
-    def _check(self, a: dict) -> tuple[list[str], str]:
-        m = self.vae_scale_factor * 2
+    def core_sampler(self, **kwargs) -> FlowNestedSampler:
+        """The core sampler a call with these (nested, size, mu) arguments runs: its grid, inner steps and NFE
+        schedule, built without any model call (the evaluation runners' bookkeeping)."""
+        a = bind_call(self, (), kwargs)
+        self._default_size(a)
+        return self._core_sampler(a)
+
+    def _core_sampler(self, a: dict) -> FlowNestedSampler:
+        h, w = 2 * (a["height"] // (self.vae_scale_factor * 2)), 2 * (a["width"] // (self.vae_scale_factor * 2))
+        cfg = self.scheduler.config
+        mu = a["mu"] if a["mu"] is not None else calculate_shift(
+            (h // 2) * (w // 2), cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+            cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        args = resolve_flow_args(a, 4, 7, "fresh")
+        return FlowNestedSampler(FlowDenoiser(self._transformer_fn, flow_schedule_of(self.scheduler, mu)),
+                                 args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta, a["grid"])
+
+    def decode_x0(self, x0: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """A packed x̂0 latent → image in [−1, 1] through the full VAE (as the final image)."""
+        return self._full_decode(self._unpack_latents(x0, height, width, self.vae_scale_factor))
+
+    def _default_size(self, a: dict) -> None:
         a["height"] = a["height"] or self.default_sample_size * self.vae_scale_factor
         a["width"] = a["width"] or self.default_sample_size * self.vae_scale_factor
+
+    def _check(self, a: dict) -> tuple[list[str], str]:
+        m = self.vae_scale_factor * 2
+        self._default_size(a)
         for name in ("height", "width"):
             v = a[name]
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % m:
@@ -138,16 +163,9 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         if a["latents"] is not None and tuple(a["latents"].shape) != (batch, seq, channels * 4):
             raise ValueError(f"latents: expected packed shape {(batch, seq, channels * 4)}, "
                              f"got {tuple(a['latents'].shape)}")
-        cfg = self.scheduler.config
-        mu = a["mu"] if a["mu"] is not None else calculate_shift(
-            seq, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-            cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        schedule = flow_schedule_of(self.scheduler, mu)
-        args = resolve_flow_args(a, 4, 7, "fresh")
+        sampler = self._core_sampler(a)
         self._guidance_scale, self._joint_attention_kwargs = a["guidance_scale"], a["joint_attention_kwargs"]
         self._interrupt, self._current_timestep = False, None
-        sampler = FlowNestedSampler(FlowDenoiser(self._transformer_fn, schedule), args.outer_steps, args.inner_steps,
-                                    args.solver, None, args.outer_eta, a["grid"])
         self.nested_sampler = sampler
         cond = self._encode(a, batch, h, w)
         noise = make_noise(gen, batch, cond.device, cond.dtype)

@@ -16,7 +16,8 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import c
 
 from ..core.flow_nested import FlowNestedSampler
 from ..core.flow_solvers import FlowDenoiser
-from .anytime import AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs, check_common
+from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,
+                      check_common)
 from .modern import decode_update, flow_schedule_of, output_class, preview_decoder, resolve_flow_args
 from .noise import make_noise
 from .previews import check_preview, kl_encoder
@@ -102,10 +103,35 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
                                "no result")
         return self._output(*last, ctx)
 
-    def _check(self, a: dict) -> tuple[list[str], str]:
-        m = self.vae_scale_factor * self.patch_size
+    def core_sampler(self, **kwargs) -> FlowNestedSampler:
+        """The core sampler a call with these (nested, size, mu) arguments runs: its grid, inner steps and NFE
+        schedule, built without any model call (the evaluation runners' bookkeeping)."""
+        a = bind_call(self, (), kwargs)
+        self._default_size(a)
+        return self._core_sampler(a)
+
+    def _core_sampler(self, a: dict) -> FlowNestedSampler:
+        cfg, mu = self.scheduler.config, a["mu"]
+        if cfg.get("use_dynamic_shifting") and mu is None:
+            p, f = self.transformer.config.patch_size, self.vae_scale_factor
+            mu = calculate_shift((a["height"] // f // p) * (a["width"] // f // p), cfg.get("base_image_seq_len", 256),
+                                 cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                                 cfg.get("max_shift", 1.16))
+        args = resolve_flow_args(a, 4, 7, "fresh")
+        return FlowNestedSampler(FlowDenoiser(self._transformer_fn, flow_schedule_of(self.scheduler, mu)),
+                                 args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta, a["grid"])
+
+    def decode_x0(self, x0: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """An x̂0 latent → image in [−1, 1] through the full VAE (as the final image)."""
+        return self._full_decode(x0)
+
+    def _default_size(self, a: dict) -> None:
         a["height"] = a["height"] or self.default_sample_size * self.vae_scale_factor
         a["width"] = a["width"] or self.default_sample_size * self.vae_scale_factor
+
+    def _check(self, a: dict) -> tuple[list[str], str]:
+        m = self.vae_scale_factor * self.patch_size
+        self._default_size(a)
         for name in ("height", "width"):
             v = a[name]
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0 or v % m:
@@ -137,18 +163,9 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
                  a["width"] // self.vae_scale_factor)
         if a["latents"] is not None and tuple(a["latents"].shape) != shape:
             raise ValueError(f"latents: expected shape {shape}, got {tuple(a['latents'].shape)}")
-        cfg, mu = self.scheduler.config, a["mu"]
-        if cfg.get("use_dynamic_shifting") and mu is None:
-            p = self.transformer.config.patch_size
-            mu = calculate_shift((shape[2] // p) * (shape[3] // p), cfg.get("base_image_seq_len", 256),
-                                 cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
-                                 cfg.get("max_shift", 1.16))
-        schedule = flow_schedule_of(self.scheduler, mu)
-        args = resolve_flow_args(a, 4, 7, "fresh")
+        sampler = self._core_sampler(a)
         self._guidance_scale, self._clip_skip = a["guidance_scale"], a["clip_skip"]
         self._joint_attention_kwargs, self._interrupt = a["joint_attention_kwargs"], False
-        sampler = FlowNestedSampler(FlowDenoiser(self._transformer_fn, schedule), args.outer_steps, args.inner_steps,
-                                    args.solver, None, args.outer_eta, a["grid"])
         self.nested_sampler = sampler
         cond = self._encode(a)
         noise = make_noise(gen, batch, cond.device, cond.positive.dtype)

@@ -18,7 +18,8 @@ from ..core.denoisers import ModelDenoiser
 from ..core.nested import NestedSampler
 from ..core.schedule import NoiseSchedule
 from .adapters import SchedulerSolver, resolve_nested_args
-from .anytime import AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs, check_common
+from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,
+                      check_common)
 from .modern import decode_update, output_class, preview_decoder
 from .noise import make_noise
 from .previews import check_preview, kl_encoder
@@ -111,6 +112,31 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
             raise RuntimeError("interrupted or past the deadline before the first UNet call finished; no result")
         return self._output(*last, ctx)
 
+    def core_sampler(self, **kwargs) -> NestedSampler:
+        """The core sampler a call with these nested arguments runs: its grid, inner steps and NFE schedule,
+        built without any model call (the evaluation runners' bookkeeping)."""
+        return self._core_sampler(bind_call(self, (), kwargs))
+
+    def _core_sampler(self, a: dict) -> NestedSampler:
+        args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
+                                   a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
+                                   a["outer_eta"], a["eta"], default_outer=5, default_inner=20,
+                                   default_solver="ddim", auto_outer_eta_for_dpm=True)
+        config = dict(self.scheduler.config)
+        if config.get("rescale_betas_zero_snr"):
+            raise ValueError("scheduler: rescale_betas_zero_snr=True (ᾱ_T = 0) is not supported by the nested "
+                             "sampler; use a scheduler config without it")
+        schedule = NoiseSchedule.from_diffusers_config(config)
+        if isinstance(args.solver, SchedulerSolver):
+            args.solver.check_schedule(schedule)
+        denoiser = ModelDenoiser(self._unet_fn, schedule, config.get("prediction_type", "epsilon"))
+        return NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
+                             a["grid"])
+
+    def decode_x0(self, x0: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
+        """An x̂0 latent → image in [−1, 1] through the full VAE (as the final image)."""
+        return self._full_decode(x0)
+
     def _check(self, a: dict) -> tuple[list[str], str, int]:
         a["height"] = a["height"] or self.default_sample_size * self.vae_scale_factor
         a["width"] = a["width"] or self.default_sample_size * self.vae_scale_factor
@@ -142,23 +168,10 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
                  a["width"] // self.vae_scale_factor)
         if a["latents"] is not None and tuple(a["latents"].shape) != shape:
             raise ValueError(f"latents: expected shape {shape}, got {tuple(a['latents'].shape)}")
-        args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
-                                   a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
-                                   a["outer_eta"], a["eta"], default_outer=5, default_inner=20,
-                                   default_solver="ddim", auto_outer_eta_for_dpm=True)
-        config = dict(self.scheduler.config)
-        if config.get("rescale_betas_zero_snr"):
-            raise ValueError("scheduler: rescale_betas_zero_snr=True (ᾱ_T = 0) is not supported by the nested "
-                             "sampler; use a scheduler config without it")
-        schedule = NoiseSchedule.from_diffusers_config(config)
-        if isinstance(args.solver, SchedulerSolver):
-            args.solver.check_schedule(schedule)
+        sampler = self._core_sampler(a)
         self._guidance_scale, self._guidance_rescale = float(a["guidance_scale"]), float(a["guidance_rescale"])
         self._clip_skip, self._cross_attention_kwargs = a["clip_skip"], a["cross_attention_kwargs"]
         self._denoising_end, self._interrupt = None, False
-        denoiser = ModelDenoiser(self._unet_fn, schedule, config.get("prediction_type", "epsilon"))
-        sampler = NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
-                                a["grid"])
         self.nested_sampler = sampler
         cond = self._encode(a, batch)
         noise = make_noise(a["generator"], batch, cond.device, cond.positive.dtype)
