@@ -92,8 +92,8 @@ def build_tiny(family: str):
     from fixtures_modern import tiny_flux, tiny_sd3, tiny_sdxl, tiny_taesd
     from nested_diffusion.pipelines import (NestedFluxPipeline, NestedStableDiffusion3Pipeline,
                                             NestedStableDiffusionXLPipeline)
-    make, cls = {"sdxl": (tiny_sdxl, NestedStableDiffusionXLPipeline), "sd3": (tiny_sd3, NestedStableDiffusion3Pipeline),
-                 "flux": (tiny_flux, NestedFluxPipeline)}[family]
+    make, cls = {"sdxl": (tiny_sdxl, NestedStableDiffusionXLPipeline),
+                 "sd3": (tiny_sd3, NestedStableDiffusion3Pipeline), "flux": (tiny_flux, NestedFluxPipeline)}[family]
     stock = make()
     nested = cls.from_pipe(stock)
     nested.set_progress_bar_config(disable=True)

@@ -93,7 +93,8 @@ def modern_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guid
     def cond_for(indices: Sequence[int]) -> list:
         return [prompts[i % len(prompts)] for i in indices]
     build(1, 1)  # validates the options before any sampling
-    info = dict(pipeline=family, model=model_id or f"{type(pipe).__name__}-{weights_fingerprint(model, pipe.vae, *encoders)}",
+    identity = model_id or f"{type(pipe).__name__}-{weights_fingerprint(model, pipe.vae, *encoders)}"
+    info = dict(pipeline=family, model=identity,
                 **{k: v if isinstance(v, (int, float, str)) else type(v).__name__ for k, v in options.items()},
                 solver=str(inner_solver or ("ddim" if family == "sdxl" else "euler")),
                 prompts=dict(count=len(prompts), first=prompts[0],

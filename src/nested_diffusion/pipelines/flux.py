@@ -19,9 +19,10 @@ from ..core.flow_nested import FlowNestedSampler
 from ..core.flow_solvers import FlowDenoiser
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,
                       check_common)
-from .modern import decode_update, flow_schedule_of, output_class, preview_decoder, resolve_flow_args
+from .modern import (check_generators, decode_update, execution_device, flow_schedule_of, output_class,
+                     preview_decoder, resolve_flow_args, vae_dtype)
 from .noise import make_noise
-from .previews import check_preview, kl_encoder
+from .previews import check_preview
 
 NestedFluxPipelineOutput = output_class(FluxPipelineOutput, "NestedFluxPipelineOutput", __name__)
 
@@ -155,8 +156,7 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         batch = (1 if isinstance(a["prompt"], str) else len(a["prompt"]) if a["prompt"] is not None
                  else a["prompt_embeds"].shape[0]) * a["num_images_per_prompt"]
         gen = a["generator"]
-        if isinstance(gen, list) and len(gen) != batch:
-            raise ValueError(f"generator: a list of {len(gen)} generators for {batch} images; pass one or one per image")
+        check_generators(gen, batch)
         h, w = 2 * (a["height"] // (self.vae_scale_factor * 2)), 2 * (a["width"] // (self.vae_scale_factor * 2))
         channels = self.transformer.config.in_channels // 4
         seq = (h // 2) * (w // 2)
@@ -180,12 +180,10 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
                               a["callback_on_step_end"], tensor_inputs,
                               lambda: {"prompt_embeds": cond.prompt_embeds}, apply, a["denoiser_hook"])
-        vae = self.vae.config
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], output_cls=NestedFluxPipelineOutput,
                    spatial=lambda x0: self._unpack_latents(x0, a["height"], a["width"], self.vae_scale_factor),
                    full=self._full_decode,
-                   preview=preview_decoder(self, a, preview, kl_encoder(self.vae, vae.scaling_factor,
-                                                                        vae.shift_factor), self.vae_scale_factor))
+                   preview=preview_decoder(self, a, preview, self.vae.config.shift_factor))
         return pairs, ctx
 
     def _encode(self, a: dict, batch: int, h: int, w: int) -> _FluxCond:
@@ -229,9 +227,8 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         return v
 
     def _full_decode(self, z: torch.Tensor) -> torch.Tensor:
-        param = next(self.vae.parameters())
         z = (z / self.vae.config.scaling_factor) + self.vae.config.shift_factor
-        return self.vae.decode(z.to(param.device, param.dtype), return_dict=False)[0]
+        return self.vae.decode(z.to(execution_device(self.vae), vae_dtype(self.vae)), return_dict=False)[0]
 
     def _output(self, update, x0: torch.Tensor, ctx: dict):
         return decode_update(self, update, x0, ctx)

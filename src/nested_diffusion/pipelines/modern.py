@@ -3,7 +3,7 @@ flow schedule of a diffusers FlowMatch scheduler, and decoding an update with th
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -14,9 +14,22 @@ from ..core.flow_steps import FRESH_NOISE
 from ..core.grids import check_step_counts, check_steps
 from .adapters import NestedArgs, is_diffusers_scheduler
 from .anytime import with_anytime_fields
-from .previews import PreviewDecoder
+from .previews import PreviewDecoder, kl_encoder
 
 DECODER_FIELD = (("decoder", "str", dataclasses.field(default="vae")),)  # which decoder made the images
+
+
+def execution_device(module: Any) -> torch.device:
+    """Where a module's inputs must go (the offload hook's device when offloading is on), as diffusers does."""
+    try:
+        from diffusers.utils.torch_utils import get_module_execution_device
+        return get_module_execution_device(module)
+    except ImportError:  # older diffusers
+        return next(module.parameters()).device
+
+
+def vae_dtype(vae: Any) -> torch.dtype:
+    return next(vae.parameters()).dtype
 
 
 def output_class(base: type, name: str, module: str) -> type:
@@ -82,5 +95,14 @@ def decode_update(pipe: Any, update: Any, x0: torch.Tensor, ctx: dict) -> Any:
     return ctx["output_cls"](images=image, latents=x0, decoder=decoder, **update.info())
 
 
-def preview_decoder(pipe: Any, a: dict, preview: str, encode: Callable, factor: int) -> PreviewDecoder:
-    return PreviewDecoder(pipe, preview, a.get("preview_vae"), bool(a.get("preview_results")), encode, factor)
+def preview_decoder(pipe: Any, a: dict, preview: str, shift: float | None) -> PreviewDecoder:
+    """The call's preview decoder; latent_rgb factors are fitted on ``pipe.vae`` (latent shift ``shift``)."""
+    encode = kl_encoder(pipe.vae, pipe.vae.config.scaling_factor, shift, execution_device(pipe.vae))
+    return PreviewDecoder(pipe, preview, a.get("preview_vae"), bool(a.get("preview_results")), encode,
+                          pipe.vae_scale_factor)
+
+
+def check_generators(generator: Any, batch: int) -> None:
+    if isinstance(generator, list) and len(generator) != batch:
+        raise ValueError(f"generator: a list of {len(generator)} generators for {batch} images; pass one or one "
+                         f"per image")

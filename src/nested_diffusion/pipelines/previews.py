@@ -70,7 +70,11 @@ def fit_latent_rgb(encode: Callable[[torch.Tensor], torch.Tensor], factor: int, 
     zs = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
     design = torch.cat([zs, torch.ones(zs.shape[0], 1)], dim=1).double()
     target = rgb.permute(0, 2, 3, 1).reshape(-1, 3).double()
-    return torch.linalg.lstsq(design, target).solution.float()
+    factors = torch.linalg.lstsq(design, target).solution.float()
+    if not bool(torch.isfinite(factors).all()):
+        raise FloatingPointError("latent_rgb: the fitted factors are not finite (the VAE encoded NaN/inf); set "
+                                 "pipe.latent_rgb_factors yourself or use preview_vae")
+    return factors
 
 
 def latent_rgb_decode(factors: torch.Tensor, z: torch.Tensor, factor: int) -> torch.Tensor:
@@ -83,13 +87,22 @@ def latent_rgb_decode(factors: torch.Tensor, z: torch.Tensor, factor: int) -> to
     return F.interpolate(rgb, scale_factor=factor, mode="bilinear", align_corners=False).clamp(-1, 1)
 
 
-def kl_encoder(vae: Any, scaling: float, shift: float | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """images → the denoiser's latents: (posterior mean − shift) · scaling (SD/SDXL: shift None)."""
+def kl_encoder(vae: Any, scaling: float, shift: float | None,
+               device: torch.device | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """images → the denoiser's latents: (posterior mean − shift) · scaling (SD/SDXL: shift None). A float16 VAE
+    that asks for upcasting (``force_upcast``, SDXL's) encodes in float32, as diffusers decodes."""
     def encode(images: torch.Tensor) -> torch.Tensor:
         param = next(vae.parameters())
-        with torch.no_grad():
-            mean = vae.encode(images.to(param.device, param.dtype)).latent_dist.mean
-        return (mean - (shift or 0.0)) * scaling
+        upcast = param.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            with torch.no_grad():
+                mean = vae.encode(images.to(device or param.device, next(vae.parameters()).dtype)).latent_dist.mean
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return (mean.float() - (shift or 0.0)) * scaling
     return encode
 
 

@@ -18,9 +18,10 @@ from ..core.flow_nested import FlowNestedSampler
 from ..core.flow_solvers import FlowDenoiser
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,
                       check_common)
-from .modern import decode_update, flow_schedule_of, output_class, preview_decoder, resolve_flow_args
+from .modern import (check_generators, decode_update, execution_device, flow_schedule_of, output_class,
+                     preview_decoder, resolve_flow_args, vae_dtype)
 from .noise import make_noise
-from .previews import check_preview, kl_encoder
+from .previews import check_preview
 
 NestedStableDiffusion3PipelineOutput = output_class(StableDiffusion3PipelineOutput,
                                                     "NestedStableDiffusion3PipelineOutput", __name__)
@@ -157,8 +158,7 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         batch = (1 if isinstance(a["prompt"], str) else len(a["prompt"]) if a["prompt"] is not None
                  else a["prompt_embeds"].shape[0]) * a["num_images_per_prompt"]
         gen = a["generator"]
-        if isinstance(gen, list) and len(gen) != batch:
-            raise ValueError(f"generator: a list of {len(gen)} generators for {batch} images; pass one or one per image")
+        check_generators(gen, batch)
         shape = (batch, self.transformer.config.in_channels, a["height"] // self.vae_scale_factor,
                  a["width"] // self.vae_scale_factor)
         if a["latents"] is not None and tuple(a["latents"].shape) != shape:
@@ -179,11 +179,9 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
                               a["callback_on_step_end"], tensor_inputs,
                               lambda: {k: getattr(cond, v) for k, v in names.items()}, apply, a["denoiser_hook"])
-        vae = self.vae.config
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], spatial=lambda x0: x0,
                    output_cls=NestedStableDiffusion3PipelineOutput, full=self._full_decode,
-                   preview=preview_decoder(self, a, preview, kl_encoder(self.vae, vae.scaling_factor,
-                                                                        vae.shift_factor), self.vae_scale_factor))
+                   preview=preview_decoder(self, a, preview, self.vae.config.shift_factor))
         return pairs, ctx
 
     def _encode(self, a: dict) -> _SD3Cond:
@@ -216,9 +214,8 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         return uncond + cond.scale * (text - uncond)
 
     def _full_decode(self, z: torch.Tensor) -> torch.Tensor:
-        param = next(self.vae.parameters())
         z = (z / self.vae.config.scaling_factor) + self.vae.config.shift_factor
-        return self.vae.decode(z.to(param.device, param.dtype), return_dict=False)[0]
+        return self.vae.decode(z.to(execution_device(self.vae), vae_dtype(self.vae)), return_dict=False)[0]
 
     def _output(self, update, x0: torch.Tensor, ctx: dict):
         return decode_update(self, update, x0, ctx)

@@ -20,9 +20,9 @@ from ..core.schedule import NoiseSchedule
 from .adapters import SchedulerSolver, resolve_nested_args
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,
                       check_common)
-from .modern import decode_update, output_class, preview_decoder
+from .modern import check_generators, decode_update, execution_device, output_class, preview_decoder, vae_dtype
 from .noise import make_noise
-from .previews import check_preview, kl_encoder
+from .previews import check_preview
 
 NestedStableDiffusionXLPipelineOutput = output_class(StableDiffusionXLPipelineOutput,
                                                      "NestedStableDiffusionXLPipelineOutput", __name__)
@@ -157,9 +157,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
                           a["pooled_prompt_embeds"], a["negative_pooled_prompt_embeds"])
         batch = (1 if isinstance(a["prompt"], str) else len(a["prompt"]) if a["prompt"] is not None
                  else a["prompt_embeds"].shape[0]) * n_img
-        if isinstance(a["generator"], list) and len(a["generator"]) != batch:
-            raise ValueError(f"generator: a list of {len(a['generator'])} generators for {batch} images; "
-                             f"pass one or one per image")
+        check_generators(a["generator"], batch)
         return inputs, check_preview(a["preview"], a["preview_vae"]), batch
 
     def _prepare(self, **a):
@@ -188,8 +186,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
                               lambda: {k: getattr(cond, v) for k, v in names.items()}, apply, a["denoiser_hook"])
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], spatial=lambda x0: x0,
                    output_cls=NestedStableDiffusionXLPipelineOutput, full=self._full_decode,
-                   preview=preview_decoder(self, a, preview, kl_encoder(self.vae, self.vae.config.scaling_factor,
-                                                                        None), self.vae_scale_factor))
+                   preview=preview_decoder(self, a, preview, None))
         return pairs, ctx
 
     def _encode(self, a: dict, batch: int) -> _XLCond:
@@ -243,8 +240,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         upcast = self.vae.dtype == torch.float16 and cfg.force_upcast
         if upcast:
             self.vae.to(torch.float32)
-        param = next(self.vae.parameters())
-        z = z.to(param.device, param.dtype)
+        z = z.to(execution_device(self.vae), vae_dtype(self.vae))
         if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
             mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(z.device, z.dtype)
             std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(z.device, z.dtype)
