@@ -126,6 +126,36 @@ def test_nfe_updates_and_callbacks(family, sdxl, sd3, flux):
     assert budget.nfe == 2 * per_run and torch.equal(budget.images, full[-2].images)
 
 
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_interrupt_and_callback_embeddings(family, sd3, flux):
+    _, nested = {"sd3": sd3, "flux": flux}[family]
+    kw = dict(BASE, outer_steps=3, inner_steps=2)
+    updates = list(nested.iter_anytime(**kw, generator=gen()))
+
+    def stop_at_2(p, i, t, k):
+        if i == 2:
+            p._interrupt = True
+        return {}
+    with count_calls(nested.transformer) as calls:
+        out = nested(**kw, generator=gen(), callback_on_step_end=stop_at_2)
+    assert calls[0] == 4 and out.nfe == 4 and not out.final and torch.equal(out.images, updates[2].images)
+    other = nested(**{**kw, "prompt": "a red dog"}, generator=gen()).images
+    embeds = {}
+
+    def swap(p, i, t, k):  # from update 0 on, condition on the other prompt (read from a run of it)
+        return {"prompt_embeds": embeds["e"]} if i == 0 else {}
+
+    def grab(p, i, t, k):
+        embeds.setdefault("e", k["prompt_embeds"])
+        return {}
+    nested(**{**kw, "prompt": "a red dog"}, generator=gen(), callback_on_step_end=grab,
+           callback_on_step_end_tensor_inputs=["prompt_embeds"])
+    swapped = nested(**kw, generator=gen(), callback_on_step_end=swap,
+                     callback_on_step_end_tensor_inputs=["prompt_embeds"]).images
+    assert float((swapped - updates[-1].images).abs().max()) > 1e-4
+    assert float((swapped - other).abs().max()) > 1e-7  # the first NFE still saw the original prompt
+
+
 # ------------------------------------------------------------------------------------------ previews
 @pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
 def test_cheap_previews_decode_only_previews_and_the_final_uses_the_full_vae(family, sdxl, sd3, flux, monkeypatch):
@@ -169,19 +199,23 @@ def test_latent_rgb_fit_recovers_a_linear_decoder():
 
 
 # ------------------------------------------------------------------------------------------ loading, arguments
-def test_from_pretrained_round_trip_and_float64(flux, tmp_path):
-    stock, nested = flux
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_from_pretrained_round_trip_and_float64(family, sdxl, sd3, flux, tmp_path):
+    stock, nested = {"sdxl": sdxl, "sd3": sd3, "flux": flux}[family]
+    cls = type(nested)
     stock.save_pretrained(tmp_path)
-    loaded = NestedFluxPipeline.from_pretrained(tmp_path, local_files_only=True)
+    loaded = cls.from_pretrained(tmp_path, local_files_only=True)
     loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded, cls)
     a = loaded(**BASE, outer_steps=2, inner_steps=2, generator=gen()).images
     assert torch.equal(a, nested(**BASE, outer_steps=2, inner_steps=2, generator=gen()).images)
-    f64 = NestedFluxPipeline.from_pretrained(tmp_path, torch_dtype=torch.float64, local_files_only=True)
+    f64 = cls.from_pretrained(tmp_path, torch_dtype=torch.float64, local_files_only=True)
     f64.set_progress_bar_config(disable=True)
-    lat = torch.randn(1, 16, 64, generator=gen())
-    b = f64(**BASE, outer_steps=2, inner_steps=2, outer_eta=0.0, latents=lat).images
-    c = loaded(**BASE, outer_steps=2, inner_steps=2, outer_eta=0.0, latents=lat).images
-    assert b.dtype == torch.float64 and float((b.float() - c).abs().max()) < 1e-3
+    lat = torch.randn(a.shape, generator=gen())  # float64 randn is another stream: share x_T, deterministic steps
+    det = dict(outer_eta=0.0, inner_eta=0.0)
+    b = f64(**BASE, outer_steps=2, inner_steps=2, latents=lat, **det).images
+    c = loaded(**BASE, outer_steps=2, inner_steps=2, latents=lat, **det).images
+    assert b.dtype == torch.float64 and float((b.float() - c).abs().max() / c.abs().max()) < 1e-3
 
 
 BAD = [
