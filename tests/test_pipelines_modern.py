@@ -99,6 +99,29 @@ def test_flow_one_outer_step_reproduces_stock_and_k_by_1_equals_k_step_euler(fam
     assert np.abs(img - img_ref).max() <= 1e-5
 
 
+def test_flux_true_cfg_and_sd3_dynamic_shift_reproduce_stock(flux, sd3):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    stock, nested = flux
+    kw = dict(negative_prompt="a dog", true_cfg_scale=2.0)
+    ref = stock(**BASE, **kw, num_inference_steps=3, generator=gen()).images
+    with count_calls(nested.transformer) as calls:
+        out = nested(**BASE, **kw, outer_steps=1, inner_steps=3, generator=gen())
+    assert out.nfe == 3 and calls[0] == 6  # real CFG: two transformer calls per NFE, as stock
+    assert float((out.images - ref).abs().max()) <= 1e-5
+    stock, nested = sd3
+    original = stock.scheduler
+    stock.scheduler = nested.scheduler = FlowMatchEulerDiscreteScheduler.from_config(original.config,
+                                                                                     use_dynamic_shifting=True)
+    try:
+        ref = stock(**BASE, num_inference_steps=4, generator=gen()).images
+        out = nested(**BASE, outer_steps=1, inner_steps=4, generator=gen()).images  # μ from the image size
+        static = float((stock(**BASE, num_inference_steps=4, generator=gen(), mu=2.0).images - ref).abs().max())
+    finally:
+        stock.scheduler = nested.scheduler = original
+    assert float((out - ref).abs().max()) <= 1e-5 and static > 1e-3
+
+
 def test_flux_guidance_embedding_is_used(flux):
     _, nested = flux
     a = nested(**BASE, outer_steps=2, inner_steps=2, guidance_scale=3.5, generator=gen()).images
