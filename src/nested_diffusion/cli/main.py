@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_eval.add_parser(sub)
     cli_restore.add_parser(sub)
     cli_table2.add_parser(sub)
+    from . import sample as cli_sample
+    cli_sample.add_parser(sub)
     return p
 
 
@@ -228,6 +230,8 @@ def main(argv=None) -> int:
     commands = {"generate": cmd_generate, "train": cmd_train, "quality": cmd_quality,
                 "train-classifier": cmd_train_classifier, "eval": _run_eval,
                 "restore": _run_restore, "restore-table": _run_restore_table}
+    from . import sample as cli_sample
+    commands.update({"sample": cli_sample.run_sample, "merge": cli_sample.run_merge})
     return commands[args.command](args)
 
 
