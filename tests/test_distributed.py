@@ -324,3 +324,24 @@ def test_bad_sample_arguments(tmp_path, capsys):
             code = e.code
         assert code == 2, extra
         assert msg in capsys.readouterr().err, extra
+
+
+def test_dit_pipeline_run_is_world_size_invariant_and_class_balanced(tmp_path):
+    """--pipeline dit from a saved tiny random-weight DiT: 2 shards = 1 process, labels i % 1000 in arr_1, RGB."""
+    pytest.importorskip("diffusers")
+    from fixtures_tiny import tiny_dit
+    from nested_diffusion.pipelines import NestedDiTPipeline
+    model = tmp_path / "dit"
+    NestedDiTPipeline.from_pipe(tiny_dit()).save_pretrained(model)
+    args = ["--pipeline", "dit", "--model-path", str(model), "--num-samples", "3", "--outer-steps", "2",
+            "--inner-steps", "2", "--step", "update", "--batch-size", "2", "--device", "cpu", "--quiet"]
+    for i in (0, 1):                        # two shards (as two ranks would run them), in this process
+        assert main(["sample", "--out-dir", str(tmp_path / "two"), *args, "--shard", f"{i}/2"]) == 0
+    assert main(["merge", "--out-dir", str(tmp_path / "two")]) == 0
+    assert main(["sample", "--out-dir", str(tmp_path / "one"), *args]) == 0
+    assert main(["merge", "--out-dir", str(tmp_path / "one")]) == 0
+    assert merged_bytes(tmp_path / "two") == merged_bytes(tmp_path / "one")
+    assert sorted(merged_bytes(tmp_path / "one")) == ["nfe_0001.npz", "nfe_0002.npz", "nfe_0004.npz"]
+    with np.load(tmp_path / "one" / "merged" / "nfe_0004.npz") as z:
+        assert z["arr_0"].shape == (3, 16, 16, 3) and z["arr_0"].dtype == np.uint8
+        assert z["arr_1"].tolist() == [0, 1, 2]

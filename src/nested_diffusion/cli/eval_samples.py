@@ -89,6 +89,9 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     try:
+        if args.clip_model is not None:
+            raise ValueError("--clip-model: the CLIP score is not computed from sample folders (the folder keeps "
+                             "no prompts); use `eval rnd-sweep --pipeline sd --clip-model ...`")
         sets = _sets(args.samples_from)
         kinds = {"pipeline" if "pipeline" in s.info else "bundled" for s in sets}
         if len(kinds) > 1:

@@ -68,7 +68,8 @@ class SampleJob:
 
     def noise_for(self, seeds: Sequence[int]):
         if self.noise == "device":
-            return DeviceNoiseSource(seeds, self.factory.device or self.device, prefetch=self.noise_prefetch)
+            dtype = getattr(self.sampler, "pipe_dtype", torch.float32)   # pipelines draw in the model's dtype
+            return DeviceNoiseSource(seeds, self.factory.device or self.device, dtype, self.noise_prefetch)
         return self.factory.noise(seeds)
 
 
