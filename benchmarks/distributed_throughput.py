@@ -101,8 +101,8 @@ def gpu_branch(args, smoke: bool) -> None:
             (4, args.dit_inner, args.dit_batch)
         rates = {}
         for noise in ("cpu", "device", "cpu", "device"):            # warm-up round, then the measured one
-            job = SampleJob(factory, outer, inner, batch * args.gpu_items, batch_size=batch, step=inner if smoke else 10,
-                            noise=noise, device=device)
+            job = SampleJob(factory, outer, inner, batch * args.gpu_items, batch_size=batch,
+                            step=inner if smoke else 10, noise=noise, device=device)
             with tempfile.TemporaryDirectory() as tmp:
                 r = run_shard(job, SampleStore(tmp), Shard(0, 1))
             rates.setdefault(noise, []).append(r["image_nfe_per_s"])

@@ -15,9 +15,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import eval_pipelines as cp
 from .argtypes import inner_eta_for, int_at_least, nonneg_float, solver_choices
+
+if TYPE_CHECKING:
+    from ..distributed import SampleJob
 
 DEFAULT_STEPS = {"bundled": (5, 20), "dit": (4, 50), "sd": (5, 20)}
 
@@ -114,7 +118,7 @@ def _device(args, local_rank: int) -> str:
     return dev
 
 
-def build_job(args, local_rank: int = 0):
+def build_job(args, local_rank: int = 0) -> "SampleJob":
     """The SampleJob of the command line (loads the model or pipeline on this rank's device)."""
     from ..distributed import SampleJob
     args.experiment = "sample"                       # read by the pipeline option checks

@@ -29,7 +29,8 @@ class NpzStream:
         self.zip = zipfile.ZipFile(fileobj, "w", zipfile.ZIP_STORED, allowZip64=True)
 
     def member(self, name: str, shape: Sequence[int], dtype: np.dtype):
-        f = self.zip.open(f"{name}.npy", "w", force_zip64=True)
+        info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))   # no clock: same bytes on rerun
+        f = self.zip.open(info, "w", force_zip64=True)
         header = dict(descr=np.lib.format.dtype_to_descr(np.dtype(dtype)), fortran_order=False,
                       shape=tuple(int(s) for s in shape))
         np.lib.format.write_array_header_1_0(f, header)

@@ -86,7 +86,8 @@ class SampleStore:
             return old
         (self.root / "items").mkdir(parents=True, exist_ok=True)
         doc = dict(format=FORMAT, config_hash=digest, config=config, num_items=self.num_items(config),
-                   layout="items/BBB/bbbbbb.npz: item b holds samples [b*batch_size, (b+1)*batch_size)", **(extra or {}))
+                   layout="items/BBB/bbbbbb.npz: item b holds samples [b*batch_size, (b+1)*batch_size)",
+                   **(extra or {}))
         if not self.manifest_path.is_file():  # every rank may get here at once: they write the same config
             atomic_write_json(self.manifest_path, doc)
         return self.open(config)

@@ -114,8 +114,9 @@ def evaluate_sample_sets(sets: Sequence[SampleSet], reference: EvalReference | N
                bootstrap=dict(replicates=bootstrap, seed=seed, paired=True),
                consistency_metrics={m.name: m.kind for m in metrics})
     if reference is not None:
+        network = getattr(reference.extractor, "description", reference.stats.extractor_id)
         doc.update(feature_network=reference.stats.extractor_id, reference=reference.info(),
-                   metric=f"Fréchet distance on {getattr(reference.extractor, 'description', reference.stats.extractor_id)}")
+                   metric=f"Fréchet distance on {network}")
         n = rows[0]["samples"]
         if reference.heldout is not None and reference.heldout.shape[0] >= n:
             floor = fd_noise_floor(FrechetToReference(reference.stats), reference.heldout, n, repeats=5, seed=seed)
