@@ -75,6 +75,9 @@ def cpu_branch(args) -> None:
     print(f"median aggregate image-NFE/s: 1 process {med[1]['agg']:.0f}, 2 processes {med[2]['agg']:.0f} → "
           f"speed-up {med[2]['agg'] / med[1]['agg']:.2f}× (sampling); end to end with start-up "
           f"{med[1]['wall'] / med[2]['wall']:.2f}×")
+    pairs = [b["agg"] / a["agg"] for a, b in zip(res[1], res[2])]
+    print(f"paired speed-up per repeat (adjacent runs): {', '.join(f'{r:.2f}×' for r in pairs)}; load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a busy machine makes these numbers noisy)")
     print(f"items byte-identical between 1 and 2 processes: {same}")
 
 
