@@ -84,7 +84,7 @@ def cpu_branch(args) -> None:
 def gpu_factory(kind: str, device: str, args, smoke: bool):
     if kind == "bundled":
         from nested_diffusion.bundled import load_unet
-        from nested_diffusion.evaluation.snapshots import bundled_factory
+        from nested_diffusion.bundled.factory import bundled_factory
         return bundled_factory(load_unet(None, device), noise_prefetch=20, noise_workers=args.noise_workers)
     from gpu_pipelines import build, build_tiny
     from nested_diffusion.pipelines.factories import dit_factory

@@ -271,7 +271,7 @@ def test_from_samples_equals_the_runners_on_the_same_images(tmp_path):
     folder equal `run_rnd_sweep`'s."""
     from toy import mixture_images, toy_factory
     from test_eval_runners import calibrated_classifier
-    from nested_diffusion.evaluation.features import ClassifierFeatures
+    from nested_diffusion.bundled.features import ClassifierFeatures
     from nested_diffusion.evaluation.reference import reference_from_images
     from nested_diffusion.evaluation.runners import run_rnd_sweep
     from nested_diffusion.evaluation.sample_folder import SampleSet, evaluate_sample_sets

@@ -1,8 +1,8 @@
 """``nested-diffusion eval <experiment>``: the paper's anytime evaluations on the bundled Fashion-MNIST model, or
 on a diffusers Nested SD / DiT pipeline (``--pipeline sd|dit``, see ``cli_pipelines``).
 
-Wiring (cli.py): ``from .evaluation import cli_eval`` then ``cli_eval.add_parser(sub)`` in ``build_parser`` and
-``"eval": cli_eval.run`` in the command table. Every experiment caches each (configuration, chunk of seeds) in
+Wiring (cli/main.py): ``cli_eval.add_parser(sub)`` in ``build_parser`` and ``"eval": cli_eval.run`` in
+``COMMANDS``. Every experiment caches each (configuration, chunk of seeds) in
 ``--cache-dir``: rerun the same command after an interruption and only unfinished chunks are sampled.
 """
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _defaults(args) -> None:
 
 def _factory(args):
     from ..bundled import load_unet
-    from ..evaluation.snapshots import bundled_factory
+    from ..bundled.factory import bundled_factory
     if args.pipeline != "bundled":
         return cp.pipeline_factory(args)
     args.solver = args.solver or "ddpm"
@@ -161,7 +161,7 @@ def _factory(args):
     outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
     if args.dtype not in ("auto", "float32"):
         raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")
-    device = cp._device_dtype(args)[0]
+    device = cp.device_dtype(args)[0]
     prefetch = 1 if device == "cpu" and args.noise_workers == 1 else 20   # same values, fewer calls (NoiseSource)
     return bundled_factory(load_unet(args.model, device), args.guidance, args.solver, eta, outer_eta, args.grid,
                            prefetch, args.noise_workers)
@@ -169,7 +169,7 @@ def _factory(args):
 
 def _classifier(args, factory):
     """The feature classifier on the sampler's device (features come back to the CPU)."""
-    from ..evaluation.features import load_feature_classifier
+    from ..bundled.features import load_feature_classifier
     return load_feature_classifier(args.classifier).to(factory.device or "cpu")
 
 
@@ -179,9 +179,10 @@ def default_heldout(samples: int) -> int:
 
 
 def _noise_floor(args) -> int:
-    from ..evaluation.distances import FrechetToReference, fd_noise_floor
-    from ..evaluation.features import load_feature_classifier
-    from ..evaluation.reference import fashion_reference
+    from ..evaluation.distances import fd_noise_floor
+    from ..evaluation.frechet import FrechetToReference
+    from ..bundled.features import load_feature_classifier
+    from ..bundled.reference import fashion_reference
     from ..io import atomic_write_json
     bad = [n for n in args.samples if not 2 <= n <= args.heldout]
     if bad:
@@ -238,7 +239,7 @@ def run(args) -> int:
             doc = runners.run_consistency(factory, metrics, args.out, args.configs, args.total_nfe, args.step,
                                           args.samples, args.seed, args.chunk, cache, log)
         else:
-            from ..evaluation.reference import fashion_reference
+            from ..bundled.reference import fashion_reference
             if pipeline:
                 scores = cp.pipeline_scores(args, factory)
                 ext = cp.pipeline_features(args)

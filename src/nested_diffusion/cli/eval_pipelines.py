@@ -52,7 +52,7 @@ def add_rgb_metric_args(e: argparse.ArgumentParser, reference: bool = True) -> N
                        help="sd: local transformers CLIP folder; adds the CLIP score to each prompt per mark")
 
 
-def _device_dtype(args):
+def device_dtype(args):
     import torch
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -110,7 +110,7 @@ def load_pipeline(args):
     path = Path(args.model_path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"--model-path: no diffusers pipeline at {str(path)!r} (model_index.json missing)")
-    device, dtype = _device_dtype(args)
+    device, dtype = device_dtype(args)
     from ..pipelines import NestedDiTPipeline, NestedStableDiffusionPipeline
     extra = dict(safety_checker=None, requires_safety_checker=False) if args.pipeline == "sd" else {}
     cls = NestedStableDiffusionPipeline if args.pipeline == "sd" else NestedDiTPipeline
@@ -147,7 +147,7 @@ def image_size(factory) -> tuple[int, int]:
 
 def pipeline_features(args):
     from ..evaluation.rgb_metrics import feature_network
-    return feature_network(args.features or "inception", _device_dtype(args)[0])
+    return feature_network(args.features or "inception", device_dtype(args)[0])
 
 
 def pipeline_reference(args, factory, extractor, cache_dir, log=None):
@@ -166,4 +166,4 @@ def pipeline_scores(args, factory) -> list:
         return []
     from ..pipelines.factories import prompt_score
     from ..evaluation.rgb_metrics import CLIPScorer
-    return [prompt_score(factory, CLIPScorer(args.clip_model, _device_dtype(args)[0]))]
+    return [prompt_score(factory, CLIPScorer(args.clip_model, device_dtype(args)[0]))]

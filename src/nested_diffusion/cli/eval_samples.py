@@ -65,8 +65,8 @@ def _reference(args, sets, pipeline: bool, log):
     device = args.device or "cpu"
     cache = args.cache_dir or args.out / "cache"
     if not pipeline:
-        from ..evaluation.features import load_feature_classifier
-        from ..evaluation.reference import fashion_reference
+        from ..bundled.features import load_feature_classifier
+        from ..bundled.reference import fashion_reference
         ext = load_feature_classifier(args.classifier).to(device)
         heldout = 10000 if args.heldout is None else args.heldout
         return ext, fashion_reference(ext, args.data_dir, args.reference_limit, heldout, args.seed, cache, log)

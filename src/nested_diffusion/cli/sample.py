@@ -128,7 +128,7 @@ def build_job(args, local_rank: int = 0) -> "SampleJob":
     outer, inner = args.outer_steps or outer, args.inner_steps or inner
     if args.pipeline == "bundled":
         from ..bundled import load_unet
-        from ..evaluation.snapshots import bundled_factory
+        from ..bundled.factory import bundled_factory
         if args.dtype not in ("auto", "float32"):
             raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")
         solver = args.solver or "ddpm"

@@ -145,13 +145,15 @@ class NestedSampler:
                max_nfe: int | None = None, deadline: float | None = None, previews: str = "first",
                x_T: torch.Tensor | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, stop: "Callable[[], bool] | Any | None" = None,
-               grad: bool = False) -> Iterator[AnytimeUpdate]:
+               grad: bool = False, wrap_denoiser: Callable[[Denoiser], Denoiser] | None = None
+               ) -> Iterator[AnytimeUpdate]:
         """Yield anytime updates for a batch. ``seeds``: one per sample (or a base seed, then
         shape[0] samples); ``shape``: (B, C, H, W). ``max_nfe``: stop at the best result within this many NFEs;
         ``deadline``: seconds of wall time from the start. Break out of the loop to stop at any time; ``stop``
         (a callable returning True, or a ``threading.Event``) is checked after every denoiser call, so another
         thread can end the stream within one NFE (the last update yielded is the result). The model runs
-        without autograd unless ``grad=True``."""
+        without autograd unless ``grad=True``. ``wrap_denoiser(denoiser) -> denoiser`` wraps the denoiser for
+        this run only (timers, call counters); the sampler itself is not changed."""
         shape = _check_stream_args(shape, max_nfe, deadline, previews)
         should_stop = _stop_check(stop)
         noise = as_noise_source(seeds, shape[0], device, dtype)
@@ -164,7 +166,8 @@ class NestedSampler:
         run_end = np.cumsum([self.solver.inner.nfe(s) for s in self.inner_steps]).tolist()
         start = time.perf_counter()
         ev = None
-        events = self.solver.run(self.denoiser, x, self.t_start, self.outer_steps, noise, cond,
+        denoiser = self.denoiser if wrap_denoiser is None else wrap_denoiser(self.denoiser)
+        events = self.solver.run(denoiser, x, self.t_start, self.outer_steps, noise, cond,
                                  self.grid_convention, grad=grad)
         try:
             for ev in events:

@@ -20,7 +20,8 @@ import torch
 from ..io import atomic_write_json
 from .auc import anytime_auc, nfe_marks, values_at_marks
 from .consistency import consistency_curves
-from .distances import FrechetToReference, bootstrap_counts, fd_noise_floor, percentile_interval, weighted_stats
+from .distances import bootstrap_counts, fd_noise_floor, percentile_interval, weighted_stats
+from .frechet import FrechetToReference
 from .features import extract_features
 from .reference import EvalReference
 from .snapshots import Snapshots
