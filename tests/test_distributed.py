@@ -345,3 +345,35 @@ def test_dit_pipeline_run_is_world_size_invariant_and_class_balanced(tmp_path):
     with np.load(tmp_path / "one" / "merged" / "nfe_0004.npz") as z:
         assert z["arr_0"].shape == (3, 16, 16, 3) and z["arr_0"].dtype == np.uint8
         assert z["arr_1"].tolist() == [0, 1, 2]
+    # from-samples on pipeline samples: a reference made of the final images themselves gives FD 0 at the end
+    assert main(["merge", "--out-dir", str(tmp_path / "one"), "--png", "--quiet"]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", "from-samples", "--samples-from", str(tmp_path / "one"), "--out", str(out), "--step", "2",
+                 "--features", "random-rgb", "--reference-images",
+                 str(tmp_path / "one" / "merged" / "png" / "nfe_0004"), "--quiet"]) == 0
+    row = json.loads((out / "from_samples.json").read_text())["configs"][0]
+    assert row["stored_marks"] == [1, 2, 4] and len(row["fd"]) == 2
+    assert abs(row["final_fd"]) < 1e-3 * max(row["fd_at_stored_marks"]) and row["fd_at_stored_marks"][0] > 0
+    assert row["auc"] is None and "ln needs a finite positive value" in row["auc_error"]
+
+
+def test_sd_pipeline_prompt_per_index(tmp_path):
+    """--pipeline sd with a prompt file: sample i gets prompt i % count (in the manifest), no label array."""
+    pytest.importorskip("diffusers")
+    from fixtures_tiny import tiny_sd
+    from nested_diffusion.pipelines import NestedStableDiffusionPipeline
+    model, prompts = tmp_path / "sd", tmp_path / "prompts.txt"
+    NestedStableDiffusionPipeline.from_pipe(tiny_sd()).save_pretrained(model)
+    prompts.write_text("a photo of a cat\na red dog\n")
+    args = ["--pipeline", "sd", "--model-path", str(model), "--prompts", str(prompts), "--num-samples", "3",
+            "--outer-steps", "2", "--inner-steps", "2", "--step", "2", "--batch-size", "2", "--device", "cpu",
+            "--quiet"]
+    assert main(["sample", "--out-dir", str(tmp_path / "a"), *args]) == 0
+    assert main(["sample", "--out-dir", str(tmp_path / "b"), *args, "--shard", "1/2"]) == 0
+    assert main(["sample", "--out-dir", str(tmp_path / "b"), *args, "--shard", "0/2"]) == 0
+    assert item_bytes(tmp_path / "a") == item_bytes(tmp_path / "b")
+    info = SampleStore(tmp_path / "a").read_manifest()["config"]["sampler"]
+    assert info["prompts"]["count"] == 2 and info["conditioning"] == "sample i: seed + i, prompt i % count"
+    assert main(["merge", "--out-dir", str(tmp_path / "a")]) == 0
+    with np.load(tmp_path / "a" / "merged" / "nfe_0004.npz") as z:
+        assert z.files == ["arr_0"] and z["arr_0"].shape == (3, 16, 16, 3)

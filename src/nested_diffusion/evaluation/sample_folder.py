@@ -63,8 +63,11 @@ def _fd_row(s: SampleSet, reference: EvalReference, counts, step: int, fractions
     grid = nfe_marks(s.total_nfe, step)
     fd, boot = fd_per_mark(s.snaps, reference, counts)
     on_grid = values_at_marks(s.snaps.marks, fd, grid)
-    row = dict(fd_at_stored_marks=fd, fd=on_grid, auc=anytime_auc(dict(zip(grid, on_grid)), s.total_nfe, step),
-               final_fd=fd[-1])
+    row = dict(fd_at_stored_marks=fd, fd=on_grid, auc=None, final_fd=fd[-1])
+    try:
+        row["auc"] = anytime_auc(dict(zip(grid, on_grid)), s.total_nfe, step)
+    except ValueError as e:      # an FD of 0 (or −0.0…: a sample set equal to the reference) has no logarithm
+        row["auc_error"] = str(e)
     budget = []
     for f in fractions:
         m = round(f * s.total_nfe)
@@ -73,7 +76,7 @@ def _fd_row(s: SampleSet, reference: EvalReference, counts, step: int, fractions
         stored = m >= s.snaps.marks[0]   # None: the run stored no result this early
         budget.append(dict(fraction=f, nfe=m, fd=values_at_marks(s.snaps.marks, fd, [m])[0] if stored else None))
     row["budget"] = budget
-    if boot is not None:
+    if boot is not None and row["auc"] is not None:
         reps = [values_at_marks(s.snaps.marks, b.tolist(), grid) for b in boot]
         row["_auc_reps"] = torch.tensor([anytime_auc(dict(zip(grid, r)), s.total_nfe, step) for r in reps])
         row["fd_boot_std"] = torch.tensor(reps).std(0).tolist()
@@ -101,11 +104,12 @@ def evaluate_sample_sets(sets: Sequence[SampleSet], reference: EvalReference | N
                    distinct_update_nfes=[s.snaps.update_nfes[j] for j in sorted(set(s.snaps.mark_index))])
         if reference is not None:
             row.update(_fd_row(s, reference, counts, step, fractions))
-            if counts is not None and rows:
+            if counts is not None and rows and "_auc_reps" in row and "_auc_reps" in rows[0]:
                 d = row["_auc_reps"] - rows[0]["_auc_reps"]
                 row["auc_minus_first"] = dict(point=row["auc"] - rows[0]["auc"], **_spread(d))
             if log:
-                log(f"{s.label}: AUC {row['auc']:.2f}, final FD {row['final_fd']:.4g} ({n} samples)")
+                auc = "n/a" if row["auc"] is None else f"{row['auc']:.2f}"
+                log(f"{s.label}: AUC {auc}, final FD {row['final_fd']:.4g} ({n} samples)")
         if metrics:
             row["consistency"] = consistency_curves(s.snaps, metrics)
         rows.append(row)
@@ -130,11 +134,12 @@ def evaluate_sample_sets(sets: Sequence[SampleSet], reference: EvalReference | N
 
 
 def write_report(doc: dict, out: Path) -> None:
-    """``from_samples.json`` and, when every set spends the same NFE, the FD-per-NFE figure."""
+    """``from_samples.json`` and, when every set spends the same NFE (and has an AUC), the FD-per-NFE figure."""
     out.mkdir(parents=True, exist_ok=True)
     files = ["from_samples.json"]
     rows = doc["configs"]
-    if "feature_network" in doc and len({r["total_nfe"] for r in rows}) == 1:
+    plottable = all(r.get("auc") is not None for r in rows)        # log-FD axis: every FD positive
+    if "feature_network" in doc and plottable and len({r["total_nfe"] for r in rows}) == 1:
         from . import plots
         fig = dict(doc, marks=nfe_marks(rows[0]["total_nfe"], doc["step"]), samples=rows[0]["samples"])
         files.insert(0, plots.plot_fd_curves(fig, out / "from_samples_fd.png").name)
