@@ -267,8 +267,8 @@ def test_device_noise_run_is_deterministic_and_recorded(tmp_path):
 
 # ------------------------------------------------------------------------------------------- from samples
 def test_from_samples_equals_the_runners_on_the_same_images(tmp_path):
-    """A sample folder's images are the eval cache's (same seeds, conditioning, batches), and FD/AUC from the
-    folder equal `run_rnd_sweep`'s."""
+    """A sample folder's images are the eval cache's (same seeds, conditioning, batches); FD/AUC from the
+    folder (read item by item) equal `run_rnd_sweep`'s, consistency equals `run_consistency`'s."""
     from toy import mixture_images, toy_factory
     from test_eval_runners import calibrated_classifier
     from nested_diffusion.bundled.features import ClassifierFeatures
@@ -287,7 +287,16 @@ def test_from_samples_equals_the_runners_on_the_same_images(tmp_path):
     cached = collect_snapshots(factory, 3, 8, 24, 4, job.marks, tmp_path / "cache", 8)
     assert all(torch.equal(x, y) for x, y in zip(snaps.images, cached.images))
     sweep = run_rnd_sweep(factory, ref, tmp_path / "sweep", "3x8", 24, 3, 24, 4, 8, bootstrap=0, kid=False, log=None)
-    doc = evaluate_sample_sets([SampleSet("3x8", 3, 8, 24, snaps)], ref, step=3)
+    doc = evaluate_sample_sets([SampleSet("3x8", 3, 8, 24, store.iter_items)], ref, step=3)
+    mem = evaluate_sample_sets([SampleSet.of("3x8", 3, 8, 24, snaps)], ref, step=3)
+    assert mem["configs"][0]["fd"] == doc["configs"][0]["fd"]
+    from nested_diffusion.evaluation.consistency import MSEDistance
+    from nested_diffusion.evaluation.runners import run_consistency
+    cons = run_consistency(factory, [MSEDistance()], tmp_path / "cons", "3x8", 24, 3, 24, 4, 8, log=None)
+    ours = evaluate_sample_sets([SampleSet("3x8", 3, 8, 24, store.iter_items)], None, [MSEDistance()], step=3)
+    for key in ("mean", "std", "sem"):
+        assert ours["configs"][0]["consistency"]["mse"][key] == pytest.approx(
+            cons["configs"][0]["curves"]["mse"][key], rel=1e-9, abs=1e-15)
     assert doc["configs"][0]["fd"] == pytest.approx(sweep["configs"][0]["fd"], rel=1e-12)
     assert doc["configs"][0]["auc"] == pytest.approx(sweep["configs"][0]["auc"], rel=1e-12)
 

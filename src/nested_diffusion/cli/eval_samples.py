@@ -55,9 +55,9 @@ def _sets(folders):
     for d in folders:
         store = SampleStore(d)
         cfg = store.read_manifest()["config"]
-        snaps, _ = store.snapshots()
+        store.require_complete(cfg)                     # before any feature is computed
         out.append(SampleSet(f"{cfg['outer']}x{cfg['inner']}", cfg["outer"], cfg["inner"], cfg["total_nfe"],
-                             snaps, dict(cfg["sampler"], folder=str(d), seed=cfg["seed"])))
+                             store.iter_items, dict(cfg["sampler"], folder=str(d), seed=cfg["seed"])))
     return out
 
 
@@ -76,7 +76,7 @@ def _reference(args, sets, pipeline: bool, log):
         raise ValueError("--reference-images / --reference-stats: give exactly one reference for pipeline samples")
     if args.reference_stats is not None:
         return ext, reference_from_stats(ext, args.reference_stats)
-    size = tuple(sets[0].snaps.images[0].shape[-2:])
+    size = tuple(next(iter(sets[0].parts())).images[0].shape[-2:])
     return ext, reference_from_folder(ext, args.reference_images, size, args.reference_limit, args.heldout or 0,
                                       cache_dir=cache)
 

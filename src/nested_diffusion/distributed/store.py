@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -156,6 +156,20 @@ class SampleStore:
                 f"({n_miss} of {config['num_samples']} samples; items {first}). Rerun the sample command (any "
                 f"number of processes) to finish them")
 
+    @staticmethod
+    def item_snapshots(part: dict) -> Snapshots:
+        """One item's file as ``Snapshots`` (images: D distinct results, each (B, C, H, W) uint8)."""
+        return Snapshots([torch.from_numpy(x) for x in part["images"]], part["mark_index"].tolist(),
+                         part["marks"].tolist(), part["update_nfes"].tolist(), [str(v) for v in part["sources"]],
+                         part["seeds"].tolist(), {})
+
+    def iter_items(self) -> Iterator[Snapshots]:
+        """Every item of a complete run, in sample order, one file in memory at a time."""
+        cfg = self.read_manifest()["config"]
+        self.require_complete(cfg)
+        for b in range(self.num_items(cfg)):
+            yield self.item_snapshots(self.read_item(b))
+
     def snapshots(self) -> tuple[Snapshots, np.ndarray | None]:
         """The whole run as one ``Snapshots`` (samples in index order) and the class labels (or None)."""
         cfg = self.read_manifest()["config"]
@@ -166,10 +180,7 @@ class SampleStore:
             if not (np.array_equal(p["mark_index"], first["mark_index"])
                     and np.array_equal(p["update_nfes"], first["update_nfes"])):
                 raise ValueError(f"item {b}: its NFE marks or updates differ from item 0's; the folder is damaged")
-        images = [torch.from_numpy(np.concatenate([p["images"][j] for p in parts]))
-                  for j in range(first["images"].shape[0])]
+        merged = dict(first, images=np.concatenate([p["images"] for p in parts], axis=1),
+                      seeds=np.concatenate([p["seeds"] for p in parts]))
         labels = np.concatenate([p["labels"] for p in parts]) if "labels" in first else None
-        seeds = [int(s) for p in parts for s in p["seeds"]]
-        snaps = Snapshots(images, first["mark_index"].tolist(), first["marks"].tolist(),
-                          first["update_nfes"].tolist(), [str(s) for s in first["sources"]], seeds, {})
-        return snaps, labels
+        return self.item_snapshots(merged), labels

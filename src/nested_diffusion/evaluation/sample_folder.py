@@ -1,6 +1,6 @@
 """Metrics of finished sample sets, without sampling: FD at every NFE mark, the anytime AUC, FD at fractions of
 the budget (Table 3's readout) and consistency with the final image (Fig. 11), for runs made by
-``nested-diffusion sample`` (read back as ``Snapshots`` by ``distributed.SampleStore.snapshots``), so FD/AUC of
+``nested-diffusion sample`` (read back item by item by ``distributed.SampleStore.iter_items``), so FD/AUC of
 a 50K-sample run is one more command (``nested-diffusion eval from-samples``).
 
 Sets stored at every update (``--step update``) or at another grid are read on the AUC grid Δ, 2Δ, … with the
@@ -13,13 +13,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
 from ..io import atomic_write_json
 from .auc import anytime_auc, nfe_marks, values_at_marks
-from .consistency import consistency_curves
+from .consistency import evaluate_metric
 from .distances import bootstrap_counts, fd_noise_floor, percentile_interval, weighted_stats
 from .frechet import FrechetToReference
 from .features import extract_features
@@ -31,27 +31,82 @@ FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 @dataclass
 class SampleSet:
-    """One configuration's samples: ``snaps.marks`` are the stored NFE marks (ending at ``total_nfe``)."""
+    """One configuration's samples: ``parts()`` yields its work items as ``Snapshots`` in sample order (each
+    with the same stored marks, ending at ``total_nfe``); it is read once, item by item, so only features and
+    per-sample metric values are ever held in memory (a 50K-sample run of 256² RGB images fits)."""
 
     label: str
     outer: int
     inner: int
     total_nfe: int
-    snaps: Snapshots
+    parts: Callable[[], Iterable[Snapshots]]
     info: dict | None = None
 
+    @classmethod
+    def of(cls, label: str, outer: int, inner: int, total_nfe: int, snaps: Snapshots,
+           info: dict | None = None) -> "SampleSet":
+        """A set held in memory (one ``Snapshots``)."""
+        return cls(label, outer, inner, total_nfe, lambda: [snaps], info)
 
-def fd_per_mark(snaps: Snapshots, reference: EvalReference, counts: torch.Tensor | None = None):
-    """FD at each stored mark (computed once per distinct snapshot) and, with bootstrap ``counts`` (R, N), the
-    (R, marks) replicates."""
+
+@dataclass
+class SetSummary:
+    """What the metrics need of a set: per distinct snapshot the features (N, d) and, per consistency metric,
+    the N per-sample values against the final result."""
+
+    marks: list
+    mark_index: list
+    update_nfes: list
+    samples: int
+    features: list | None
+    values: dict
+
+
+def summarize(sample_set: SampleSet, extractor=None, metrics: Sequence = ()) -> SetSummary:
+    """One pass over the items: features of every distinct snapshot, consistency values against the final."""
+    first, feats, values, n = None, None, {m.name: None for m in metrics}, 0
+    for k, part in enumerate(sample_set.parts()):
+        layout = (list(part.marks), list(part.mark_index), list(part.update_nfes))
+        if first is None:
+            first = layout
+            feats = [[] for _ in part.images] if extractor is not None else None
+            values = {m.name: [[] for _ in part.images] for m in metrics}
+        elif layout != first:
+            raise ValueError(f"{sample_set.label}: item {k} has other NFE marks or updates than item 0")
+        final = part.final
+        for j, img in enumerate(part.images):
+            if feats is not None:
+                feats[j].append(extract_features(extractor, img))
+            for m in metrics:
+                values[m.name][j].append(evaluate_metric(m, img, final))
+        n += part.images[0].shape[0]
+    if first is None:
+        raise ValueError(f"{sample_set.label}: the set holds no samples")
+    return SetSummary(*first, n, None if feats is None else [torch.cat(f) for f in feats],
+                      {name: [torch.cat(v) for v in per] for name, per in values.items()})
+
+
+def fd_per_mark(summary: SetSummary, reference: EvalReference, counts: torch.Tensor | None = None):
+    """FD at each stored mark (once per distinct snapshot) and, with bootstrap ``counts`` (R, N), the (R, marks)
+    replicates."""
     fd = FrechetToReference(reference.stats)
-    feats = [extract_features(reference.extractor, img) for img in snaps.images]
-    point = [fd.of_features(f) for f in feats]
-    per_mark = [point[j] for j in snaps.mark_index]
+    point = [fd.of_features(f) for f in summary.features]
+    per_mark = [point[j] for j in summary.mark_index]
     if counts is None:
         return per_mark, None
-    boot = torch.stack([fd(*weighted_stats(f, counts)) for f in feats], dim=1)
-    return per_mark, boot[:, snaps.mark_index]
+    boot = torch.stack([fd(*weighted_stats(f, counts)) for f in summary.features], dim=1)
+    return per_mark, boot[:, summary.mark_index]
+
+
+def consistency_rows(summary: SetSummary, metrics: Sequence) -> dict:
+    """Mean, std and standard error over samples of each metric at each stored mark (as ``consistency_curves``)."""
+    out = {}
+    for m in metrics:
+        per = [summary.values[m.name][j] for j in summary.mark_index]
+        std = [float(v.std()) if v.numel() > 1 else 0.0 for v in per]
+        out[m.name] = dict(kind=m.kind, mean=[float(v.mean()) for v in per], std=std,
+                           sem=[x / summary.samples ** 0.5 for x in std])
+    return out
 
 
 def _spread(v: torch.Tensor) -> dict:
@@ -59,10 +114,11 @@ def _spread(v: torch.Tensor) -> dict:
     return dict(std=float(v.std()), percentile95=percentile_interval(v.tolist()))
 
 
-def _fd_row(s: SampleSet, reference: EvalReference, counts, step: int, fractions: Sequence[float]) -> dict:
+def _fd_row(s: SampleSet, summary: SetSummary, reference: EvalReference, counts, step: int,
+            fractions: Sequence[float]) -> dict:
     grid = nfe_marks(s.total_nfe, step)
-    fd, boot = fd_per_mark(s.snaps, reference, counts)
-    on_grid = values_at_marks(s.snaps.marks, fd, grid)
+    fd, boot = fd_per_mark(summary, reference, counts)
+    on_grid = values_at_marks(summary.marks, fd, grid)
     row = dict(fd_at_stored_marks=fd, fd=on_grid, auc=None, final_fd=fd[-1])
     try:
         row["auc"] = anytime_auc(dict(zip(grid, on_grid)), s.total_nfe, step)
@@ -73,11 +129,11 @@ def _fd_row(s: SampleSet, reference: EvalReference, counts, step: int, fractions
         m = round(f * s.total_nfe)
         if not (0 < f <= 1) or m < 1:
             raise ValueError(f"fractions: {f} of {s.total_nfe} NFE is not in (0, 1]")
-        stored = m >= s.snaps.marks[0]   # None: the run stored no result this early
-        budget.append(dict(fraction=f, nfe=m, fd=values_at_marks(s.snaps.marks, fd, [m])[0] if stored else None))
+        stored = m >= summary.marks[0]   # None: the run stored no result this early
+        budget.append(dict(fraction=f, nfe=m, fd=values_at_marks(summary.marks, fd, [m])[0] if stored else None))
     row["budget"] = budget
     if boot is not None and row["auc"] is not None:
-        reps = [values_at_marks(s.snaps.marks, b.tolist(), grid) for b in boot]
+        reps = [values_at_marks(summary.marks, b.tolist(), grid) for b in boot]
         row["_auc_reps"] = torch.tensor([anytime_auc(dict(zip(grid, r)), s.total_nfe, step) for r in reps])
         row["fd_boot_std"] = torch.tensor(reps).std(0).tolist()
         row["auc_boot"], row["final_fd_boot"] = _spread(row["_auc_reps"]), _spread(boot[:, -1])
@@ -92,18 +148,21 @@ def evaluate_sample_sets(sets: Sequence[SampleSet], reference: EvalReference | N
     bootstrap replicates are paired across sets of equal size (differences to the first set)."""
     if not sets:
         raise ValueError("sets: give at least one sample set")
-    t0, rows = time.time(), []
-    sizes = {s.snaps.images[0].shape[0] for s in sets}
-    counts = bootstrap_counts(sizes.pop(), bootstrap, seed) if bootstrap > 0 and len(sizes) == 1 else None
-    if bootstrap > 0 and counts is None:
-        raise ValueError("bootstrap: the sets hold different sample counts; pairing needs equal counts")
-    for s in sets:
-        n = s.snaps.images[0].shape[0]
+    t0, rows, counts = time.time(), [], None
+    extractor = None if reference is None else reference.extractor
+    for s in sets:                                  # one set at a time: its features are dropped after its row
+        summary = summarize(s, extractor, metrics)
+        n = summary.samples
+        if bootstrap > 0 and counts is None:
+            counts = bootstrap_counts(n, bootstrap, seed)
+        if counts is not None and counts.shape[1] != n:
+            raise ValueError(f"bootstrap: {s.label} holds {n} samples, the first set {counts.shape[1]}; paired "
+                             f"replicates need equal counts (or --bootstrap 0)")
         row = dict(label=s.label, outer=s.outer, inner=s.inner, total_nfe=s.total_nfe, samples=n,
-                   stored_marks=list(s.snaps.marks), sampler=s.info,
-                   distinct_update_nfes=[s.snaps.update_nfes[j] for j in sorted(set(s.snaps.mark_index))])
+                   stored_marks=summary.marks, sampler=s.info,
+                   distinct_update_nfes=[summary.update_nfes[j] for j in sorted(set(summary.mark_index))])
         if reference is not None:
-            row.update(_fd_row(s, reference, counts, step, fractions))
+            row.update(_fd_row(s, summary, reference, counts, step, fractions))
             if counts is not None and rows and "_auc_reps" in row and "_auc_reps" in rows[0]:
                 d = row["_auc_reps"] - rows[0]["_auc_reps"]
                 row["auc_minus_first"] = dict(point=row["auc"] - rows[0]["auc"], **_spread(d))
@@ -111,7 +170,7 @@ def evaluate_sample_sets(sets: Sequence[SampleSet], reference: EvalReference | N
                 auc = "n/a" if row["auc"] is None else f"{row['auc']:.2f}"
                 log(f"{s.label}: AUC {auc}, final FD {row['final_fd']:.4g} ({n} samples)")
         if metrics:
-            row["consistency"] = consistency_curves(s.snaps, metrics)
+            row["consistency"] = consistency_rows(summary, metrics)
         rows.append(row)
     for row in rows:
         row.pop("_auc_reps", None)
