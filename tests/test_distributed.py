@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from nested_diffusion.bundled.data import DEFAULT_DIR
 from nested_diffusion.cli import main
 from nested_diffusion.cli import sample as cli_sample
 from nested_diffusion.core.noise import DeviceNoiseSource, NoiseSource
@@ -301,6 +302,8 @@ def test_from_samples_equals_the_runners_on_the_same_images(tmp_path):
     assert doc["configs"][0]["auc"] == pytest.approx(sweep["configs"][0]["auc"], rel=1e-12)
 
 
+@pytest.mark.skipif(not Path(DEFAULT_DIR).is_dir(),
+                    reason="Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
 def test_eval_from_samples_cli(single, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "from-samples", "--samples-from", str(single), "--out", str(out), "--step", "2",
