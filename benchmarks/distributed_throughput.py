@@ -47,7 +47,13 @@ def run_once(nproc: int, out: Path, args) -> dict:
     wall = time.perf_counter() - t0
     if p.returncode:
         raise RuntimeError(f"{nproc} process(es) failed:\n{p.stdout}\n{p.stderr}")
-    ranks = [json.loads(s)["summary"] for s in p.stdout.splitlines() if s.startswith('{"summary"')]
+    dec, ranks, i = json.JSONDecoder(), [], p.stdout.find('{"summary"')
+    while i >= 0:                  # the ranks share one pipe: two summaries may end up on one line
+        obj, end = dec.raw_decode(p.stdout, i)
+        ranks.append(obj["summary"])
+        i = p.stdout.find('{"summary"', end)
+    if len(ranks) != nproc:
+        raise RuntimeError(f"expected {nproc} rank summaries, got {len(ranks)}:\n{p.stdout}")
     nfe = args.num_samples * args.outer * args.inner
     sampling = max(r["wall_s"] for r in ranks)
     return dict(wall=wall, sampling=sampling, agg=nfe / sampling, e2e=nfe / wall)

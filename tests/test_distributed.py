@@ -31,11 +31,22 @@ TINY = ["--num-samples", "7", "--outer-steps", "3", "--inner-steps", "2", "--ste
 def torchrun(nproc: int, args, **kw) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
            "-m", "nested_diffusion.cli", "sample", *args]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def finish(p: subprocess.Popen, timeout: float = 120) -> str:
-    out, _ = p.communicate(timeout=timeout)
+    """stdout (the ranks' lines), then stderr (torchrun's and the workers' warnings) kept apart."""
+    out, err = p.communicate(timeout=timeout)
+    return out + "\n--- stderr ---\n" + err
+
+
+def summaries(log: str) -> list[dict]:
+    """The ranks' summary objects in a torchrun log (two ranks' lines may share a line of the joint pipe)."""
+    dec, out, i = json.JSONDecoder(), [], log.find('{"summary"')
+    while i >= 0:
+        obj, end = dec.raw_decode(log, i)
+        out.append(obj["summary"])
+        i = log.find('{"summary"', end)
     return out
 
 
@@ -104,8 +115,8 @@ def test_torchrun_two_processes_equal_single_process(single, tmp_path):
     out = tmp_path / "two"
     log = finish(torchrun(2, ["--out-dir", str(out), *TINY, "--merge-when-done"]))
     assert "wrote 3 .npz files" in log, log
-    summaries = [json.loads(s)["summary"] for s in log.splitlines() if s.startswith('{"summary"')]
-    assert sorted(s["rank"] for s in summaries) == [0, 1] and sum(s["computed"] for s in summaries) == 4
+    ranks = summaries(log)
+    assert sorted(s["rank"] for s in ranks) == [0, 1] and sum(s["computed"] for s in ranks) == 4
     assert merged_bytes(out) == merged_bytes(single) and len(merged_bytes(out)) == 3
     assert item_bytes(out) == item_bytes(single)
 
@@ -123,10 +134,9 @@ def test_fewer_items_than_ranks(tmp_path):
     args = ["--out-dir", str(out), "--num-samples", "2", "--outer-steps", "3", "--inner-steps", "2", "--step",
             "2", "--batch-size", "1", "--quiet", "--merge-when-done"]
     log = finish(torchrun(3, args))
-    summaries = {json.loads(s)["summary"]["rank"]: json.loads(s)["summary"] for s in log.splitlines()
-                 if s.startswith('{"summary"')}
-    assert sorted(summaries) == [0, 1, 2], log
-    assert summaries[2]["assigned"] == 0 and summaries[0]["computed"] + summaries[1]["computed"] == 2
+    ranks = {s["rank"]: s for s in summaries(log)}
+    assert sorted(ranks) == [0, 1, 2], log
+    assert ranks[2]["assigned"] == 0 and ranks[0]["computed"] + ranks[1]["computed"] == 2
     ref = tmp_path / "few1"
     assert main(["sample", *args[:1], str(ref), *args[2:-1]]) == 0 and main(["merge", "--out-dir", str(ref)]) == 0
     assert merged_bytes(out) == merged_bytes(ref)
@@ -164,9 +174,9 @@ def test_sigkill_one_rank_then_resume_with_three_processes(tmp_path):
     assert store.missing(cfg) == []
     resumed = set(logged) - set(first_logged)
     assert resumed == set(range(10)) - before        # exactly the missing items, each once
-    summaries = [json.loads(s)["summary"] for s in log.splitlines() if s.startswith('{"summary"')]
-    assert sum(s["computed"] for s in summaries) == 10 - len(before)
-    assert sum(s["skipped"] for s in summaries) == len(before)
+    ranks = summaries(log)
+    assert len(ranks) == 3 and sum(s["computed"] for s in ranks) == 10 - len(before)
+    assert sum(s["skipped"] for s in ranks) == len(before)
     assert main(["sample", "--out-dir", str(ref), *args[2:]]) == 0
     assert item_bytes(out) == item_bytes(ref)
     assert main(["merge", "--out-dir", str(out)]) == 0 and main(["merge", "--out-dir", str(ref)]) == 0
