@@ -15,7 +15,7 @@ import torch
 from .denoisers import Denoiser, NonFiniteOutputError
 from .eta import EtaSpec, resolve_eta, validate_eta
 from .events import INNER_RESULT, X0_PREVIEW, AnytimeUpdate, SolverEvent
-from .grids import check_convention, check_step_counts, outer_grid
+from .grids import CLEAN, check_convention, check_step_counts, outer_grid
 from .noise import NoiseSource, as_noise_source
 from .registry import get_solver
 from .solvers import Solver
@@ -26,6 +26,8 @@ class NestedSolver(Solver):
     """Outer DDIM(η_outer) over ``n`` outer steps; each outer denoising is a full run of ``inner``.
 
     ``inner_steps``: one int for every outer step, or a list with one entry per outer step.
+    ``outer_times``: explicit outer times (strictly descending integers, the first = the run's start time),
+    instead of the convention's evenly spaced points.
     Grids: outer points are round(linspace(t, 0, n+1))[:-1] ("clean") or round(linspace(t, 1, n+1))[:-1]
     ("authors": the authors' round(linspace(1, T−1, K+1)) descending, last entry dropped); in both the last
     inner run's output is the final sample.
@@ -34,8 +36,10 @@ class NestedSolver(Solver):
     name = "nested"
 
     def __init__(self, inner: Solver | str = "ddim", inner_steps: int | Sequence[int] = 10,
-                 outer_eta: EtaSpec = 0.0, inner_eta: EtaSpec | None = None, convention: str | None = None):
+                 outer_eta: EtaSpec = 0.0, inner_eta: EtaSpec | None = None, convention: str | None = None,
+                 outer_times: Sequence[int] | None = None):
         self.inner = get_solver(inner, inner_eta)
+        self.outer_times = None if outer_times is None else [int(v) for v in outer_times]
         self.inner_steps = inner_steps
         check_step_counts(inner_steps, "inner_steps")
         self.outer_eta = validate_eta(outer_eta, "outer_eta")
@@ -53,13 +57,23 @@ class NestedSolver(Solver):
         return sum(self.inner.nfe(s) for s in self.steps_per_outer(n))
 
     def grid(self, t_start, n, convention, name="outer_steps"):
-        times = outer_grid(t_start, n, self.convention or convention, name)
+        times = outer_grid(t_start, n, self.convention or convention, name) if self.outer_times is None else \
+            self._explicit_times(t_start, n)
         for k, (t, s) in enumerate(zip(times[:-1], self.steps_per_outer(n))):
             most = self.inner.max_steps(t, convention)
             if s > most:
                 raise ValueError(f"inner_steps: {s} inner steps at outer step {k} (t={t}) exceed the {most} "
                                  f"distinct timesteps available there; use at most {most} or fewer outer steps")
         return times
+
+    def _explicit_times(self, t_start: int, n: int) -> list[int]:
+        ts = self.outer_times
+        if len(ts) != n:
+            raise ValueError(f"outer_times: {len(ts)} times for {n} outer steps; give one per outer step")
+        if ts[0] != t_start or any(b >= a for a, b in zip(ts, ts[1:])) or ts[-1] < 1:
+            raise ValueError(f"outer_times: must be strictly descending integers from t_start={t_start} down to "
+                             f"≥ 1, got {ts}")
+        return ts + [CLEAN]
 
     def max_steps(self, t_start, convention):
         return t_start
@@ -126,7 +140,8 @@ class NestedSampler:
 
     def __init__(self, denoiser: Denoiser, outer_steps: int, inner_steps: int | Sequence[int],
                  inner_solver: Solver | str = "ddim", inner_eta: EtaSpec | None = None,
-                 outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: int | None = None):
+                 outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: int | None = None,
+                 outer_times: Sequence[int] | None = None):
         check_convention(grid)
         if not hasattr(denoiser, "schedule"):
             raise TypeError("denoiser: must have a .schedule (a NoiseSchedule), e.g. a ModelDenoiser")
@@ -135,7 +150,7 @@ class NestedSampler:
         self.t_start = T - 1 if t_start is None else int(t_start)
         if not 0 < self.t_start < T:
             raise ValueError(f"t_start: must lie in [1, {T - 1}], got {t_start}")
-        self.solver = NestedSolver(inner_solver, inner_steps, outer_eta, inner_eta, grid)
+        self.solver = NestedSolver(inner_solver, inner_steps, outer_eta, inner_eta, grid, outer_times)
         self.outer_steps = outer_steps
         self.times = self.solver.grid(self.t_start, outer_steps, grid)  # validates every step count up front
         self.inner_steps = self.solver.steps_per_outer(outer_steps)
