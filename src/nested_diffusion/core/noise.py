@@ -76,11 +76,12 @@ class DeviceNoiseSource(NoiseSource):
     ``device`` (on CUDA torch's counter-based Philox), seeded with ``seeds[i]``, so nothing is drawn on the CPU
     or copied to the device. ``prefetch`` requests' worth of values are drawn per generator and launch.
 
-    Deterministic per seed on one device type and torch version, and row i never depends on the other rows of
-    the batch; but **not bit-identical** to the default ``NoiseSource`` (CPU generators): CUDA's Philox fills
-    tensors in its own order, so the same seed gives other noise (and other images) than the CPU default, and
-    the values depend on ``prefetch`` (a different cut of the stream). On ``device="cpu"`` the streams are the
-    CPU generators' (equal to ``NoiseSource`` at the same prefetch)."""
+    Deterministic per seed for one device type, torch version and ``prefetch``, and row i never depends on the
+    other rows of the batch; but **not bit-identical** to the default ``NoiseSource`` (CPU generators): CUDA's
+    Philox fills tensors in its own order, so the same seed gives other noise (and other images) than the CPU
+    default; the values depend on ``prefetch`` (another cut of the stream) and may depend on the GPU model (the
+    kernel's launch configuration). On ``device="cpu"`` the streams are the CPU generators' (equal to
+    ``NoiseSource`` at the same prefetch)."""
 
     def __init__(self, seeds: Sequence[int], device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  prefetch: int = 20):
