@@ -399,3 +399,21 @@ def test_sd_pipeline_prompt_per_index(tmp_path):
     assert main(["merge", "--out-dir", str(tmp_path / "a")]) == 0
     with np.load(tmp_path / "a" / "merged" / "nfe_0004.npz") as z:
         assert z.files == ["arr_0"] and z["arr_0"].shape == (3, 16, 16, 3)
+
+
+def test_ctrl_c_keeps_finished_items_and_exits_130(tmp_path):
+    out = tmp_path / "int"
+    cmd = [sys.executable, "-m", "nested_diffusion.cli", "sample", "--out-dir", str(out), "--num-samples", "6",
+           "--outer-steps", "4", "--inner-steps", "10", "--batch-size", "1", "--quiet"]
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not _pids_with_items(out, 0) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "rerun the same command to resume" in err, err
+    store = SampleStore(out)
+    done = [b for b in range(6) if store.is_done(b)]
+    assert 0 < len(done) < 6
+    assert not list(out.rglob("*.tmp"))                       # the item in flight left no half-written file
+    assert main(["sample", *cmd[4:]]) == 0 and store.missing(store.read_manifest()["config"]) == []
