@@ -136,6 +136,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--rows-every", type=_int("--rows-every"), default=20,
                    help="one row every N NFE (default: %(default)s)")
     e.add_argument("--scale", type=_int("--scale"), default=2, help="pixel upscaling (default: 2)")
+    from . import eval_samples
+    eval_samples.add_parser(sub)
     return p
 
 
@@ -213,6 +215,9 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     if args.experiment == "noise-floor":
         return _noise_floor(args)
+    if args.experiment == "from-samples":
+        from . import eval_samples
+        return eval_samples.run(args)
     from ..evaluation import runners
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     cache = args.cache_dir or args.out / "cache"

@@ -65,7 +65,7 @@ def _total_timing(parts: Sequence[dict]) -> dict:
     return {k: sum(p[k] for p in parts) for k in keys}
 
 
-class _FDEvaluator:
+class FDEvaluator:
     """FD at every mark of a Snapshots set, with paired bootstrap replicates (same counts for every set)."""
 
     def __init__(self, ref: EvalReference, n: int, replicates: int, seed: int):
@@ -88,7 +88,7 @@ class _FDEvaluator:
         return per_mark, boot[:, snaps.mark_index]                                            # (R, marks)
 
 
-def _spread(values: torch.Tensor | Sequence[float]) -> dict:
+def bootstrap_spread(values: torch.Tensor | Sequence[float]) -> dict:
     """Bootstrap spread. Resampling with replacement duplicates samples, which inflates FD: the replicates' mean
     sits above the point estimate, so read ``std`` as the spread; differences of paired replicates (same counts
     for every configuration) largely cancel that bias."""
@@ -113,7 +113,7 @@ def _scores(snaps: Snapshots, scores: Sequence, seed: int) -> dict:
     return out
 
 
-def _floor(ev: _FDEvaluator, n: int, seed: int) -> dict | None:
+def _floor(ev: FDEvaluator, n: int, seed: int) -> dict | None:
     if ev.ref.heldout is None:
         return None
     return fd_noise_floor(ev.fd, ev.ref.heldout, n, repeats=5, seed=seed)
@@ -139,7 +139,7 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
         raise ValueError(f"configs: every configuration must spend total_nfe={total_nfe} NFE; not {', '.join(bad)}")
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
-    ev = _FDEvaluator(reference, n_samples, bootstrap, seed)
+    ev = FDEvaluator(reference, n_samples, bootstrap, seed)
     rows = []
     for o, i in configs:
         snaps = collect_snapshots(factory, o, i, n_samples, seed, marks, cache, chunk, log)
@@ -173,7 +173,7 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
     return doc
 
 
-def _rnd_row(ev: _FDEvaluator, snaps: Snapshots, feats, o: int, i: int, marks, total_nfe: int, step: int,
+def _rnd_row(ev: FDEvaluator, snaps: Snapshots, feats, o: int, i: int, marks, total_nfe: int, step: int,
              first: dict | None) -> dict:
     """FD curve, AUC and final FD of one configuration, with bootstrap spreads and the paired difference to
     ``first`` (vanilla in Table 1's order); ``_auc_reps``/``_final_reps`` are kept for later rows."""
@@ -186,12 +186,12 @@ def _rnd_row(ev: _FDEvaluator, snaps: Snapshots, feats, o: int, i: int, marks, t
     row["_auc_reps"] = torch.tensor([anytime_auc(dict(zip(marks, b.tolist())), total_nfe, step) for b in boot],
                                     dtype=torch.float64)
     row["_final_reps"] = boot[:, -1]
-    row["auc_boot"], row["final_fd_boot"] = _spread(row["_auc_reps"]), _spread(row["_final_reps"])
+    row["auc_boot"], row["final_fd_boot"] = bootstrap_spread(row["_auc_reps"]), bootstrap_spread(row["_final_reps"])
     if first is not None:
         row["auc_minus_first"] = dict(point=row["auc"] - first["auc"],
-                                      **_spread(row["_auc_reps"] - first["_auc_reps"]))
+                                      **bootstrap_spread(row["_auc_reps"] - first["_auc_reps"]))
         row["final_fd_minus_first"] = dict(point=row["final_fd"] - first["final_fd"],
-                                           **_spread(row["_final_reps"] - first["_final_reps"]))
+                                           **bootstrap_spread(row["_final_reps"] - first["_final_reps"]))
     return row
 
 
@@ -220,7 +220,7 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
     plan = [_budget_plan(factory, N, fractions, nested_outer, step) for N in budgets]  # validates before sampling
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
-    ev = _FDEvaluator(reference, n_samples, bootstrap, seed)
+    ev = FDEvaluator(reference, n_samples, bootstrap, seed)
     rows, timing = [], {}
     for N, pair, fm, marks in plan:
         res = {}
@@ -277,7 +277,7 @@ def _budget_row(N: int, f: float, m: int, pair, res: dict, marks) -> dict:
             row[f"{name}_fd_boot_std"] = float(boot[:, mk.index(m)].std())
     if res["vanilla"][1] is not None:  # paired replicates: same resampling counts for both methods
         diff = res["nested"][1][:, marks.index(m)] - res["vanilla"][1][:, marks.index(m)]
-        row["nested_minus_vanilla"] = dict(point=row["nested_fd"] - row["vanilla_fd"], **_spread(diff))
+        row["nested_minus_vanilla"] = dict(point=row["nested_fd"] - row["vanilla_fd"], **bootstrap_spread(diff))
     return row
 
 
