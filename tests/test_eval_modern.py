@@ -67,3 +67,18 @@ def test_cli_consistency_with_the_flux_pipeline(tmp_path, capsys):
     bad = argv[:4] + ["--model-path", str(tmp_path / "flux")]   # no --prompts
     assert cli_eval.run(p.parse_args(bad + ["--out", str(tmp_path / "bad")])) == 2
     assert "--prompts: required" in capsys.readouterr().err
+
+
+def test_sample_command_with_the_sd3_pipeline(tmp_path, capsys):
+    import numpy as np
+
+    from nested_diffusion.cli.main import main as cli_main
+    tiny_sd3().save_pretrained(tmp_path / "sd3")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS))
+    argv = ["sample", "--pipeline", "sd3", "--model-path", str(tmp_path / "sd3"), "--prompts",
+            str(tmp_path / "prompts.txt"), "--height", "16", "--width", "16", "--num-samples", "4", "--batch-size", "2",
+            "--outer-steps", "2", "--inner-steps", "2", "--solver", "heun", "--step", "3", "--out-dir",
+            str(tmp_path / "s"), "--merge-when-done", "--quiet"]
+    assert cli_main(argv) == 0, capsys.readouterr().err
+    final = np.load(tmp_path / "s" / "merged" / "nfe_0006.npz")["arr_0"]   # Heun: 2 × (2·2 − 1) = 6 NFE
+    assert final.shape == (4, 16, 16, 3) and final.dtype == np.uint8
