@@ -24,14 +24,15 @@ def _clip(tok, hidden: int, projection: bool):
 def _modules(family: str, tok, t5tok) -> dict:
     from diffusers import AutoencoderKL, AutoencoderTiny, FluxTransformer2DModel, UNet2DConditionModel
     from transformers import T5Config, T5EncoderModel
+    clip_w, second_w = mp.TEXT_WIDTHS[family]
     if family == "sdxl":
         return dict(unet=lambda: UNet2DConditionModel(**mp.SDXL_UNET), vae=lambda: AutoencoderKL(**mp.SDXL_VAE),
-                    text_encoder=lambda: _clip(tok, 768, False), text_encoder_2=lambda: _clip(tok, 1280, True),
+                    text_encoder=lambda: _clip(tok, clip_w, False), text_encoder_2=lambda: _clip(tok, second_w, True),
                     tiny=lambda: AutoencoderTiny(**mp.TAESD))
-    t5 = T5Config(vocab_size=len(t5tok), d_model=4096, d_ff=1024, d_kv=64, num_layers=1, num_heads=64,
-                  pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    t5 = T5Config(vocab_size=len(t5tok), d_model=second_w, d_ff=1024, d_kv=64, num_layers=1,
+                  num_heads=second_w // 64, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     return dict(transformer=lambda: FluxTransformer2DModel(**mp.FLUX_TRANSFORMER),
-                vae=lambda: AutoencoderKL(**mp.FLUX_VAE), text_encoder=lambda: _clip(tok, 768, False),
+                vae=lambda: AutoencoderKL(**mp.FLUX_VAE), text_encoder=lambda: _clip(tok, clip_w, False),
                 text_encoder_2=lambda: T5EncoderModel(t5), tiny=lambda: AutoencoderTiny(**mp.TAEF1))
 
 

@@ -47,6 +47,7 @@ KL_VAE = dict(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 
 SDXL_VAE = dict(KL_VAE, latent_channels=4, scaling_factor=0.13025, force_upcast=True)
 FLUX_VAE = dict(KL_VAE, latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
                 use_post_quant_conv=False)
+TEXT_WIDTHS = {"sdxl": (768, 1280), "flux": (768, 4096)}  # CLIP-L + OpenCLIP-bigG / CLIP-L + T5-XXL
 TAESD = dict(latent_channels=4)   # diffusers' AutoencoderTiny defaults are TAESD's architecture
 TAEF1 = dict(latent_channels=16)
 PUBLISHED_M = {"sdxl.unet": "2.6 B (SDXL report)", "flux.transformer": "12 B (Black Forest Labs)"}
