@@ -153,16 +153,20 @@ def _defaults(args) -> None:
 
 
 def _factory(args):
-    from ..bundled import load_unet
-    from ..bundled.factory import bundled_factory
     if args.pipeline != "bundled":
         return cp.pipeline_factory(args)
+    return bundled_factory_of(args, cp.device_dtype(args)[0])
+
+
+def bundled_factory_of(args, device: str):
+    """The bundled model's SamplerFactory from the shared sampling options (eval and sample commands)."""
+    from ..bundled import load_unet
+    from ..bundled.factory import bundled_factory
     args.solver = args.solver or "ddpm"
     eta = inner_eta_for(args.solver, args.inner_eta)
     outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
     if args.dtype not in ("auto", "float32"):
         raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")
-    device = cp.device_dtype(args)[0]
     prefetch = 1 if device == "cpu" and args.noise_workers == 1 else 20   # same values, fewer calls (NoiseSource)
     return bundled_factory(load_unet(args.model, device), args.guidance, args.solver, eta, outer_eta, args.grid,
                            prefetch, args.noise_workers)

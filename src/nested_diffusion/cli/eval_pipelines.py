@@ -14,7 +14,7 @@ import argparse
 import warnings
 from pathlib import Path
 
-from .argtypes import int_at_least as _int
+from .argtypes import check_device, int_at_least as _int
 
 PIPELINES = ("bundled", "sd", "dit", "sdxl", "sd3", "flux")
 TEXT_PIPELINES = ("sd", "sdxl", "sd3", "flux")   # prompts, --height/--width, CLIP score
@@ -56,13 +56,7 @@ def add_rgb_metric_args(e: argparse.ArgumentParser, reference: bool = True) -> N
 
 def device_dtype(args):
     import torch
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device: {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device: {device!r} requested but torch sees no CUDA device")
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = args.dtype if args.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
     return device, getattr(torch, name)
 

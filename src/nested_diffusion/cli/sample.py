@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from ..core.flow_registry import flow_solver_names
 from . import eval_pipelines as cp
-from .argtypes import inner_eta_for, int_at_least, nonneg_float, solver_choices
+from .argtypes import check_device, int_at_least, nonneg_float, solver_choices
 
 if TYPE_CHECKING:
     from ..distributed import SampleJob
@@ -109,13 +109,7 @@ def _device(args, local_rank: int) -> str:
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dev == "cuda":
         dev = f"cuda:{local_rank}"
-    try:
-        torch.device(dev)
-    except RuntimeError:
-        raise ValueError(f"--device: {dev!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device: {dev!r} requested but torch sees no CUDA device")
-    args.device = dev
+    args.device = check_device(dev)
     return dev
 
 
@@ -128,16 +122,8 @@ def build_job(args, local_rank: int = 0) -> "SampleJob":
     outer, inner = DEFAULT_STEPS[args.pipeline]
     outer, inner = args.outer_steps or outer, args.inner_steps or inner
     if args.pipeline == "bundled":
-        from ..bundled import load_unet
-        from ..bundled.factory import bundled_factory
-        if args.dtype not in ("auto", "float32"):
-            raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")
-        solver = args.solver or "ddpm"
-        eta = inner_eta_for(solver, args.inner_eta)
-        prefetch = 1 if device == "cpu" and args.noise_workers == 1 else 20   # same values (NoiseSource)
-        factory = bundled_factory(load_unet(args.model, device), args.guidance, solver, eta,
-                                  0.0 if args.outer_eta is None else args.outer_eta, args.grid, prefetch,
-                                  args.noise_workers)
+        from .eval import bundled_factory_of
+        factory = bundled_factory_of(args, device)
     else:
         factory = cp.pipeline_factory(args)
     return SampleJob(factory, outer, inner, args.num_samples, args.seed, args.batch_size, args.step, args.noise,
