@@ -24,7 +24,8 @@ from .argtypes import check_device, int_at_least, nonneg_float, solver_choices
 if TYPE_CHECKING:
     from ..distributed import SampleJob
 
-DEFAULT_STEPS = {"bundled": (5, 20), "dit": (4, 50), "sd": (5, 20), "sdxl": (5, 20), "sd3": (4, 7), "flux": (4, 7)}
+DEFAULT_STEPS = {"bundled": (5, 20), "dit": (4, 50), "sd": (5, 20), "sdxl": (5, 20), "sd3": (4, 7),
+                 "flux": (4, 7)}
 
 
 def _step(s: str):
