@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..core.flow_registry import flow_solver_names
 from .argtypes import inner_eta_for, int_at_least as _int, nonneg_float as _float, solver_choices
 from . import eval_pipelines as cp
 
@@ -42,9 +43,9 @@ def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
                    help="sample i uses seed + i and label i %% classes (or prompt i %% prompts) under every "
                         "configuration (default: %(default)s)")
     e.add_argument("--model", default=None, help="a TinyUNet from_pretrained folder (default: the bundled model)")
-    e.add_argument("--solver", choices=solver_choices(), default=None,
+    e.add_argument("--solver", choices=solver_choices() + flow_solver_names(), default=None,
                    help="inner solver (default: ddpm, learned-variance ancestral, the paper's DiT setting; ddim "
-                        "with η 0.85 for --pipeline sd)")
+                        "with η 0.85 for --pipeline sd/sdxl; euler for sd3/flux, which take euler or heun)")
     e.add_argument("--inner-eta", type=_float("--inner-eta"), default=None, help="η of a DDIM inner (default 0.85)")
     e.add_argument("--outer-eta", type=_float("--outer-eta"), default=None,
                    help="η of the outer DDIM step (default: 0; --pipeline sd with a DPM-Solver++ inner: "
@@ -142,7 +143,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _defaults(args) -> None:
     """Per-pipeline defaults of --configs and --total-nfe (SD: the COCO protocol's 60 NFE)."""
-    sd = args.pipeline == "sd"
+    sd = args.pipeline in cp.TEXT_PIPELINES
     if getattr(args, "total_nfe", 0) is None:
         args.total_nfe = 60 if sd else 200
     if getattr(args, "configs", 0) is None:

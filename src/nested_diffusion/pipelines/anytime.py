@@ -25,14 +25,16 @@ class PipelineInterrupted(Exception):
     """Raised inside the denoiser when ``pipe._interrupt`` was set; the loop ends with the last finished update."""
 
 
-def with_anytime_fields(base: type, name: str, doc: str, module: str) -> type:
+def with_anytime_fields(base: type, name: str, doc: str, module: str, extra_fields: tuple = ()) -> type:
     """A dataclass subclass of a diffusers output class with every ``AnytimeInfo`` field (defaults: a finished
-    result) plus ``latents``, the x̂0 latent the images were decoded from."""
+    result) plus ``latents``, the x̂0 latent the images were decoded from, and ``extra_fields`` ((name, type,
+    dataclasses.field) triples)."""
     defaults = dict(nfe=0, outer_step=0, outer_steps=0, inner_step=0, inner_steps=0, final=True,
                     source=INNER_RESULT, t=0, elapsed=0.0)
     extra = [(f.name, f.type, dataclasses.field(default=defaults.get(f.name)))
              for f in dataclasses.fields(AnytimeInfo)]
     extra.append(("latents", "torch.Tensor | None", dataclasses.field(default=None)))
+    extra.extend(extra_fields)
     cls = dataclasses.make_dataclass(name, extra, bases=(base,), namespace={"__doc__": doc, "__module__": module})
     return cls
 
