@@ -135,6 +135,16 @@ class AnytimeIterMixin:
             pairs, ctx = self._prepare(**bind_call(self, args, kwargs))
         return self._decoded(pairs, ctx)
 
+    def _final_output(self, call_locals: dict):
+        """``__call__``'s body: run the anytime loop to its end and decode only the last update."""
+        pairs, ctx = self._prepare(**{k: v for k, v in call_locals.items() if k not in ("self", "__class__")})
+        last = None
+        for last in pairs:  # final-only: nothing but the last update is decoded
+            pass
+        if last is None:
+            raise RuntimeError("interrupted or past the deadline before the first model call finished; no result")
+        return self._output(*last, ctx)
+
     @torch.no_grad()
     def _decoded(self, pairs, ctx):
         for update, x0 in pairs:

@@ -95,14 +95,7 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         AutoencoderTiny, e.g. taef1), or "latent_rgb"; preview_results=True also uses it for intermediate inner
         results. The final image always uses the full VAE.
         """
-        pairs, ctx = self._prepare(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        last = None
-        for last in pairs:
-            pass
-        if last is None:
-            raise RuntimeError("interrupted or past the deadline before the first transformer call finished; "
-                               "no result")
-        return self._output(*last, ctx)
+        return self._final_output(locals())
 
     def core_sampler(self, **kwargs) -> FlowNestedSampler:
         """The core sampler a call with these (nested, size, mu) arguments runs: its grid, inner steps and NFE

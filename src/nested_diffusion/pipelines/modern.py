@@ -11,8 +11,7 @@ from ..core.eta import validate_eta
 from ..core.flow_registry import get_flow_solver
 from ..core.flow_schedule import FlowSchedule
 from ..core.flow_steps import FRESH_NOISE
-from ..core.grids import check_step_counts, check_steps
-from .adapters import NestedArgs, is_diffusers_scheduler
+from .adapters import NestedArgs, is_diffusers_scheduler, merge_names, step_counts
 from .anytime import with_anytime_fields
 from .previews import PreviewDecoder, kl_encoder
 
@@ -39,25 +38,16 @@ def output_class(base: type, name: str, module: str) -> type:
 
 
 def merged(a: dict, ours: str, theirs: str) -> Any:
-    x, y = a.get(ours), a.get(theirs)
-    if x is not None and y is not None and x != y:
-        raise ValueError(f"{ours}={x!r} and {theirs}={y!r} name the same setting with different values; pass only one")
-    return x if x is not None else y
+    return merge_names(a.get(ours), ours, a.get(theirs), theirs)
 
 
 def resolve_flow_args(a: dict, default_outer: int, default_inner: int, default_outer_eta: Any) -> NestedArgs:
     """outer_steps/num_inference_steps, inner_steps/num_inner_steps, inner_solver/inner_scheduler (a flow
     solver name: "euler", "heun", or a core FlowSolver), inner_eta, outer_eta/eta ("fresh" allowed)."""
-    outer = merged(a, "outer_steps", "num_inference_steps")
-    inner = merged(a, "inner_steps", "num_inner_steps")
+    outer, inner = step_counts(merged(a, "outer_steps", "num_inference_steps"),
+                               merged(a, "inner_steps", "num_inner_steps"), default_outer, default_inner)
     solver = merged(a, "inner_solver", "inner_scheduler")
     o_eta = merged(a, "outer_eta", "eta")
-    outer = default_outer if outer is None else outer
-    inner = default_inner if inner is None else inner
-    check_steps(outer, 10 ** 9, 10 ** 9, "outer_steps")
-    if isinstance(inner, (list, tuple)) and len(inner) != outer:
-        raise ValueError(f"inner_steps: a list needs one entry per outer step ({outer}), got {len(inner)}")
-    check_step_counts(inner, "inner_steps")
     if is_diffusers_scheduler(solver):
         raise ValueError(f"inner_solver: diffusers scheduler instances ({type(solver).__name__}) are not supported "
                          f"by the flow pipelines; use 'euler' or 'heun'")

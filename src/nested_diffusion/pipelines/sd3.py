@@ -95,14 +95,7 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         (outer_steps default 4, inner_steps 7, inner_solver "euler"/"heun", outer_eta default "fresh"), except
         grid defaults to "sigma_min" (the stock SD3 grid) and CFG (guidance_scale > 1) runs in the inner process.
         """
-        pairs, ctx = self._prepare(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        last = None
-        for last in pairs:
-            pass
-        if last is None:
-            raise RuntimeError("interrupted or past the deadline before the first transformer call finished; "
-                               "no result")
-        return self._output(*last, ctx)
+        return self._final_output(locals())
 
     def core_sampler(self, **kwargs) -> FlowNestedSampler:
         """The core sampler a call with these (nested, size, mu) arguments runs: its grid, inner steps and NFE

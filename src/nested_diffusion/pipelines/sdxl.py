@@ -104,13 +104,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         callback_on_step_end). Previews as ``NestedFluxPipeline`` (preview, preview_vae = e.g. taesdxl,
         preview_results); the final image always uses the full VAE.
         """
-        pairs, ctx = self._prepare(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        last = None
-        for last in pairs:
-            pass
-        if last is None:
-            raise RuntimeError("interrupted or past the deadline before the first UNet call finished; no result")
-        return self._output(*last, ctx)
+        return self._final_output(locals())
 
     def core_sampler(self, **kwargs) -> NestedSampler:
         """The core sampler a call with these nested arguments runs: its grid, inner steps and NFE schedule,
