@@ -77,3 +77,15 @@ def writable_dir(name: str = "--out"):
             raise argparse.ArgumentTypeError(f"{name}: cannot write into {s!r} ({e.strerror or e})")
         return p
     return parse
+
+
+def check_device(device: str, option: str = "--device") -> str:
+    """A torch device string that exists here; a clear error otherwise."""
+    import torch
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"{option}: {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{option}: {device!r} requested but torch sees no CUDA device")
+    return device

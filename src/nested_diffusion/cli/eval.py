@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..core.flow_registry import flow_solver_names
 from .argtypes import inner_eta_for, int_at_least as _int, nonneg_float as _float, solver_choices
 from . import eval_pipelines as cp
 
@@ -42,9 +43,9 @@ def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
                    help="sample i uses seed + i and label i %% classes (or prompt i %% prompts) under every "
                         "configuration (default: %(default)s)")
     e.add_argument("--model", default=None, help="a TinyUNet from_pretrained folder (default: the bundled model)")
-    e.add_argument("--solver", choices=solver_choices(), default=None,
+    e.add_argument("--solver", choices=solver_choices() + flow_solver_names(), default=None,
                    help="inner solver (default: ddpm, learned-variance ancestral, the paper's DiT setting; ddim "
-                        "with η 0.85 for --pipeline sd)")
+                        "with η 0.85 for --pipeline sd/sdxl; euler for sd3/flux, which take euler or heun)")
     e.add_argument("--inner-eta", type=_float("--inner-eta"), default=None, help="η of a DDIM inner (default 0.85)")
     e.add_argument("--outer-eta", type=_float("--outer-eta"), default=None,
                    help="η of the outer DDIM step (default: 0; --pipeline sd with a DPM-Solver++ inner: "
@@ -135,12 +136,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--rows-every", type=_int("--rows-every"), default=20,
                    help="one row every N NFE (default: %(default)s)")
     e.add_argument("--scale", type=_int("--scale"), default=2, help="pixel upscaling (default: 2)")
+    from . import eval_samples
+    eval_samples.add_parser(sub)
     return p
 
 
 def _defaults(args) -> None:
     """Per-pipeline defaults of --configs and --total-nfe (SD: the COCO protocol's 60 NFE)."""
-    sd = args.pipeline == "sd"
+    sd = args.pipeline in cp.TEXT_PIPELINES
     if getattr(args, "total_nfe", 0) is None:
         args.total_nfe = 60 if sd else 200
     if getattr(args, "configs", 0) is None:
@@ -150,16 +153,20 @@ def _defaults(args) -> None:
 
 
 def _factory(args):
-    from ..bundled import load_unet
-    from ..bundled.factory import bundled_factory
     if args.pipeline != "bundled":
         return cp.pipeline_factory(args)
+    return bundled_factory_of(args, cp.device_dtype(args)[0])
+
+
+def bundled_factory_of(args, device: str):
+    """The bundled model's SamplerFactory from the shared sampling options (eval and sample commands)."""
+    from ..bundled import load_unet
+    from ..bundled.factory import bundled_factory
     args.solver = args.solver or "ddpm"
     eta = inner_eta_for(args.solver, args.inner_eta)
     outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
     if args.dtype not in ("auto", "float32"):
         raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")
-    device = cp.device_dtype(args)[0]
     prefetch = 1 if device == "cpu" and args.noise_workers == 1 else 20   # same values, fewer calls (NoiseSource)
     return bundled_factory(load_unet(args.model, device), args.guidance, args.solver, eta, outer_eta, args.grid,
                            prefetch, args.noise_workers)
@@ -212,6 +219,9 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     if args.experiment == "noise-floor":
         return _noise_floor(args)
+    if args.experiment == "from-samples":
+        from . import eval_samples
+        return eval_samples.run(args)
     from ..evaluation import runners
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     cache = args.cache_dir or args.out / "cache"

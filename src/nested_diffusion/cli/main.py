@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 from . import eval as cli_eval
-from . import generate, restore, restore_table, serve, train
+from . import generate, restore, restore_table, sample, serve, train
 
 COMMANDS = {
     "generate": generate.run,
@@ -20,6 +20,8 @@ COMMANDS = {
     "eval": cli_eval.run,
     "restore": restore.run,
     "restore-table": restore_table.run,
+    "sample": sample.run_sample,
+    "merge": sample.run_merge,
     "serve": serve.run,
 }
 
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_eval.add_parser(sub)
     restore.add_parser(sub)
     restore_table.add_parser(sub)
+    sample.add_parser(sub)
     serve.add_parser(sub)
     return p
 

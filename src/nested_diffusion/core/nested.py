@@ -38,12 +38,17 @@ class NestedSolver(Solver):
     def __init__(self, inner: Solver | str = "ddim", inner_steps: int | Sequence[int] = 10,
                  outer_eta: EtaSpec = 0.0, inner_eta: EtaSpec | None = None, convention: str | None = None,
                  outer_times: Sequence[int] | None = None):
-        self.inner = get_solver(inner, inner_eta)
+        self.inner = self.resolve_inner(inner, inner_eta)
         self.outer_times = None if outer_times is None else [int(v) for v in outer_times]
         self.inner_steps = inner_steps
         check_step_counts(inner_steps, "inner_steps")
         self.outer_eta = validate_eta(outer_eta, "outer_eta")
         self.convention = None if convention is None else check_convention(convention)
+
+    @staticmethod
+    def resolve_inner(inner: Solver | str, inner_eta: EtaSpec | None) -> Solver:
+        """The inner solver from a name or an instance (flow samplers resolve flow solver names)."""
+        return get_solver(inner, inner_eta)
 
     def steps_per_outer(self, n: int) -> list[int]:
         if isinstance(self.inner_steps, (int, np.integer)):
@@ -97,10 +102,15 @@ class NestedSolver(Solver):
                 spent_in_run = ev.nfe
             spent += spent_in_run
             best = x0_hat
-            a, a_next = S.alpha_bar(t), S.alpha_bar(t_next)  # outer step q(x_{t'} | x̂0, x_t)
-            eta = resolve_eta(self.outer_eta, k, t, a, n, "outer_eta")
-            z = noise.randn_like(x) if ddim_sigma(a, a_next, eta) > 0 else None
-            x = ddim_step(x, x0_hat, a, a_next, eta, z)
+            x = self.outer_step(S, x, x0_hat, k, t, t_next, n, noise)
+
+    def outer_step(self, S: Any, x: torch.Tensor, x0_hat: torch.Tensor, k: int, t: Any, t_next: Any, n: int,
+                   noise: NoiseSource) -> torch.Tensor:
+        """The outer DDIM(η_outer) step q(x_{t'} | x̂0, x_t) of outer step k (of n)."""
+        a, a_next = S.alpha_bar(t), S.alpha_bar(t_next)
+        eta = resolve_eta(self.outer_eta, k, t, a, n, "outer_eta")
+        z = noise.randn_like(x) if ddim_sigma(a, a_next, eta) > 0 else None
+        return ddim_step(x, x0_hat, a, a_next, eta, z)
 
 
 PREVIEW_MODES = ("first", "all", "none")

@@ -25,14 +25,16 @@ class PipelineInterrupted(Exception):
     """Raised inside the denoiser when ``pipe._interrupt`` was set; the loop ends with the last finished update."""
 
 
-def with_anytime_fields(base: type, name: str, doc: str, module: str) -> type:
+def with_anytime_fields(base: type, name: str, doc: str, module: str, extra_fields: tuple = ()) -> type:
     """A dataclass subclass of a diffusers output class with every ``AnytimeInfo`` field (defaults: a finished
-    result) plus ``latents``, the x̂0 latent the images were decoded from."""
+    result) plus ``latents``, the x̂0 latent the images were decoded from, and ``extra_fields`` ((name, type,
+    dataclasses.field) triples)."""
     defaults = dict(nfe=0, outer_step=0, outer_steps=0, inner_step=0, inner_steps=0, final=True,
                     source=INNER_RESULT, t=0, elapsed=0.0)
     extra = [(f.name, f.type, dataclasses.field(default=defaults.get(f.name)))
              for f in dataclasses.fields(AnytimeInfo)]
     extra.append(("latents", "torch.Tensor | None", dataclasses.field(default=None)))
+    extra.extend(extra_fields)
     cls = dataclasses.make_dataclass(name, extra, bases=(base,), namespace={"__doc__": doc, "__module__": module})
     return cls
 
@@ -132,6 +134,16 @@ class AnytimeIterMixin:
         with torch.no_grad():
             pairs, ctx = self._prepare(**bind_call(self, args, kwargs))
         return self._decoded(pairs, ctx)
+
+    def _final_output(self, call_locals: dict):
+        """``__call__``'s body: run the anytime loop to its end and decode only the last update."""
+        pairs, ctx = self._prepare(**{k: v for k, v in call_locals.items() if k not in ("self", "__class__")})
+        last = None
+        for last in pairs:  # final-only: nothing but the last update is decoded
+            pass
+        if last is None:
+            raise RuntimeError("interrupted or past the deadline before the first model call finished; no result")
+        return self._output(*last, ctx)
 
     @torch.no_grad()
     def _decoded(self, pairs, ctx):

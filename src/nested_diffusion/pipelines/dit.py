@@ -102,13 +102,7 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
                 ``NestedStableDiffusionPipeline``; the callback's kwargs["latents"] is the update's x̂0 latent.
             denoiser_hook(denoiser) -> denoiser: wraps this call's model denoiser (profiling, NFE counting).
         """
-        pairs, ctx = self._prepare(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        last = None
-        for last in pairs:
-            pass
-        if last is None:
-            raise RuntimeError("interrupted or past the deadline before the first model call finished; no result")
-        return self._output(*last, ctx)
+        return self._final_output(locals())
 
     # ------------------------------------------------------------------------------------------------ internals
     def _label_ids(self, class_labels: Any) -> list[int]:

@@ -299,6 +299,6 @@ class PromptScore:
 
 def prompt_score(factory: SamplerFactory, scorer: Callable, name: str | None = None) -> PromptScore:
     """A PromptScore that scores sample i against the prompt ``factory`` gave it (SD factories only)."""
-    if factory.info.get("pipeline") != "sd" or factory.cond_for is None:
+    if factory.info.get("pipeline") not in ("sd", "sdxl", "sd3", "flux") or factory.cond_for is None:
         raise ValueError(f"factory: prompt scores need an sd_factory (prompts), got {factory.info.get('pipeline')!r}")
     return PromptScore(scorer, factory.cond_for, name)

@@ -120,13 +120,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
                 last finished update.
             denoiser_hook(denoiser) -> denoiser: wraps this call's model denoiser (profiling, NFE counting).
         """
-        pairs, ctx = self._prepare(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        last = None
-        for last in pairs:  # final-only: nothing but the last update is decoded
-            pass
-        if last is None:
-            raise RuntimeError("interrupted or past the deadline before the first UNet call finished; no result")
-        return self._output(*last, ctx)
+        return self._final_output(locals())
 
     # ------------------------------------------------------------------------------------------------ internals
     def _check_prompts(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds) -> int:
