@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 from . import eval as cli_eval
-from . import generate, restore, restore_table, sample, train
+from . import generate, restore, restore_table, sample, serve, train
 
 COMMANDS = {
     "generate": generate.run,
@@ -22,6 +22,7 @@ COMMANDS = {
     "restore-table": restore_table.run,
     "sample": sample.run_sample,
     "merge": sample.run_merge,
+    "serve": serve.run,
 }
 
 
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_parser(sub)
     restore_table.add_parser(sub)
     sample.add_parser(sub)
+    serve.add_parser(sub)
     return p
 
 
