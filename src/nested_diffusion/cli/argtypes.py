@@ -89,3 +89,16 @@ def check_device(device: str, option: str = "--device") -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"{option}: {device!r} requested but torch sees no CUDA device")
     return device
+
+
+def positive_float(name: str):
+    """A number > 0 (seconds)."""
+    def parse(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name}: expected a number of seconds, got {s!r}")
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{name}: must be > 0, got {v}")
+        return v
+    return parse

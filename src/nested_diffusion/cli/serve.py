@@ -4,19 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .argtypes import int_at_least
-
-
-def _positive_float(name: str):
-    def parse(s: str) -> float:
-        try:
-            v = float(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name}: expected a number of seconds, got {s!r}")
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"{name}: must be > 0, got {v}")
-        return v
-    return parse
+from .argtypes import int_at_least, positive_float
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -43,7 +31,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--max-nfe", type=int_at_least("--max-nfe", 1), default=1000, help="cap on outer × inner")
     s.add_argument("--max-size", type=int_at_least("--max-size", 8), default=768,
                    help="cap on pipeline image height/width (pixels)")
-    s.add_argument("--max-deadline", type=_positive_float("--max-deadline"), default=600.0, help="seconds")
+    s.add_argument("--max-deadline", type=positive_float("--max-deadline"), default=600.0, help="seconds")
     s.add_argument("--threads", type=int_at_least("--threads", 1), default=None, help="torch CPU threads")
     return s
 

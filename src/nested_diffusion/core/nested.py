@@ -130,7 +130,7 @@ def _check_stream_args(shape, max_nfe, deadline, previews) -> tuple[int, ...]:
     return shape
 
 
-def _stop_check(stop) -> Callable[[], bool]:
+def stop_check(stop) -> Callable[[], bool]:
     """``stop``: None, a callable returning a truth value, or an object with ``is_set()`` (threading.Event)."""
     if stop is None:
         return lambda: False
@@ -180,7 +180,7 @@ class NestedSampler:
         without autograd unless ``grad=True``. ``wrap_denoiser(denoiser) -> denoiser`` wraps the denoiser for
         this run only (timers, call counters); the sampler itself is not changed."""
         shape = _check_stream_args(shape, max_nfe, deadline, previews)
-        should_stop = _stop_check(stop)
+        should_stop = stop_check(stop)
         noise = as_noise_source(seeds, shape[0], device, dtype)
         if noise.batch_size != shape[0]:
             raise ValueError(f"seeds: {noise.batch_size} seeds for a batch of {shape[0]}")

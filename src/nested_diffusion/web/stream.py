@@ -18,11 +18,12 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..core.events import INNER_RESULT
+from ..core.nested import stop_check
 from .backends import JobRequest, Limits, Prepared
 from .render import SOURCE_WORDS, batch_tile, expected_change_words
 
@@ -64,16 +65,6 @@ class WebUpdate:
                 "cancelled": f"Cancelled at NFE {self.spent}/{self.budget}; result discarded",
                 "failed": "Failed"}[self.state]
         return f"{head} · {where} · {self.elapsed:.2f} s"
-
-
-def stop_check(stop: Any) -> Callable[[], bool]:
-    if stop is None:
-        return lambda: False
-    if hasattr(stop, "is_set"):
-        return stop.is_set
-    if callable(stop):
-        return lambda: bool(stop())
-    raise TypeError(f"stop: expected None, a callable or a threading.Event, got {type(stop).__name__}")
 
 
 def _advance(vanilla: Iterator | None, last: tuple | None, nfe: int) -> tuple | None:
