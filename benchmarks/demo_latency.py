@@ -1,31 +1,51 @@
-"""Latency of the README demo on the bundled model: model load, first x0 preview, first finished inner run
-(the first garment-quality image), and the whole run, for the demo's default settings (10 classes, 5 × 20
-learned-variance DDPM, guidance 2.0) and for vanilla sampling at the same NFE, side by side.
+"""Latency of the README demo on the bundled model, measured on the path users run.
 
-Targets (issue 3): ≤ 10 s of generation on 2 cores, first usable image ≤ 1 s after sampling starts.
+Side by side, interleaved, for the demo's default settings (10 classes, 5 × 20 learned-variance DDPM, guidance 2.0):
+* ``generate`` in-process: ``nested_diffusion.cli.main(["generate", ...])`` — the exact function the command runs
+  (argument parsing, model load, streaming, per-update lines, writing PNG/GIF/JSON); first preview, first
+  finished image and end of sampling are read from the ``elapsed_s`` it records in updates.json;
+* the bare API: ``NestedSampler.stream`` as in the README, no context manager around it;
+* ``generate`` as a subprocess (once per repeat): its whole wall time, and start-up = wall − sampling.
+Prints the sampling-time ratio command / API (target ≤ 1.1).
 Usage: python benchmarks/demo_latency.py [--threads 2] [--repeats 3]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from nested_diffusion import NestedSampler
 from nested_diffusion.bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser
+from nested_diffusion.cli import main as cli_main
 
 
-def one_run(sampler, labels):
-    first = first_result = None
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for u in sampler.stream(list(range(len(labels))), (len(labels), 1, 28, 28), cond=labels):
-            first = first if first is not None else u.elapsed
-            if first_result is None and u.source == "inner_result":
-                first_result = u.elapsed
-    return first, first_result, time.perf_counter() - t0
+def api_run(sampler, labels):
+    first = first_result = last = None
+    for u in sampler.stream(list(range(len(labels))), (len(labels), 1, 28, 28), cond=labels):
+        first = first if first is not None else u.elapsed
+        if first_result is None and u.source == "inner_result":
+            first_result = u.elapsed
+        last = u.elapsed
+    return first, first_result, last
+
+
+def from_records(path: Path):
+    ups = json.loads(path.read_text())["updates"]
+    first_result = next(u["elapsed_s"] for u in ups if u["source"] == "inner_result")
+    return ups[0]["elapsed_s"], first_result, ups[-1]["elapsed_s"]
+
+
+def command_args(out: str, args) -> list[str]:
+    return ["generate", "--out", out, "--outer", str(args.outer), "--inner", str(args.inner), "--threads",
+            str(args.threads), "--quiet"]
 
 
 def main():
@@ -43,19 +63,32 @@ def main():
     labels = torch.arange(10)
     nested = NestedSampler(den, args.outer, args.inner, "ddpm")
     vanilla = NestedSampler(den, 1, args.outer * args.inner, "ddpm")
-    one_run(NestedSampler(den, 1, 2, "ddpm"), labels)  # warm-up
-    rows = {"nested": [], "vanilla": []}
-    for _ in range(args.repeats):
-        rows["nested"].append(one_run(nested, labels))
-        rows["vanilla"].append(one_run(vanilla, labels))
-    print(f"torch {torch.__version__}, {args.threads} threads, batch 10 (one per class), guidance {DEFAULT_GUIDANCE}, "
-          f"median of {args.repeats}; model load {load_s:.2f} s")
-    for name, r in rows.items():
-        first, first_res, total = (statistics.median(v) for v in zip(*r))
-        s = nested if name == "nested" else vanilla
-        print(f"{name:8s} {s.outer_steps}×{s.inner_steps[0]:<3d} first preview {first:.3f} s   first finished "
-              f"image {first_res:.3f} s   total {total:.2f} s ({total / s.total_nfe * 1e3:.1f} ms/NFE)")
-    print(f"ratio nested/vanilla total time: {statistics.median(r[2] for r in rows['nested']) / statistics.median(r[2] for r in rows['vanilla']):.3f}")
+    api_run(NestedSampler(den, 1, 2, "ddpm"), labels)  # warm-up
+    rows = {"generate (in-process)": [], "API nested": [], "API vanilla": []}
+    startup = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            out = f"{tmp}/in{r}"
+            assert cli_main(command_args(out, args)) == 0
+            rows["generate (in-process)"].append(from_records(Path(out) / "updates.json"))
+            rows["API nested"].append(api_run(nested, labels))
+            rows["API vanilla"].append(api_run(vanilla, labels))
+            t0 = time.perf_counter()
+            out = f"{tmp}/sub{r}"
+            subprocess.run([sys.executable, "-m", "nested_diffusion.cli", *command_args(out, args)], check=True)
+            wall = time.perf_counter() - t0
+            startup.append((wall, wall - from_records(Path(out) / "updates.json")[2]))
+    print(f"torch {torch.__version__}, {args.threads} threads, batch 10 (one per class), {args.outer}×{args.inner} "
+          f"ddpm, guidance {DEFAULT_GUIDANCE}, median of {args.repeats}; model load {load_s:.2f} s")
+    med = {name: [statistics.median(v) for v in zip(*r)] for name, r in rows.items()}
+    for name, (first, first_res, total) in med.items():
+        print(f"{name:22s} first preview {first:.3f} s   first finished image {first_res:.3f} s   "
+              f"sampling {total:.2f} s")
+    wall, start = (statistics.median(v) for v in zip(*startup))
+    print(f"generate as a subprocess: wall {wall:.2f} s, of which start-up, load and writing files {start:.2f} s")
+    ratio = med["generate (in-process)"][2] / med["API nested"][2]
+    print(f"ratio generate/API sampling time: {ratio:.3f} (target ≤ 1.1); "
+          f"nested/vanilla sampling: {med['API nested'][2] / med['API vanilla'][2]:.3f}")
 
 
 if __name__ == "__main__":

@@ -171,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             modes = dit_modes(stock, nested, args.outer, args.inner, batch)
             px = model.config.sample_size * 2 ** (len(stock.vae.config.block_out_channels) - 1)
             title = f"{'tiny DiT' if args.tiny else 'DiT-XL/2-sized'} ({millions(model):.2f} M), {px}² px"
-        with torch.inference_mode():
-            med, calls = measure(modes, counter, args.repeats, sync)
+        med, calls = measure(modes, counter, args.repeats, sync)   # pipelines run without autograd themselves
         check_equal_nfe(calls, nfe, kind)
         report(f"{title}, batch {batch}", med, calls, nfe, batch)
         del stock, nested, model, modes, counter

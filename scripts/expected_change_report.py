@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from nested_diffusion.core.expected_change import TARGETS, load_calibration  # noqa: E402
 from nested_diffusion.evaluation.expected_change import calibration_set, evaluate, predictions  # noqa: E402
-from nested_diffusion.evaluation.features import load_feature_classifier  # noqa: E402
+from nested_diffusion.bundled.features import load_feature_classifier  # noqa: E402
 from nested_diffusion.io import atomic_write_json  # noqa: E402
 
 LABEL = {"rmse": "pixel RMSE on [0, 1]", "semantic": "1 − cos (classifier features)"}

@@ -8,8 +8,8 @@ from nested_diffusion.evaluation.distances import (FrechetToReference, Reference
                                                    fd_noise_floor, kid_from_features, load_reference_stats,
                                                    make_fd_metric, make_kid_metric, precision_recall,
                                                    save_reference_stats, weighted_stats)
-from nested_diffusion.evaluation.features import (ClassifierFeatures, dequantize, extract_features,
-                                                  inception_weights_path, load_feature_classifier, quantize)
+from nested_diffusion.bundled.features import ClassifierFeatures, load_feature_classifier
+from nested_diffusion.evaluation.features import dequantize, extract_features, inception_weights_path, quantize
 from nested_diffusion.evaluation.frechet import FeatureStats, frechet_distance
 from nested_diffusion.bundled import FashionClassifier
 

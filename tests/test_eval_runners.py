@@ -12,7 +12,8 @@ from nested_diffusion.cli import eval as cli_eval
 from nested_diffusion.evaluation.auc import anytime_auc
 from nested_diffusion.evaluation.consistency import (MSEDistance, build_consistency_metrics,
                                                      evaluate_metric)
-from nested_diffusion.evaluation.features import ClassifierFeatures, dequantize, extract_features, quantize
+from nested_diffusion.bundled.features import ClassifierFeatures
+from nested_diffusion.evaluation.features import dequantize, extract_features, quantize
 from nested_diffusion.evaluation.frechet import FeatureStats, frechet_distance
 from nested_diffusion.evaluation.reference import reference_from_images
 from nested_diffusion.evaluation.runners import run_budget_table, run_consistency, run_qualitative, run_rnd_sweep

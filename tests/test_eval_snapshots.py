@@ -4,8 +4,8 @@ import torch
 
 from nested_diffusion.evaluation.auc import UpdateSchedule
 from nested_diffusion.evaluation.features import quantize
-from nested_diffusion.evaluation.snapshots import (SamplerFactory, bundled_factory, collect_snapshots,
-                                                   snapshot_stream)
+from nested_diffusion.bundled.factory import bundled_factory
+from nested_diffusion.evaluation.snapshots import SamplerFactory, collect_snapshots, snapshot_stream
 from toy import mixture_images, toy_factory
 from nested_diffusion.bundled import TinyUNet
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from nested_diffusion.evaluation.snapshots import bundled_factory, collect_snapshots
+from nested_diffusion.bundled.factory import bundled_factory
+from nested_diffusion.evaluation.snapshots import collect_snapshots
 from nested_diffusion.bundled import TinyUNet
 from nested_diffusion.core.noise import NoiseSource
 

@@ -6,7 +6,7 @@ Layers (docs/ARCHITECTURE.md): ``core`` (the library core: schedules, steps, sol
 from .core.schedule import NoiseSchedule, get_schedule
 from .core.denoisers import (ClassifierFreeGuidance, CountingDenoiser, Denoiser, DenoiserOutput, ModelDenoiser,
                              NonFiniteOutputError)
-from .core.noise import NoiseSource
+from .core.noise import DeviceNoiseSource, NoiseSource
 from .core.events import INNER_RESULT, X0_PREVIEW, AnytimeInfo, AnytimeUpdate, SolverEvent
 from .core.grids import step_grid
 from .core.solvers import DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver
@@ -15,13 +15,20 @@ from .core.nested import NestedSampler, NestedSolver, vanilla_sampler
 from .core.analytic import GaussianMixtureDenoiser
 from .core.expected_change import Calibration, ExpectedChange, load_calibration
 from .core.change_fit import fit_calibration
+from .core.flow_schedule import FlowSchedule
+from .core.flow_solvers import FlowDenoiser, FlowEulerSolver, FlowHeunSolver
+from .core.flow_registry import flow_solver_names, get_flow_solver
+from .core.flow_nested import FlowNestedSampler, FlowNestedSolver, flow_vanilla_sampler
+from .core.flow_analytic import GaussianMixtureVelocity
 
 __version__ = "0.2.0"
 
 __all__ = ["NoiseSchedule", "get_schedule", "ClassifierFreeGuidance", "CountingDenoiser", "Denoiser",
-           "DenoiserOutput", "ModelDenoiser", "NonFiniteOutputError", "NoiseSource", "INNER_RESULT", "X0_PREVIEW",
+           "DenoiserOutput", "ModelDenoiser", "NonFiniteOutputError", "NoiseSource", "DeviceNoiseSource", "INNER_RESULT", "X0_PREVIEW",
            "AnytimeInfo", "AnytimeUpdate", "SolverEvent", "step_grid", "DDIMSolver", "DDPMLearnedSolver",
            "DPMSolverPP2M", "DPMSolverPP2S", "Solver", "SolverSpec", "get_solver", "register_solver",
            "solver_names", "unregister_solver", "NestedSampler", "NestedSolver", "vanilla_sampler",
            "GaussianMixtureDenoiser", "Calibration", "ExpectedChange", "load_calibration", "fit_calibration",
-           "__version__"]
+           "FlowSchedule", "FlowDenoiser", "FlowEulerSolver", "FlowHeunSolver",
+           "flow_solver_names", "get_flow_solver", "FlowNestedSampler", "FlowNestedSolver", "flow_vanilla_sampler",
+           "GaussianMixtureVelocity", "__version__"]

@@ -41,12 +41,23 @@ def load_unet(path: str | os.PathLike | None = None, device: str | torch.device 
     return TinyUNet.from_pretrained(path or bundled_model_path(), device=device)
 
 
+AUTOCAST = (None, "bf16")
+
+
 def make_denoiser(model: TinyUNet, guidance_scale: float = DEFAULT_GUIDANCE, check_finite: bool = True,
-                  clip_x0: float | None = 1.0) -> ModelDenoiser:
+                  clip_x0: float | None = 1.0, autocast: str | None = None) -> ModelDenoiser:
     """CFG in the denoiser (hence in the inner process only, as in the paper); a guided pair is one NFE.
-    The conditioning passed to the samplers is the (B,) tensor of class labels."""
+    The conditioning passed to the samplers is the (B,) tensor of class labels. ``autocast="bf16"`` runs the
+    network's forward under bfloat16 autocast (outputs float32; the sampler's maths stays float32): about 2.3×
+    faster on CPUs with AMX, not bit-identical to float32 (docs/RESULTS.md measures the FD change)."""
+    if autocast not in AUTOCAST:
+        raise ValueError(f"autocast: {autocast!r} is not valid; use one of {AUTOCAST}")
+
     def net(x, t, labels):
-        return model(x, t, labels)
+        if autocast is None:
+            return model(x, t, labels)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return model(x, t, labels).float()
     null = lambda b, device: torch.full((b,), model.null_class, dtype=torch.long, device=device)  # noqa: E731
     # guide the v-prediction channels only; the variance channel comes from the conditional half (as DiT)
     guided = ClassifierFreeGuidance(net, guidance_scale, null, channels=model.config["in_channels"])

@@ -27,7 +27,7 @@ def model_identity(unet: torch.nn.Module, guidance: float) -> dict:
 def classifier_feature_function(path: str | os.PathLike | None = None):
     """The bundled (or a given) classifier as the feature function of the feature signals, and its id."""
     from ..evaluation.expected_change import classifier_signals
-    from ..evaluation.features import load_feature_classifier
+    from .features import load_feature_classifier
     fx = load_feature_classifier(path)
     return classifier_signals(fx.classifier), fx.extractor_id
 

@@ -17,7 +17,7 @@ from .classifier import FashionClassifier
 from .unet import TinyUNet
 from ..core.nested import NestedSampler
 from ..evaluation.frechet import FeatureStats, frechet_distance
-from ..io import atomic_torch_save
+from ..io import ChunkCache
 
 
 @torch.no_grad()
@@ -31,25 +31,21 @@ def features_and_predictions(clf: FashionClassifier, x: torch.Tensor, batch: int
     return torch.cat(feats), torch.cat(preds)
 
 
-@torch.no_grad()
 def generate_cached(model: TinyUNet, n: int, steps: int, solver: str, guidance: float, seed: int,
                     cache_dir: Path, chunk: int = 250, log=print) -> tuple[torch.Tensor, torch.Tensor]:
     """n class-balanced samples (label i % 10, seed seed + i), vanilla sampling with `steps` steps."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache = ChunkCache(cache_dir)
     den = make_denoiser(model, guidance)
     sampler = NestedSampler(den, 1, steps, solver)
     xs, t0 = [], time.time()
     for start in range(0, n, chunk):
         idx = list(range(start, min(n, start + chunk)))
-        path = cache_dir / f"{solver}-{steps}-g{guidance}-s{seed}-{idx[0]}-{idx[-1]}.pt"
-        if path.exists():
-            xs.append(torch.load(path))
-            continue
         labels = torch.tensor([i % 10 for i in idx])
-        x = sampler.sample([seed + i for i in idx], (len(idx), 1, 28, 28), cond=labels).x0
-        atomic_torch_save(x, path)
+        x, computed = cache.get(f"{solver}-{steps}-g{guidance}-s{seed}-{idx[0]}-{idx[-1]}", lambda: sampler.sample(
+            [seed + i for i in idx], (len(idx), 1, 28, 28), cond=labels).x0)
         xs.append(x)
-        log(f"  {idx[-1] + 1}/{n} samples, {time.time() - t0:.0f} s")
+        if computed:
+            log(f"  {idx[-1] + 1}/{n} samples, {time.time() - t0:.0f} s")
     return torch.cat(xs), torch.tensor([i % 10 for i in range(n)])
 
 

@@ -50,12 +50,41 @@ class PretrainedMixin:
         if not (d / CONFIG_NAME).is_file():
             raise FileNotFoundError(
                 f"pretrained_model_path: {str(d)!r} must be a folder holding {CONFIG_NAME} and {cls.weights_name}")
-        cfg = json.loads((d / CONFIG_NAME).read_text())
+        cfg = _read_config(d / CONFIG_NAME)
         name = cfg.pop("_class_name", cls.__name__)
         if name != cls.__name__:
             raise ValueError(f"pretrained_model_path: {str(d)!r} holds a {name}, not a {cls.__name__}")
         if not (d / cls.weights_name).is_file():
             raise FileNotFoundError(f"pretrained_model_path: {str(d)!r} has no {cls.weights_name}")
-        model = cls(**cfg)
-        model.load_state_dict(load_file(d / cls.weights_name), strict=True)
+        try:
+            model = cls(**cfg)
+        except TypeError as e:
+            raise ValueError(f"{d / CONFIG_NAME}: not a {cls.__name__} config ({e})") from None
+        state = _read_weights(d / cls.weights_name)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[1:2] or [str(e)]
+            raise ValueError(f"{d / cls.weights_name}: the weights do not fit the {cls.__name__} of {CONFIG_NAME} "
+                             f"({first[0].strip()})") from None
         return model.to(device=device, dtype=torch_dtype).eval()
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        cfg = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the file is damaged — restore or re-save the model") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a JSON object of model settings, got {type(cfg).__name__}")
+    return cfg
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a truncated or corrupt file is one clear error naming it."""
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises SafetensorError (and OSError for unreadable files)
+        size = path.stat().st_size
+        raise ValueError(f"{path}: not a readable safetensors file ({size} bytes; {e}); it is truncated or "
+                         f"damaged — restore it (e.g. reinstall the package) or re-save the model") from None

@@ -13,8 +13,6 @@ Example (not run in CI): ``run_table2("runs/table2.json", n_images=1000)``.
 """
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import time
@@ -23,11 +21,16 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..io import atomic_write_bytes
+from ..evaluation.frechet import FeatureStats, frechet_distance
+from ..io import ChunkCache, atomic_write_json
 from ..inverse.ddrm import DEFAULT_ETA, DEFAULT_ETA_B, ddrm_restore, ddrm_sampler
 from ..inverse.metrics import consistency_rms, psnr
 from ..inverse.operators import MEASUREMENT_SEED_OFFSET, measure
 from ..inverse.registry import make_operator
+from .classifier import FashionClassifier
+from .data import load_fashion_mnist
+from .denoiser import load_unet, make_denoiser
+from .pretrained import bundled_classifier_path
 
 TASKS: dict[str, dict] = {
     "denoise": dict(degradation="denoise", sigma_y=1.0),
@@ -73,51 +76,20 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
     the bundled one if present (FD is skipped otherwise); ``images``: (N, 1, H, W) clean images in [−1, 1]
     instead of the Fashion-MNIST test split; ``distances``: per-image metrics ``d(restored, clean) -> (B,)`` with a
     ``name`` (e.g. ``evaluation.consistency.LPIPSDistance``), reported as mean ± standard error per column."""
-    from .denoiser import load_unet, make_denoiser
-    from ..evaluation.frechet import FeatureStats, frechet_distance
-    from .classifier import FashionClassifier
-    from .pretrained import bundled_classifier_path
-
-    tasks = dict(TASKS if tasks is None else tasks)
-    for name, spec in tasks.items():
-        if "degradation" not in spec or "sigma_y" not in spec:
-            raise ValueError(f"tasks: task {name!r} needs 'degradation' and 'sigma_y', got {spec}")
-    for what, v in (("n_images", n_images), ("outer", outer), ("inner", inner), ("vanilla_steps", vanilla_steps),
-                    ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{what}: must be an integer ≥ 1, got {v!r}")
-    if images is None:
-        from .data import load_fashion_mnist
-        images = load_fashion_mnist("test", data_dir)[0]
-    if images.shape[0] < n_images:
-        raise ValueError(f"n_images: {n_images} requested but only {images.shape[0]} images are available")
-    images = images[:n_images].float()
+    tasks = _check_tasks(TASKS if tasks is None else tasks, n_images, outer, inner, vanilla_steps, batch_size)
+    images = _clean_images(images, n_images, data_dir)
     model = load_unet() if model is None else model
     den = make_denoiser(model, 1.0, clip_x0=None)         # unconditional model (null class), no x0 clipping
-    if classifier is None and (bundled_classifier_path() / "config.json").is_file():
-        classifier = bundled_classifier_path()
-    if isinstance(classifier, (str, os.PathLike)):
-        classifier = FashionClassifier.from_pretrained(classifier)
-    if classifier is not None:
-        classifier.eval()
-
+    classifier = _classifier(classifier)
     out_json = Path(out_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
-    cache = Path(cache_dir) if cache_dir is not None else out_json.with_suffix(".cache")
-    cache.mkdir(parents=True, exist_ok=True)
     settings = dict(n_images=n_images, tasks=tasks, outer=outer, inner=inner, vanilla_steps=vanilla_steps,
                     seed=seed, eta=eta, eta_b=eta_b, t_start=t_start, model=model.config,
                     weights_checksum=float(sum(p.detach().double().sum() for p in model.parameters())),
                     images_checksum=float(images.double().sum()))
     if distances:
         settings["distances"] = [d.name for d in distances]
-    settings_file = cache / "settings.json"
-    if settings_file.is_file():
-        if json.loads(settings_file.read_text()) != json.loads(json.dumps(settings)):
-            raise ValueError(f"cache_dir: {cache} holds results made with other settings; use another cache_dir")
-    else:
-        atomic_write_bytes(settings_file, (json.dumps(settings, indent=1) + "\n").encode())
-
+    cache = ChunkCache(Path(cache_dir) if cache_dir is not None else out_json.with_suffix(".cache"), settings)
     cols = _columns(outer, inner, vanilla_steps)
     t0 = time.perf_counter()
     summary = {"settings": settings, "columns": cols, "tasks": {}, "chunks_computed": 0, "chunks_loaded": 0,
@@ -129,63 +101,83 @@ def run_table2(out_json: str | os.PathLike, n_images: int = 1000, tasks: dict[st
         clean_feats = None if classifier is None else torch.cat(
             [classifier.features(images[i:i + batch_size]) for i in range(0, n_images, batch_size)]).double()
         for name, task in tasks.items():
-            psnrs = {c: [] for c in cols}
-            cons = {c: [] for c in cols}
-            feats = {c: [] for c in cols}
-            extra = {d.name: {c: [] for c in cols} for d in distances}
+            def compute(first, last, task=task):
+                res = _restore_chunk(den, task, images[first:last], first, seed, outer, inner, vanilla_steps,
+                                     eta, eta_b, t_start, model.null_class)
+                return _chunk_record(res, images[first:last], classifier, distances)
+            chunks = []
             for first in range(0, n_images, batch_size):
                 last = min(first + batch_size, n_images)
-                f = cache / name / f"chunk_{first:06d}_{last:06d}.pt"
-                if f.is_file():
-                    chunk = torch.load(f, weights_only=True)
-                    summary["chunks_loaded"] += 1
-                else:
-                    res = _restore_chunk(den, task, images[first:last], first, seed, outer, inner, vanilla_steps,
-                                         eta, eta_b, t_start, model.null_class)
-                    clean = images[first:last]
-                    chunk = {c: {"psnr": p, "consistency_rms": r,
-                                 "features": None if classifier is None
-                                 else classifier.features(xh.float().clamp(-1, 1)),
-                                 **{d.name: d(xh.float().clamp(-1, 1), clean).detach().cpu() for d in distances}}
-                             for c, (xh, p, r) in res.items()}
-                    buf = io.BytesIO()
-                    torch.save(chunk, buf)
-                    f.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_bytes(f, buf.getvalue())
-                    summary["chunks_computed"] += 1
-                    if progress:
-                        progress(f"[table2] {name}: images {first}–{last - 1} done")
-                for c in cols:
-                    psnrs[c].append(chunk[c]["psnr"])
-                    cons[c].append(chunk[c]["consistency_rms"])
-                    if chunk[c]["features"] is not None:
-                        feats[c].append(chunk[c]["features"])
-                    for name_d in extra:
-                        extra[name_d][c].append(chunk[c][name_d])
-            row = {"sigma_y": task["sigma_y"], "psnr": {}, "psnr_sem": {}, "consistency_rms": {}, "fd": {},
-                   "psnr_minus_vanilla": {}}
-            base = torch.cat(psnrs[cols[-1]]).double()     # paired per image: same image, measurement, seed
-            for c in cols:
-                p = torch.cat(psnrs[c]).double()
-                row["psnr"][c] = float(p.mean())
-                row["psnr_sem"][c] = float(p.std() / math.sqrt(p.numel())) if p.numel() > 1 else None
-                row["consistency_rms"][c] = float(torch.cat(cons[c]).mean())
-                for name_d, per in extra.items():
-                    v = torch.cat(per[c]).double()
-                    row.setdefault(name_d, {})[c] = dict(mean=float(v.mean()), sem=float(v.std() / math.sqrt(
-                        v.numel())) if v.numel() > 1 else None)
-                if c != cols[-1] and p.numel() > 1:
-                    d = p - base
-                    row["psnr_minus_vanilla"][c] = dict(mean=float(d.mean()),
-                                                        sem=float(d.std() / math.sqrt(d.numel())))
-                if clean_feats is not None and feats[c] and n_images >= 2:
-                    fc = torch.cat(feats[c]).double()
-                    row["fd"][c] = frechet_distance(FeatureStats.from_features(fc),
-                                                    FeatureStats.from_features(clean_feats))
-                else:
-                    row["fd"][c] = None
-            summary["tasks"][name] = row
-            summary["wall_time_s"] = time.perf_counter() - t0    # this invocation only (cached chunks are free)
-            summary["torch_threads"] = torch.get_num_threads()
-            atomic_write_bytes(out_json, (json.dumps(summary, indent=1) + "\n").encode())
+                chunk, computed = cache.get(f"{name}/chunk_{first:06d}_{last:06d}", lambda: compute(first, last))
+                chunks.append(chunk)
+                if computed and progress:
+                    progress(f"[table2] {name}: images {first}–{last - 1} done")
+            summary["tasks"][name] = _task_row(task, cols, chunks, clean_feats, [d.name for d in distances])
+            summary.update(chunks_computed=cache.computed, chunks_loaded=cache.loaded,
+                           wall_time_s=time.perf_counter() - t0,    # this invocation only (cached chunks are free)
+                           torch_threads=torch.get_num_threads())
+            atomic_write_json(out_json, summary)
     return summary
+
+
+def _check_tasks(tasks: dict, *counts_and_sizes) -> dict:
+    tasks = dict(tasks)
+    for name, spec in tasks.items():
+        if "degradation" not in spec or "sigma_y" not in spec:
+            raise ValueError(f"tasks: task {name!r} needs 'degradation' and 'sigma_y', got {spec}")
+    for what, v in zip(("n_images", "outer", "inner", "vanilla_steps", "batch_size"), counts_and_sizes):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{what}: must be an integer ≥ 1, got {v!r}")
+    return tasks
+
+
+def _clean_images(images: torch.Tensor | None, n_images: int, data_dir) -> torch.Tensor:
+    if images is None:
+        images = load_fashion_mnist("test", data_dir)[0]
+    if images.shape[0] < n_images:
+        raise ValueError(f"n_images: {n_images} requested but only {images.shape[0]} images are available")
+    return images[:n_images].float()
+
+
+def _classifier(classifier):
+    """A FashionClassifier (eval mode) from an instance or a folder; the bundled one when None and present."""
+    if classifier is None and (bundled_classifier_path() / "config.json").is_file():
+        classifier = bundled_classifier_path()
+    if isinstance(classifier, (str, os.PathLike)):
+        classifier = FashionClassifier.from_pretrained(classifier)
+    return None if classifier is None else classifier.eval()
+
+
+def _chunk_record(res: dict, clean: torch.Tensor, classifier, distances) -> dict:
+    return {c: {"psnr": p, "consistency_rms": r,
+                "features": None if classifier is None else classifier.features(xh.float().clamp(-1, 1)),
+                **{d.name: d(xh.float().clamp(-1, 1), clean).detach().cpu() for d in distances}}
+            for c, (xh, p, r) in res.items()}
+
+
+def _mean_sem(v: torch.Tensor) -> dict:
+    return dict(mean=float(v.mean()), sem=float(v.std() / math.sqrt(v.numel())) if v.numel() > 1 else None)
+
+
+def _task_row(task: dict, cols: list[str], chunks: list[dict], clean_feats, distance_names: list[str]) -> dict:
+    """One task's table row from its chunks: PSNR ± sem, paired PSNR difference to vanilla, consistency, FD."""
+    row = {"sigma_y": task["sigma_y"], "psnr": {}, "psnr_sem": {}, "consistency_rms": {}, "fd": {},
+           "psnr_minus_vanilla": {}}
+    col = {c: {k: [ch[c][k] for ch in chunks] for k in ("psnr", "consistency_rms", "features", *distance_names)}
+           for c in cols}
+    base = torch.cat(col[cols[-1]]["psnr"]).double()     # paired per image: same image, measurement, seed
+    for c in cols:
+        p = torch.cat(col[c]["psnr"]).double()
+        stats = _mean_sem(p)
+        row["psnr"][c], row["psnr_sem"][c] = stats["mean"], stats["sem"]
+        row["consistency_rms"][c] = float(torch.cat(col[c]["consistency_rms"]).mean())
+        for name_d in distance_names:
+            row.setdefault(name_d, {})[c] = _mean_sem(torch.cat(col[c][name_d]).double())
+        if c != cols[-1] and p.numel() > 1:
+            row["psnr_minus_vanilla"][c] = _mean_sem(p - base)
+        feats = [f for f in col[c]["features"] if f is not None]
+        row["fd"][c] = None
+        if clean_feats is not None and feats and p.numel() >= 2:
+            row["fd"][c] = frechet_distance(FeatureStats.from_features(torch.cat(feats).double()),
+                                            FeatureStats.from_features(clean_feats))
+    return row

@@ -6,10 +6,9 @@ Resumable: model, EMA, optimizer, step and RNG states are checkpointed atomicall
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from .data import load_fashion_mnist
 from .unet import TinyUNet
 from ..core.schedule import NoiseSchedule
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, atomic_write_json
 
 
 @dataclass
@@ -101,77 +100,101 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+@dataclass
+class _Run:
+    """Everything a checkpoint holds."""
+
+    model: TinyUNet
+    ema: TinyUNet
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    step: int = 0
+    history: list = field(default_factory=list)
+    wall: float = 0.0
+
+    def save(self, out: Path, cfg: TrainConfig, log) -> None:
+        atomic_torch_save({"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                           "optimizer": self.opt.state_dict(), "generator": self.gen.get_state(), "step": self.step,
+                           "history": self.history, "wall_seconds": self.wall, "config": asdict(cfg)},
+                          out / "checkpoint.pt")
+        self.ema.save_pretrained(out / "ema")
+        log(f"checkpoint at step {self.step} ({self.wall / 60:.1f} min of training)")
+
+
+def _start(cfg: TrainConfig, ckpt_path: Path, log) -> _Run:
+    """A fresh run, or the checkpointed one (model, EMA, optimizer, data-order generator, history)."""
+    model = TinyUNet(channels=tuple(cfg.channels))
+    ema = TinyUNet(channels=tuple(cfg.channels))
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    run = _Run(model, ema, torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0),
+               torch.Generator().manual_seed(cfg.seed))
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, weights_only=False)
+        run.model.load_state_dict(ck["model"])
+        run.ema.load_state_dict(ck["ema"])
+        run.opt.load_state_dict(ck["optimizer"])
+        run.gen.set_state(ck["generator"])
+        run.step, run.history, run.wall = ck["step"], ck["history"], ck["wall_seconds"]
+        log(f"resumed from {ckpt_path} at step {run.step}")
+    return run
+
+
+def _step(run: _Run, loss_fn: "HybridLoss", x_all: torch.Tensor, y_all: torch.Tensor, cfg: TrainConfig) -> dict:
+    """One optimizer step on a random batch (labels dropped to the null class for CFG), then the EMA update."""
+    gen, model = run.gen, run.model
+    idx = torch.randint(0, x_all.shape[0], (cfg.batch_size,), generator=gen)
+    x0, labels = x_all[idx], y_all[idx].clone()
+    labels[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = model.null_class
+    t = torch.randint(0, 1000, (cfg.batch_size,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    for group in run.opt.param_groups:
+        group["lr"] = _lr_at(run.step, cfg)
+    loss, parts = loss_fn(model, x0, labels, t, noise)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = list(model.parameters())
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    run.opt.step()
+    run.step += 1
+    decay = min(cfg.ema_decay, (1 + run.step) / (10 + run.step))
+    with torch.no_grad():
+        torch._foreach_lerp_(list(run.ema.parameters()), params, 1 - decay)
+    return parts
+
+
 def train(cfg: TrainConfig, log=print) -> Path:
     """Train (or resume) the bundled UNet. Returns the folder of the exported EMA model."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "checkpoint.pt"
     x_all, y_all = load_fashion_mnist("train", cfg.data_dir)
-    model = TinyUNet(channels=tuple(cfg.channels))
-    ema = TinyUNet(channels=tuple(cfg.channels))
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    step, history, wall = 0, [], 0.0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
-        model.load_state_dict(ck["model"])
-        ema.load_state_dict(ck["ema"])
-        opt.load_state_dict(ck["optimizer"])
-        gen.set_state(ck["generator"])
-        step, history, wall = ck["step"], ck["history"], ck["wall_seconds"]
-        log(f"resumed from {ckpt_path} at step {step}")
+    run = _start(cfg, out / "checkpoint.pt", log)
     loss_fn = HybridLoss(NoiseSchedule.from_name("cosine"))
     loss_fn.vlb_weight = cfg.vlb_weight
-    ema_params, params = list(ema.parameters()), list(model.parameters())
-
-    def save() -> None:
-        atomic_torch_save({"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-                            "generator": gen.get_state(), "step": step, "history": history,
-                            "wall_seconds": wall, "config": asdict(cfg)}, ckpt_path)
-        ema.save_pretrained(out / "ema")
-        log(f"checkpoint at step {step} ({wall / 60:.1f} min of training)")
-
-    t_start = time.time()
-    t_ckpt, t_seg = time.time(), time.time()
+    t_start = t_ckpt = t_seg = time.time()
     run_mse = run_vlb = 0.0
-    model.train()
-    while step < cfg.total_steps:
-        idx = torch.randint(0, x_all.shape[0], (cfg.batch_size,), generator=gen)
-        x0, labels = x_all[idx], y_all[idx].clone()
-        labels[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = model.null_class
-        t = torch.randint(0, 1000, (cfg.batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        loss, parts = loss_fn(model, x0, labels, t, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        step += 1
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema_params, params, 1 - decay)
+    run.model.train()
+    while run.step < cfg.total_steps:
+        parts = _step(run, loss_fn, x_all, y_all, cfg)
         run_mse += parts["mse"]
         run_vlb += parts["vlb"]
-        if step % 100 == 0:
-            now = time.time()
-            wall += now - t_seg
-            t_seg = now
-            history.append({"step": step, "mse": run_mse / 100, "vlb": run_vlb / 100, "wall_seconds": wall})
-            log(f"step {step}  mse {run_mse / 100:.4f}  vlb {run_vlb / 100:.4f}  lr {_lr_at(step, cfg):.2e}  "
-                f"{wall / 60:.1f} min")
-            run_mse = run_vlb = 0.0
-            if now - t_ckpt > cfg.checkpoint_minutes * 60:
-                save()
-                t_ckpt = time.time()
-            if cfg.max_minutes is not None and now - t_start > cfg.max_minutes * 60:
-                break
-    wall += time.time() - t_seg
-    save()
-    (out / "history.json").write_text(json.dumps(history))
+        if run.step % 100:
+            continue
+        now = time.time()
+        run.wall += now - t_seg
+        t_seg = now
+        run.history.append({"step": run.step, "mse": run_mse / 100, "vlb": run_vlb / 100, "wall_seconds": run.wall})
+        log(f"step {run.step}  mse {run_mse / 100:.4f}  vlb {run_vlb / 100:.4f}  lr {_lr_at(run.step, cfg):.2e}  "
+            f"{run.wall / 60:.1f} min")
+        run_mse = run_vlb = 0.0
+        if now - t_ckpt > cfg.checkpoint_minutes * 60:
+            run.save(out, cfg, log)
+            t_ckpt = time.time()
+        if cfg.max_minutes is not None and now - t_start > cfg.max_minutes * 60:
+            break
+    run.wall += time.time() - t_seg
+    run.save(out, cfg, log)
+    atomic_write_json(out / "history.json", run.history)
     return out / "ema"

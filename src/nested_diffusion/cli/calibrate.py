@@ -51,7 +51,7 @@ def setup(args):
     from ..bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser, parse_classes
     from ..bundled.expected_change import model_identity
     from ..core.nested import NestedSampler
-    from ..evaluation.features import load_feature_classifier
+    from ..bundled.features import load_feature_classifier
     if args.seed < 0 or args.heldout_seed < 0:
         raise ValueError(f"--seed/--heldout-seed: seeds must be ≥ 0, got {args.seed}/{args.heldout_seed}")
     if args.heldout and args.seed < args.heldout_seed + args.heldout and args.heldout_seed < args.seed + args.samples:

@@ -1,8 +1,8 @@
 """``nested-diffusion eval <experiment>``: the paper's anytime evaluations on the bundled Fashion-MNIST model, or
 on a diffusers Nested SD / DiT pipeline (``--pipeline sd|dit``, see ``cli_pipelines``).
 
-Wiring (cli.py): ``from .evaluation import cli_eval`` then ``cli_eval.add_parser(sub)`` in ``build_parser`` and
-``"eval": cli_eval.run`` in the command table. Every experiment caches each (configuration, chunk of seeds) in
+Wiring (cli/main.py): ``cli_eval.add_parser(sub)`` in ``build_parser`` and ``"eval": cli_eval.run`` in
+``COMMANDS``. Every experiment caches each (configuration, chunk of seeds) in
 ``--cache-dir``: rerun the same command after an interruption and only unfinished chunks are sampled.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..core.flow_registry import flow_solver_names
 from .argtypes import inner_eta_for, int_at_least as _int, nonneg_float as _float, solver_choices
 from . import eval_pipelines as cp
 
@@ -42,9 +43,9 @@ def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
                    help="sample i uses seed + i and label i %% classes (or prompt i %% prompts) under every "
                         "configuration (default: %(default)s)")
     e.add_argument("--model", default=None, help="a TinyUNet from_pretrained folder (default: the bundled model)")
-    e.add_argument("--solver", choices=solver_choices(), default=None,
+    e.add_argument("--solver", choices=solver_choices() + flow_solver_names(), default=None,
                    help="inner solver (default: ddpm, learned-variance ancestral, the paper's DiT setting; ddim "
-                        "with η 0.85 for --pipeline sd)")
+                        "with η 0.85 for --pipeline sd/sdxl; euler for sd3/flux, which take euler or heun)")
     e.add_argument("--inner-eta", type=_float("--inner-eta"), default=None, help="η of a DDIM inner (default 0.85)")
     e.add_argument("--outer-eta", type=_float("--outer-eta"), default=None,
                    help="η of the outer DDIM step (default: 0; --pipeline sd with a DPM-Solver++ inner: "
@@ -135,12 +136,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--rows-every", type=_int("--rows-every"), default=20,
                    help="one row every N NFE (default: %(default)s)")
     e.add_argument("--scale", type=_int("--scale"), default=2, help="pixel upscaling (default: 2)")
+    from . import eval_samples
+    eval_samples.add_parser(sub)
     return p
 
 
 def _defaults(args) -> None:
     """Per-pipeline defaults of --configs and --total-nfe (SD: the COCO protocol's 60 NFE)."""
-    sd = args.pipeline == "sd"
+    sd = args.pipeline in cp.TEXT_PIPELINES
     if getattr(args, "total_nfe", 0) is None:
         args.total_nfe = 60 if sd else 200
     if getattr(args, "configs", 0) is None:
@@ -150,16 +153,20 @@ def _defaults(args) -> None:
 
 
 def _factory(args):
-    from ..bundled import load_unet
-    from ..evaluation.snapshots import bundled_factory
     if args.pipeline != "bundled":
         return cp.pipeline_factory(args)
+    return bundled_factory_of(args, cp.device_dtype(args)[0])
+
+
+def bundled_factory_of(args, device: str):
+    """The bundled model's SamplerFactory from the shared sampling options (eval and sample commands)."""
+    from ..bundled import load_unet
+    from ..bundled.factory import bundled_factory
     args.solver = args.solver or "ddpm"
     eta = inner_eta_for(args.solver, args.inner_eta)
     outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
     if args.dtype not in ("auto", "float32"):
         raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")
-    device = cp._device_dtype(args)[0]
     prefetch = 1 if device == "cpu" and args.noise_workers == 1 else 20   # same values, fewer calls (NoiseSource)
     return bundled_factory(load_unet(args.model, device), args.guidance, args.solver, eta, outer_eta, args.grid,
                            prefetch, args.noise_workers)
@@ -167,7 +174,7 @@ def _factory(args):
 
 def _classifier(args, factory):
     """The feature classifier on the sampler's device (features come back to the CPU)."""
-    from ..evaluation.features import load_feature_classifier
+    from ..bundled.features import load_feature_classifier
     return load_feature_classifier(args.classifier).to(factory.device or "cpu")
 
 
@@ -177,9 +184,10 @@ def default_heldout(samples: int) -> int:
 
 
 def _noise_floor(args) -> int:
-    from ..evaluation.distances import FrechetToReference, fd_noise_floor
-    from ..evaluation.features import load_feature_classifier
-    from ..evaluation.reference import fashion_reference
+    from ..evaluation.distances import fd_noise_floor
+    from ..evaluation.frechet import FrechetToReference
+    from ..bundled.features import load_feature_classifier
+    from ..bundled.reference import fashion_reference
     from ..io import atomic_write_json
     bad = [n for n in args.samples if not 2 <= n <= args.heldout]
     if bad:
@@ -211,6 +219,9 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     if args.experiment == "noise-floor":
         return _noise_floor(args)
+    if args.experiment == "from-samples":
+        from . import eval_samples
+        return eval_samples.run(args)
     from ..evaluation import runners
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
     cache = args.cache_dir or args.out / "cache"
@@ -233,7 +244,7 @@ def run(args) -> int:
             doc = runners.run_consistency(factory, metrics, args.out, args.configs, args.total_nfe, args.step,
                                           args.samples, args.seed, args.chunk, cache, log)
         else:
-            from ..evaluation.reference import fashion_reference
+            from ..bundled.reference import fashion_reference
             if pipeline:
                 scores = cp.pipeline_scores(args, factory)
                 ext = cp.pipeline_features(args)

@@ -14,9 +14,10 @@ import argparse
 import warnings
 from pathlib import Path
 
-from .argtypes import int_at_least as _int
+from .argtypes import check_device, int_at_least as _int
 
-PIPELINES = ("bundled", "sd", "dit")
+PIPELINES = ("bundled", "sd", "dit", "sdxl", "sd3", "flux")
+TEXT_PIPELINES = ("sd", "sdxl", "sd3", "flux")   # prompts, --height/--width, CLIP score
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 SD_RND_DEFAULT = "1x60,2x30,3x20,4x15,6x10"   # the COCO protocol's 60 NFE
 
@@ -24,7 +25,8 @@ SD_RND_DEFAULT = "1x60,2x30,3x20,4x15,6x10"   # the COCO protocol's 60 NFE
 def add_pipeline_args(e: argparse.ArgumentParser) -> None:
     g = e.add_argument_group("diffusers pipelines (--pipeline sd|dit)")
     g.add_argument("--pipeline", choices=PIPELINES, default="bundled",
-                   help="bundled Fashion-MNIST UNet (default), Nested Stable Diffusion, or Nested DiT")
+                   help="bundled Fashion-MNIST UNet (default), Nested Stable Diffusion, Nested DiT, or Nested "
+                        "SDXL / SD3 / FLUX")
     g.add_argument("--model-path", default=None, help="local diffusers pipeline folder (sd, dit)")
     g.add_argument("--prompts", default=None,
                    help="sd: prompt file, one per line, a JSON list, or COCO captions JSON; sample i gets prompt "
@@ -52,15 +54,9 @@ def add_rgb_metric_args(e: argparse.ArgumentParser, reference: bool = True) -> N
                        help="sd: local transformers CLIP folder; adds the CLIP score to each prompt per mark")
 
 
-def _device_dtype(args):
+def device_dtype(args):
     import torch
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device: {device!r} is not a torch device; use cpu, cuda or cuda:N") from None
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device: {device!r} requested but torch sees no CUDA device")
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     name = args.dtype if args.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
     return device, getattr(torch, name)
 
@@ -79,13 +75,13 @@ def check_pipeline_args(args) -> None:
                          f"--pipeline {args.pipeline}")
     if args.model_path is None:
         raise ValueError(f"--model-path: required with --pipeline {args.pipeline} (a local diffusers folder)")
-    if args.pipeline == "sd" and args.prompts is None:
-        raise ValueError("--prompts: required with --pipeline sd (a prompt file or COCO captions JSON)")
+    if args.pipeline in TEXT_PIPELINES and args.prompts is None:
+        raise ValueError(f"--prompts: required with --pipeline {args.pipeline} (a prompt file or COCO captions JSON)")
     if args.pipeline == "dit" and (args.prompts is not None or args.negative_prompt is not None):
         raise ValueError("--prompts/--negative-prompt: only for --pipeline sd (dit takes --class-labels)")
     if args.pipeline == "dit" and (args.height is not None or args.width is not None):
         raise ValueError("--height/--width: only for --pipeline sd (DiT has a fixed sample size)")
-    if getattr(args, "clip_model", None) is not None and args.pipeline != "sd":
+    if getattr(args, "clip_model", None) is not None and args.pipeline not in TEXT_PIPELINES:
         raise ValueError("--clip-model: the CLIP score needs prompts (--pipeline sd)")
     if not (Path(args.model_path) / "model_index.json").is_file():
         raise FileNotFoundError(f"--model-path: no diffusers pipeline at {args.model_path!r} (model_index.json "
@@ -110,10 +106,12 @@ def load_pipeline(args):
     path = Path(args.model_path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"--model-path: no diffusers pipeline at {str(path)!r} (model_index.json missing)")
-    device, dtype = _device_dtype(args)
-    from ..pipelines import NestedDiTPipeline, NestedStableDiffusionPipeline
+    device, dtype = device_dtype(args)
+    from .. import pipelines
     extra = dict(safety_checker=None, requires_safety_checker=False) if args.pipeline == "sd" else {}
-    cls = NestedStableDiffusionPipeline if args.pipeline == "sd" else NestedDiTPipeline
+    cls = getattr(pipelines, {"sd": "NestedStableDiffusionPipeline", "dit": "NestedDiTPipeline",
+                              "sdxl": "NestedStableDiffusionXLPipeline", "sd3": "NestedStableDiffusion3Pipeline",
+                              "flux": "NestedFluxPipeline"}[args.pipeline])
     try:
         with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older ones lack dtype
             warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
@@ -128,6 +126,14 @@ def pipeline_factory(args, pipe=None):
     """The SamplerFactory of ``--pipeline sd|dit`` with the sampling options of the command line."""
     from ..pipelines.factories import dit_factory, sd_factory
     pipe = load_pipeline(args) if pipe is None else pipe
+    if args.pipeline in ("sdxl", "sd3", "flux"):
+        from ..pipelines.factories_modern import modern_factory
+        flow = args.pipeline != "sdxl"
+        if flow and args.grid != "clean":
+            raise ValueError(f"--grid: {args.grid!r} is a VP grid; --pipeline {args.pipeline} uses its own flow grid")
+        return modern_factory(pipe, args.prompts, args.guidance, args.solver, args.inner_eta, args.outer_eta,
+                              None if flow else args.grid, args.negative_prompt, args.height, args.width,
+                              args.decode_batch)
     common = dict(inner_solver=args.solver or ("ddim" if args.pipeline == "sd" else "ddpm"),
                   inner_eta=args.inner_eta, outer_eta=args.outer_eta, grid=args.grid,
                   decode_batch=args.decode_batch, model_id=None)
@@ -140,6 +146,8 @@ def pipeline_factory(args, pipe=None):
 
 
 def image_size(factory) -> tuple[int, int]:
+    if isinstance(factory.info.get("height"), int) and isinstance(factory.info.get("width"), int):
+        return factory.info["height"], factory.info["width"]   # text pipelines (FLUX latents are packed)
     sampler = factory.build(1, 1)
     f = sampler.pipe.vae_scale_factor
     return factory.sample_shape[1] * f, factory.sample_shape[2] * f
@@ -147,7 +155,7 @@ def image_size(factory) -> tuple[int, int]:
 
 def pipeline_features(args):
     from ..evaluation.rgb_metrics import feature_network
-    return feature_network(args.features or "inception", _device_dtype(args)[0])
+    return feature_network(args.features or "inception", device_dtype(args)[0])
 
 
 def pipeline_reference(args, factory, extractor, cache_dir, log=None):
@@ -166,4 +174,4 @@ def pipeline_scores(args, factory) -> list:
         return []
     from ..pipelines.factories import prompt_score
     from ..evaluation.rgb_metrics import CLIPScorer
-    return [prompt_score(factory, CLIPScorer(args.clip_model, _device_dtype(args)[0]))]
+    return [prompt_score(factory, CLIPScorer(args.clip_model, device_dtype(args)[0]))]

@@ -1,12 +1,11 @@
 """``nested-diffusion restore``: degrade an image, restore it with nested DDRM on the bundled model, report metrics.
 
-Wiring (cli.py): ``from .inverse import cli_restore``; in build_parser ``cli_restore.add_parser(sub)``; in main's
-command table ``"restore": cli_restore.run``.
+Wiring (cli/main.py): ``restore.add_parser(sub)`` in ``build_parser`` and ``"restore": restore.run`` in
+``COMMANDS``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -115,7 +114,6 @@ def load_image(path: str, size: int):
 def _run_sampler(name, sampler, args, x, y, op, cond, settings, folder, shape, quiet):
     """Stream one sampler, record every update with its PSNR and ‖Hx̂ − y‖; returns (final metrics, final image,
     exit code)."""
-    import torch
 
     from ..imaging import row, save_png
     from .recorder import AnytimeRecorder
@@ -128,14 +126,13 @@ def _run_sampler(name, sampler, args, x, y, op, cond, settings, folder, shape, q
         print(f"[{name}] {sampler.outer_steps} outer × {sampler.inner_steps[0]} DDRM steps = {sampler.total_nfe} "
               f"NFE, {args.degradation}, σ_y = {args.sigma_y}")
     try:
-        with torch.no_grad():   # inference only: no autograd graph through the model
-            for u in sampler.stream([args.seed], shape, cond, max_nfe=args.budget, deadline=args.deadline):
-                rec.add(u)
-                p, c = float(psnr(u.x0, x)[0]), float(consistency(op, u.x0, y)[0])
-                rec.records[-1].update(psnr=round(p, 4), consistency=round(c, 6))
-                if not quiet:
-                    print(f"  nfe {u.nfe:4d}/{sampler.total_nfe}  outer {u.outer_step}/{u.outer_steps}  "
-                          f"t={u.t:3d}  PSNR {p:6.2f} dB  ‖Hx̂−y‖ {c:.4f}  {'final' if u.final else u.source}")
+        for u in sampler.stream([args.seed], shape, cond, max_nfe=args.budget, deadline=args.deadline):
+            rec.add(u)
+            p, c = float(psnr(u.x0, x)[0]), float(consistency(op, u.x0, y)[0])
+            rec.records[-1].update(psnr=round(p, 4), consistency=round(c, 6))
+            if not quiet:
+                print(f"  nfe {u.nfe:4d}/{sampler.total_nfe}  outer {u.outer_step}/{u.outer_steps}  "
+                      f"t={u.t:3d}  PSNR {p:6.2f} dB  ‖Hx̂−y‖ {c:.4f}  {'final' if u.final else u.source}", flush=True)
     except KeyboardInterrupt:
         code = 130
         print("\ninterrupted: writing the latest result", file=sys.stderr)
@@ -152,83 +149,93 @@ def _run_sampler(name, sampler, args, x, y, op, cond, settings, folder, shape, q
     return f, final, code
 
 
-def run(args) -> int:
+def _clean_image(args, size: int):
+    """(x, note, label name) from --image or --index (Fashion-MNIST test split)."""
+    from ..bundled.data import CLASS_NAMES, load_fashion_mnist
+    if args.image is not None:
+        x, note = load_image(args.image, size)
+        return x, note, None
+    images, labels = load_fashion_mnist("test", args.data_dir)
+    if args.index >= images.shape[0]:
+        raise ValueError(f"--index: {args.index} is out of range; the test set has {images.shape[0]} images "
+                         f"(0–{images.shape[0] - 1})")
+    return images[args.index:args.index + 1], None, CLASS_NAMES[int(labels[args.index])]
+
+
+def _prepare(args) -> dict:
+    """Every check and the samplers, before any model call; ValueError/TypeError/FileNotFoundError otherwise."""
     import torch
 
     from ..bundled import load_unet, make_denoiser, parse_classes
-    from ..bundled.data import CLASS_NAMES, load_fashion_mnist
-    from ..imaging import row, save_png, tile, to_uint8
-    from ..io import atomic_write_bytes
     from ..inverse.ddrm import ddrm_sampler, reference_t_start
-    from ..inverse.metrics import psnr
     from ..inverse.operators import measure
     from ..inverse.registry import make_operator
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:  # every check before any model call
-        model = load_unet(args.model)
-        C, size = model.config["in_channels"], model.config["image_size"]
-        note, label_name = None, None
-        if args.image is not None:
-            x, note = load_image(args.image, size)
-        else:
-            images, labels = load_fashion_mnist("test", args.data_dir)
-            if args.index >= images.shape[0]:
-                raise ValueError(f"--index: {args.index} is out of range; the test set has {images.shape[0]} "
-                                 f"images (0–{images.shape[0] - 1})")
-            x, label_name = images[args.index:args.index + 1], CLASS_NAMES[int(labels[args.index])]
-        op = make_operator(args.degradation, (C, size, size), ratio=args.ratio, mask_seed=args.mask_seed,
-                           box=args.box, factor=args.factor, kernel_size=args.kernel_size,
-                           kernel_sigma=args.kernel_sigma)
-        if args.label is None:
-            cond, guidance = torch.full((1,), model.null_class, dtype=torch.long), 1.0
-        else:
-            cond, guidance = torch.tensor(parse_classes(args.label)[:1]), args.guidance
-        den = make_denoiser(model, guidance, clip_x0=None)   # DDRM wants an unclipped x̂0
-        T = den.schedule.num_train_timesteps
-        t_start = reference_t_start(T, args.outer * args.inner) if args.t_start == "reference" else args.t_start
-        if t_start is not None and not 0 < t_start < T:
-            raise ValueError(f"--t-start: must lie in [1, {T - 1}], got {t_start}")
-        y = measure(op, x, args.sigma_y, seed=args.seed + MEASUREMENT_SEED_OFFSET)
-        runs = [("nested", args.outer, args.inner)]
-        if args.vanilla:
-            runs.append(("vanilla", 1, args.outer * args.inner))
-        samplers = [(name, ddrm_sampler(den, op, y, args.sigma_y, k, n, args.eta, args.eta_b, args.outer_eta,
-                                        t_start)) for name, k, n in runs]
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if note and not args.quiet:
-        print(f"note: {note}")
-    degraded = op.degraded_view(y)
-    psnr_degraded = float(psnr(degraded, x)[0])
-    if not args.quiet:
-        print(f"degraded view ({'blurred' if args.degradation.startswith('deblur') else 'pseudo-inverse'}): "
-              f"PSNR {psnr_degraded:.2f} dB")
+    model = load_unet(args.model)
+    C, size = model.config["in_channels"], model.config["image_size"]
+    x, note, label_name = _clean_image(args, size)
+    op = make_operator(args.degradation, (C, size, size), ratio=args.ratio, mask_seed=args.mask_seed,
+                       box=args.box, factor=args.factor, kernel_size=args.kernel_size, kernel_sigma=args.kernel_sigma)
+    if args.label is None:
+        cond, guidance = torch.full((1,), model.null_class, dtype=torch.long), 1.0
+    else:
+        cond, guidance = torch.tensor(parse_classes(args.label)[:1]), args.guidance
+    den = make_denoiser(model, guidance, clip_x0=None)   # DDRM wants an unclipped x̂0
+    T = den.schedule.num_train_timesteps
+    t_start = reference_t_start(T, args.outer * args.inner) if args.t_start == "reference" else args.t_start
+    if t_start is not None and not 0 < t_start < T:
+        raise ValueError(f"--t-start: must lie in [1, {T - 1}], got {t_start}")
+    y = measure(op, x, args.sigma_y, seed=args.seed + MEASUREMENT_SEED_OFFSET)
+    runs = [("nested", args.outer, args.inner)] + ([("vanilla", 1, args.outer * args.inner)] if args.vanilla else [])
+    samplers = [(name, ddrm_sampler(den, op, y, args.sigma_y, k, n, args.eta, args.eta_b, args.outer_eta, t_start))
+                for name, k, n in runs]
     settings = dict(source=args.image if args.image is not None else f"fashion-mnist test[{args.index}]",
                     label=label_name, degradation=args.degradation, operator=repr(op), sigma_y=args.sigma_y,
                     sigma_y_units="[-1, 1] (std in [0, 1] units = sigma_y / 2)", eta=args.eta, eta_b=args.eta_b,
                     outer_eta=args.outer_eta, t_start=T - 1 if t_start is None else t_start, seed=args.seed,
                     measurement_seed=args.seed + MEASUREMENT_SEED_OFFSET, condition=args.label,
                     guidance=guidance, model=args.model or "bundled", budget=args.budget, deadline=args.deadline)
+    return dict(x=x, y=y, op=op, cond=cond, note=note, samplers=samplers, settings=settings, shape=(1, C, size, size))
+
+
+def run(args) -> int:
+    import torch
+
+    from ..imaging import row, save_png, tile, to_uint8
+    from ..inverse.metrics import psnr
+    from ..io import atomic_write_json
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        job = _prepare(args)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    x, y, op = job["x"], job["y"], job["op"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if job["note"] and not args.quiet:
+        print(f"note: {job['note']}")
+    degraded = op.degraded_view(y)
+    psnr_degraded = float(psnr(degraded, x)[0])
+    if not args.quiet:
+        print(f"degraded view ({'blurred' if args.degradation.startswith('deblur') else 'pseudo-inverse'}): "
+              f"PSNR {psnr_degraded:.2f} dB")
     save_png(row(x, args.scale), out / "clean.png")
     save_png(row(degraded, args.scale), out / "degraded.png")
     code, finals, final_x = 0, {}, {}
-    for name, sampler in samplers:
+    for name, sampler in job["samplers"]:
         folder = out if name == "nested" else out / "vanilla"
-        f, final, code = _run_sampler(name, sampler, args, x, y, op, cond, settings, folder, (1, C, size, size),
-                                      args.quiet)
+        f, final, code = _run_sampler(name, sampler, args, x, y, op, job["cond"], job["settings"], folder,
+                                      job["shape"], args.quiet)
         if f is not None:
             finals[name], final_x[name] = f, final
         if code:
             break
     cells = [to_uint8(x)[0], to_uint8(degraded)[0]] + [to_uint8(v)[0] for v in final_x.values()]
     save_png(tile(cells, 1, len(cells), args.scale), out / "comparison.png")
-    doc = {"settings": settings, "psnr_degraded_view": psnr_degraded, "results": finals,
-           "comparison_png_columns": ["clean", "degraded"] + list(final_x)}
-    atomic_write_bytes(out / "metrics.json", (json.dumps(doc, indent=1) + "\n").encode())
+    atomic_write_json(out / "metrics.json", {"settings": job["settings"], "psnr_degraded_view": psnr_degraded,
+                                             "results": finals,
+                                             "comparison_png_columns": ["clean", "degraded"] + list(final_x)})
     return code

@@ -16,7 +16,7 @@ from .denoisers import Denoiser, NonFiniteOutputError
 from .eta import EtaSpec, resolve_eta, validate_eta
 from .events import INNER_RESULT, X0_PREVIEW, AnytimeUpdate, SolverEvent
 from .expected_change import Calibration, SignalTracker, VarianceObserver, canonical, mean_var
-from .grids import check_convention, check_step_counts, outer_grid
+from .grids import CLEAN, check_convention, check_step_counts, outer_grid
 from .noise import NoiseSource, as_noise_source
 from .registry import get_solver
 from .solvers import Solver
@@ -27,6 +27,8 @@ class NestedSolver(Solver):
     """Outer DDIM(η_outer) over ``n`` outer steps; each outer denoising is a full run of ``inner``.
 
     ``inner_steps``: one int for every outer step, or a list with one entry per outer step.
+    ``outer_times``: explicit outer times (strictly descending integers, the first = the run's start time),
+    instead of the convention's evenly spaced points.
     Grids: outer points are round(linspace(t, 0, n+1))[:-1] ("clean") or round(linspace(t, 1, n+1))[:-1]
     ("authors": the authors' round(linspace(1, T−1, K+1)) descending, last entry dropped); in both the last
     inner run's output is the final sample.
@@ -35,12 +37,19 @@ class NestedSolver(Solver):
     name = "nested"
 
     def __init__(self, inner: Solver | str = "ddim", inner_steps: int | Sequence[int] = 10,
-                 outer_eta: EtaSpec = 0.0, inner_eta: EtaSpec | None = None, convention: str | None = None):
-        self.inner = get_solver(inner, inner_eta)
+                 outer_eta: EtaSpec = 0.0, inner_eta: EtaSpec | None = None, convention: str | None = None,
+                 outer_times: Sequence[int] | None = None):
+        self.inner = self.resolve_inner(inner, inner_eta)
+        self.outer_times = None if outer_times is None else [int(v) for v in outer_times]
         self.inner_steps = inner_steps
         check_step_counts(inner_steps, "inner_steps")
         self.outer_eta = validate_eta(outer_eta, "outer_eta")
         self.convention = None if convention is None else check_convention(convention)
+
+    @staticmethod
+    def resolve_inner(inner: Solver | str, inner_eta: EtaSpec | None) -> Solver:
+        """The inner solver from a name or an instance (flow samplers resolve flow solver names)."""
+        return get_solver(inner, inner_eta)
 
     def steps_per_outer(self, n: int) -> list[int]:
         if isinstance(self.inner_steps, (int, np.integer)):
@@ -54,13 +63,23 @@ class NestedSolver(Solver):
         return sum(self.inner.nfe(s) for s in self.steps_per_outer(n))
 
     def grid(self, t_start, n, convention, name="outer_steps"):
-        times = outer_grid(t_start, n, self.convention or convention, name)
+        times = outer_grid(t_start, n, self.convention or convention, name) if self.outer_times is None else \
+            self._explicit_times(t_start, n)
         for k, (t, s) in enumerate(zip(times[:-1], self.steps_per_outer(n))):
             most = self.inner.max_steps(t, convention)
             if s > most:
                 raise ValueError(f"inner_steps: {s} inner steps at outer step {k} (t={t}) exceed the {most} "
                                  f"distinct timesteps available there; use at most {most} or fewer outer steps")
         return times
+
+    def _explicit_times(self, t_start: int, n: int) -> list[int]:
+        ts = self.outer_times
+        if len(ts) != n:
+            raise ValueError(f"outer_times: {len(ts)} times for {n} outer steps; give one per outer step")
+        if ts[0] != t_start or any(b >= a for a, b in zip(ts, ts[1:])) or ts[-1] < 1:
+            raise ValueError(f"outer_times: must be strictly descending integers from t_start={t_start} down to "
+                             f"≥ 1, got {ts}")
+        return ts + [CLEAN]
 
     def max_steps(self, t_start, convention):
         return t_start
@@ -84,10 +103,15 @@ class NestedSolver(Solver):
                 spent_in_run = ev.nfe
             spent += spent_in_run
             best = x0_hat
-            a, a_next = S.alpha_bar(t), S.alpha_bar(t_next)  # outer step q(x_{t'} | x̂0, x_t)
-            eta = resolve_eta(self.outer_eta, k, t, a, n, "outer_eta")
-            z = noise.randn_like(x) if ddim_sigma(a, a_next, eta) > 0 else None
-            x = ddim_step(x, x0_hat, a, a_next, eta, z)
+            x = self.outer_step(S, x, x0_hat, k, t, t_next, n, noise)
+
+    def outer_step(self, S: Any, x: torch.Tensor, x0_hat: torch.Tensor, k: int, t: Any, t_next: Any, n: int,
+                   noise: NoiseSource) -> torch.Tensor:
+        """The outer DDIM(η_outer) step q(x_{t'} | x̂0, x_t) of outer step k (of n)."""
+        a, a_next = S.alpha_bar(t), S.alpha_bar(t_next)
+        eta = resolve_eta(self.outer_eta, k, t, a, n, "outer_eta")
+        z = noise.randn_like(x) if ddim_sigma(a, a_next, eta) > 0 else None
+        return ddim_step(x, x0_hat, a, a_next, eta, z)
 
 
 PREVIEW_MODES = ("first", "all", "none")
@@ -107,7 +131,7 @@ def _check_stream_args(shape, max_nfe, deadline, previews) -> tuple[int, ...]:
     return shape
 
 
-def _stop_check(stop) -> Callable[[], bool]:
+def stop_check(stop) -> Callable[[], bool]:
     """``stop``: None, a callable returning a truth value, or an object with ``is_set()`` (threading.Event)."""
     if stop is None:
         return lambda: False
@@ -127,7 +151,8 @@ class NestedSampler:
 
     def __init__(self, denoiser: Denoiser, outer_steps: int, inner_steps: int | Sequence[int],
                  inner_solver: Solver | str = "ddim", inner_eta: EtaSpec | None = None,
-                 outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: int | None = None):
+                 outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: int | None = None,
+                 outer_times: Sequence[int] | None = None, calibration: Calibration | None = None):
         check_convention(grid)
         if not hasattr(denoiser, "schedule"):
             raise TypeError("denoiser: must have a .schedule (a NoiseSchedule), e.g. a ModelDenoiser")
@@ -136,30 +161,36 @@ class NestedSampler:
         self.t_start = T - 1 if t_start is None else int(t_start)
         if not 0 < self.t_start < T:
             raise ValueError(f"t_start: must lie in [1, {T - 1}], got {t_start}")
-        self.solver = NestedSolver(inner_solver, inner_steps, outer_eta, inner_eta, grid)
+        self.solver = NestedSolver(inner_solver, inner_steps, outer_eta, inner_eta, grid, outer_times)
         self.outer_steps = outer_steps
         self.times = self.solver.grid(self.t_start, outer_steps, grid)  # validates every step count up front
         self.inner_steps = self.solver.steps_per_outer(outer_steps)
         self.total_nfe = self.solver.nfe(outer_steps)
+        self.calibration = calibration  # the default of stream(calibration=): expected change on every update
+        if calibration is not None:
+            calibration.check(self.calibration_settings())
 
     def stream(self, seeds: NoiseSource | Sequence[int] | int, shape: Sequence[int], cond: Any = None,
                max_nfe: int | None = None, deadline: float | None = None, previews: str = "first",
                x_T: torch.Tensor | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, stop: "Callable[[], bool] | Any | None" = None,
-               grad: bool = False, calibration: Calibration | None = None) -> Iterator[AnytimeUpdate]:
+               grad: bool = False, wrap_denoiser: Callable[[Denoiser], Denoiser] | None = None,
+               calibration: Calibration | None = None) -> Iterator[AnytimeUpdate]:
         """Yield anytime updates for a batch. ``seeds``: one per sample (or a base seed, then
         shape[0] samples); ``shape``: (B, C, H, W). ``max_nfe``: stop at the best result within this many NFEs;
         ``deadline``: seconds of wall time from the start. Break out of the loop to stop at any time; ``stop``
         (a callable returning True, or a ``threading.Event``) is checked after every denoiser call, so another
         thread can end the stream within one NFE (the last update yielded is the result). The model runs
-        without autograd unless ``grad=True``. ``calibration`` (for this configuration, else ValueError) attaches
-        an ``ExpectedChange`` to every update, from signals the run already has (no extra NFE)."""
+        without autograd unless ``grad=True``. ``wrap_denoiser(denoiser) -> denoiser`` wraps the denoiser for
+        this run only (timers, call counters); the sampler itself is not changed. ``calibration`` (for this
+        configuration, else ValueError) attaches an ``ExpectedChange`` to every update, from signals the run
+        already has (no extra NFE)."""
         shape = _check_stream_args(shape, max_nfe, deadline, previews)
-        den, tracker = self.denoiser, None
+        tracker, calibration = None, calibration if calibration is not None else self.calibration
         if calibration is not None:
             calibration.check(self.calibration_settings(previews))
-            den, tracker = VarianceObserver(self.denoiser), calibration.tracker()
-        should_stop = _stop_check(stop)
+            tracker = calibration.tracker()
+        should_stop = stop_check(stop)
         noise = as_noise_source(seeds, shape[0], device, dtype)
         if noise.batch_size != shape[0]:
             raise ValueError(f"seeds: {noise.batch_size} seeds for a batch of {shape[0]}")
@@ -170,6 +201,8 @@ class NestedSampler:
         run_end = np.cumsum([self.solver.inner.nfe(s) for s in self.inner_steps]).tolist()
         start = time.perf_counter()
         ev = None
+        denoiser = self.denoiser if wrap_denoiser is None else wrap_denoiser(self.denoiser)
+        den = denoiser if tracker is None else VarianceObserver(denoiser)
         events = self.solver.run(den, x, self.t_start, self.outer_steps, noise, cond,
                                  self.grid_convention, grad=grad)
         try:
@@ -200,10 +233,13 @@ class NestedSampler:
     def calibration_settings(self, previews: str = "first") -> dict:
         """The sampler settings a calibration is made for (the denoiser's identity is the caller's part)."""
         inner = self.solver.inner
-        return canonical(dict(outer_steps=self.outer_steps, inner_steps=self.inner_steps, inner_solver=inner.name,
-                              inner_eta=getattr(inner, "eta", None), outer_eta=self.solver.outer_eta,
-                              grid=self.grid_convention, t_start=self.t_start, previews=previews,
-                              num_train_timesteps=self.denoiser.schedule.num_train_timesteps))
+        settings = dict(outer_steps=self.outer_steps, inner_steps=self.inner_steps, inner_solver=inner.name,
+                        inner_eta=getattr(inner, "eta", None), outer_eta=self.solver.outer_eta,
+                        grid=self.grid_convention, t_start=self.t_start, previews=previews,
+                        num_train_timesteps=self.denoiser.schedule.num_train_timesteps)
+        if self.solver.outer_times is not None:  # a custom outer grid (the default grid follows from the above)
+            settings["outer_times"] = self.solver.outer_times
+        return canonical(settings)
 
     @staticmethod
     def _shown(ev: SolverEvent, previews: str) -> bool:

@@ -53,9 +53,12 @@ def _key(name: str) -> str:
 def register_solver(spec: SolverSpec, replace: bool = False) -> SolverSpec:
     """Add ``spec`` under its name and aliases (case- and dash/underscore-insensitive)."""
     keys = [_key(spec.name)] + [_key(a) for a in spec.aliases]
-    taken = [k for k in keys if (k in _REGISTRY or k in _ALIASES) and _ALIASES.get(k, k) != _key(spec.name)]
+    taken = [k for k in keys if k in _REGISTRY or k in _ALIASES]
     if taken and not replace:
         raise ValueError(f"solver: {taken} already name a registered solver; pass replace=True to override")
+    if replace:
+        for k in taken:
+            unregister_solver(k)
     _REGISTRY[keys[0]] = spec
     for k in keys[1:]:
         _ALIASES[k] = keys[0]

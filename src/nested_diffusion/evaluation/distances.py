@@ -20,7 +20,7 @@ from torch import nn
 
 from ..io import atomic_write_bytes
 from .features import PrecomputedFeatures, require_inception_weights
-from .frechet import FeatureStats
+from .frechet import FeatureStats, FrechetToReference
 
 EVAL_EXTRA_HINT = "install the evaluation extra: pip install 'nested-diffusion[eval]' (torchmetrics, matplotlib)"
 
@@ -138,37 +138,6 @@ def kid_from_features(real: torch.Tensor, fake: torch.Tensor, subsets: int = 100
         torch.manual_seed(seed)
         mean, std = metric.compute()
     return float(mean), float(std)
-
-
-# ---------------------------------------------------------------------------------------------- Fréchet, batched
-def _sqrt_psd(m: torch.Tensor) -> torch.Tensor:
-    w, v = torch.linalg.eigh((m + m.T) / 2)
-    return (v * w.clamp(min=0).sqrt()) @ v.T
-
-
-class FrechetToReference:
-    """FD of many generated-feature statistics to one reference (√Σ_ref computed once; float64; batched)."""
-
-    def __init__(self, reference: "ReferenceStats | FeatureStats"):
-        stats = reference.to_feature_stats() if isinstance(reference, ReferenceStats) else reference
-        self.mu = stats.mu.to(torch.float64)
-        self.sigma = stats.sigma.to(torch.float64)
-        self.sqrt = _sqrt_psd(self.sigma)
-        self.trace = float(torch.trace(self.sigma))
-
-    def __call__(self, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """mu (..., d), sigma (..., d, d) → FD (...)."""
-        mu, sigma = mu.to(torch.float64), sigma.to(torch.float64)
-        if mu.shape[-1] != self.mu.shape[0]:
-            raise ValueError(f"feature dimensions differ: {mu.shape[-1]} vs reference {self.mu.shape[0]}")
-        m = self.sqrt @ sigma @ self.sqrt
-        inner = torch.linalg.eigvalsh((m + m.transpose(-1, -2)) / 2).clamp(min=0).sqrt().sum(-1)
-        d = mu - self.mu
-        return (d * d).sum(-1) + self.trace + torch.diagonal(sigma, dim1=-2, dim2=-1).sum(-1) - 2 * inner
-
-    def of_features(self, f: torch.Tensor) -> float:
-        s = FeatureStats.from_features(f)
-        return float(self(s.mu, s.sigma))
 
 
 def weighted_stats(f: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,8 @@
 """Feature networks for distribution metrics (Fréchet distance, KID, precision/recall).
 
-Default: the project's ``FashionClassifier`` penultimate layer (128-d). A Fréchet distance on these features is
-*not* the Inception FID of the paper; results name the network (``extractor_id``) and are only comparable at
-equal feature network and sample count. The Inception path is for users who have the weights file locally; it is
+Any ``nn.Module`` works (the bundled model's classifier features live in ``bundled.features``). A Fréchet distance
+on non-Inception features is *not* the Inception FID of the paper; results name the network (``extractor_id``)
+and are only comparable at equal feature network and sample count. The Inception path is for users who have the weights file locally; it is
 never downloaded here.
 
 Every extractor is an ``nn.Module`` with ``num_features`` (read by torchmetrics, which then skips its dummy 299×299
@@ -12,13 +12,10 @@ preprocessing, as torchmetrics passes custom-module inputs through unchanged.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
-
-from ..bundled import FashionClassifier
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's port of the TF graph
 
@@ -43,33 +40,6 @@ def state_fingerprint(module: nn.Module) -> str:
     return h.hexdigest()[:12]
 
 
-class ClassifierFeatures(nn.Module):
-    """Penultimate features of a FashionClassifier; always evaluated in eval mode (BatchNorm running stats),
-    so a sample's features never depend on the rest of its batch."""
-
-    def __init__(self, classifier: FashionClassifier):
-        super().__init__()
-        if not hasattr(classifier, "features"):
-            raise TypeError(f"classifier: expected a FashionClassifier (with .features), got "
-                            f"{type(classifier).__name__}")
-        self.classifier = classifier.eval()
-        self.num_features = int(classifier.config["feature_dim"])
-        self.extractor_id = f"fashion-classifier-{self.num_features}d-{state_fingerprint(classifier)}"
-        self.description = (f"project FashionClassifier, {self.num_features}-d penultimate layer "
-                            f"(Fréchet distance on these features is not Inception FID)")
-
-    def train(self, mode: bool = True) -> "ClassifierFeatures":
-        return super().train(False)  # torchmetrics may call .train(); the feature network stays frozen
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features on the classifier's device; inputs on any device (moved there, outputs stay there)."""
-        x = x.to(next(self.classifier.parameters()).device)
-        x = dequantize(x) if x.dtype == torch.uint8 else x.float()
-        self.classifier.eval()
-        return self.classifier.features(x)
-
-
 class PrecomputedFeatures(nn.Module):
     """Identity 'extractor' for torchmetrics when the features are already computed: (N, d) → (N, d)."""
 
@@ -81,17 +51,6 @@ class PrecomputedFeatures(nn.Module):
         if f.dim() != 2 or f.shape[1] != self.num_features:
             raise ValueError(f"features: expected shape (N, {self.num_features}), got {tuple(f.shape)}")
         return f
-
-
-def load_feature_classifier(path: str | os.PathLike | None = None) -> ClassifierFeatures:
-    """The bundled (or a given ``from_pretrained`` folder's) classifier as a feature extractor."""
-    from ..bundled import bundled_classifier_path
-    folder = Path(path) if path is not None else bundled_classifier_path()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"classifier: no FashionClassifier at {str(folder)!r}; train one with "
-            f"`nested-diffusion train-classifier --out {folder}` or pass its folder (CLI: --classifier)")
-    return ClassifierFeatures(FashionClassifier.from_pretrained(folder))
 
 
 @torch.no_grad()

@@ -65,7 +65,7 @@ def _total_timing(parts: Sequence[dict]) -> dict:
     return {k: sum(p[k] for p in parts) for k in keys}
 
 
-class _FDEvaluator:
+class FDEvaluator:
     """FD at every mark of a Snapshots set, with paired bootstrap replicates (same counts for every set)."""
 
     def __init__(self, ref: EvalReference, n: int, replicates: int, seed: int):
@@ -88,7 +88,7 @@ class _FDEvaluator:
         return per_mark, boot[:, snaps.mark_index]                                            # (R, marks)
 
 
-def _spread(values: torch.Tensor | Sequence[float]) -> dict:
+def bootstrap_spread(values: torch.Tensor | Sequence[float]) -> dict:
     """Bootstrap spread. Resampling with replacement duplicates samples, which inflates FD: the replicates' mean
     sits above the point estimate, so read ``std`` as the spread; differences of paired replicates (same counts
     for every configuration) largely cancel that bias."""
@@ -113,7 +113,7 @@ def _scores(snaps: Snapshots, scores: Sequence, seed: int) -> dict:
     return out
 
 
-def _floor(ev: _FDEvaluator, n: int, seed: int) -> dict | None:
+def _floor(ev: FDEvaluator, n: int, seed: int) -> dict | None:
     if ev.ref.heldout is None:
         return None
     return fd_noise_floor(ev.fd, ev.ref.heldout, n, repeats=5, seed=seed)
@@ -126,7 +126,7 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
                   cache_dir: str | os.PathLike | None = None, kid: bool = True,
                   log: Callable[[str], None] | None = print, scores: Sequence = ()) -> dict:
     """AUC (Δ Σ ln FD) and final FD for each outer×inner split of ``total_nfe``; FD-per-NFE curves (Fig. 9).
-    ``scores``: per-sample scores also reported at every mark (e.g. ``pipeline_factories.prompt_score``: CLIP
+    ``scores``: per-sample scores also reported at every mark (e.g. ``pipelines.factories.prompt_score``: CLIP
     score to each sample's prompt). A reference without features (statistics only) gives FD without KID and
     precision/recall."""
     t_start, out = time.time(), Path(out_dir)
@@ -139,36 +139,17 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
         raise ValueError(f"configs: every configuration must spend total_nfe={total_nfe} NFE; not {', '.join(bad)}")
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
-    ev = _FDEvaluator(reference, n_samples, bootstrap, seed)
+    ev = FDEvaluator(reference, n_samples, bootstrap, seed)
     rows = []
     for o, i in configs:
         snaps = collect_snapshots(factory, o, i, n_samples, seed, marks, cache, chunk, log)
         t0 = time.perf_counter()
         feats = ev.features(snaps)
-        fd, boot = ev(snaps, feats)
-        row = dict(outer=o, inner=i, label=f"{o}x{i}", fd=fd, auc=anytime_auc(dict(zip(marks, fd)), total_nfe, step),
-                   final_fd=fd[-1], distinct_update_nfes=[snaps.update_nfes[j] for j in sorted(set(snaps.mark_index))])
-        if boot is not None:
-            row["fd_boot_std"] = boot.std(0).tolist()
-            row["_auc_reps"] = torch.tensor([anytime_auc(dict(zip(marks, b.tolist())), total_nfe, step)
-                                             for b in boot], dtype=torch.float64)
-            row["_final_reps"] = boot[:, -1]
-            row["auc_boot"], row["final_fd_boot"] = _spread(row["_auc_reps"]), _spread(row["_final_reps"])
-            if rows:  # paired difference to the first configuration (vanilla in Table 1's order)
-                first = rows[0]
-                row["auc_minus_first"] = dict(point=row["auc"] - first["auc"],
-                                              **_spread(row["_auc_reps"] - first["_auc_reps"]))
-                row["final_fd_minus_first"] = dict(point=row["final_fd"] - first["final_fd"],
-                                                   **_spread(row["_final_reps"] - first["_final_reps"]))
+        row = _rnd_row(ev, snaps, feats, o, i, marks, total_nfe, step, rows[0] if rows else None)
         final = feats[snaps.mark_index[-1]]
         if scores:
             row["scores"] = _scores(snaps, scores, seed)
-        if kid and reference.features is not None:
-            m, s = kid_from_features(reference.features, final, seed=seed)
-            row["final_kid"] = dict(mean=m, std=s, subset_size=min(1000, n_samples, reference.features.shape[0]))
-        if reference.features is not None:
-            row["final_precision_recall"] = precision_recall(subset(reference.features, n_samples, seed), final,
-                                                             k=3)
+        row.update(_final_set_metrics(reference, final, n_samples, seed, kid))
         row["timing"] = _timing(snaps.timing, time.perf_counter() - t0, total_nfe)
         rows.append(row)
         if log:
@@ -192,6 +173,40 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
     return doc
 
 
+def _rnd_row(ev: FDEvaluator, snaps: Snapshots, feats, o: int, i: int, marks, total_nfe: int, step: int,
+             first: dict | None) -> dict:
+    """FD curve, AUC and final FD of one configuration, with bootstrap spreads and the paired difference to
+    ``first`` (vanilla in Table 1's order); ``_auc_reps``/``_final_reps`` are kept for later rows."""
+    fd, boot = ev(snaps, feats)
+    row = dict(outer=o, inner=i, label=f"{o}x{i}", fd=fd, auc=anytime_auc(dict(zip(marks, fd)), total_nfe, step),
+               final_fd=fd[-1], distinct_update_nfes=[snaps.update_nfes[j] for j in sorted(set(snaps.mark_index))])
+    if boot is None:
+        return row
+    row["fd_boot_std"] = boot.std(0).tolist()
+    row["_auc_reps"] = torch.tensor([anytime_auc(dict(zip(marks, b.tolist())), total_nfe, step) for b in boot],
+                                    dtype=torch.float64)
+    row["_final_reps"] = boot[:, -1]
+    row["auc_boot"], row["final_fd_boot"] = bootstrap_spread(row["_auc_reps"]), bootstrap_spread(row["_final_reps"])
+    if first is not None:
+        row["auc_minus_first"] = dict(point=row["auc"] - first["auc"],
+                                      **bootstrap_spread(row["_auc_reps"] - first["_auc_reps"]))
+        row["final_fd_minus_first"] = dict(point=row["final_fd"] - first["final_fd"],
+                                           **bootstrap_spread(row["_final_reps"] - first["_final_reps"]))
+    return row
+
+
+def _final_set_metrics(reference: EvalReference, final, n_samples: int, seed: int, kid: bool) -> dict:
+    """KID and k=3 precision/recall of the final samples (needs reference features, not only statistics)."""
+    out = {}
+    if reference.features is None:
+        return out
+    if kid:
+        m, s = kid_from_features(reference.features, final, seed=seed)
+        out["final_kid"] = dict(mean=m, std=s, subset_size=min(1000, n_samples, reference.features.shape[0]))
+    out["final_precision_recall"] = precision_recall(subset(reference.features, n_samples, seed), final, k=3)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- Table 3
 def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir: str | os.PathLike,
                      budgets: Sequence[int] = BUDGETS, fractions: Sequence[float] = FRACTIONS, nested_outer: int = 5,
@@ -202,24 +217,10 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
     (and the mean of each of ``scores``, as in ``run_rnd_sweep``)."""
     t_start, out = time.time(), Path(out_dir)
     _check_common(n_samples, chunk, bootstrap)
-    plan = []
-    for N in budgets:
-        grid = nfe_marks(N, step)
-        if N % nested_outer:
-            raise ValueError(f"budgets: {N} NFE is not divisible into nested_outer={nested_outer} equal inner runs")
-        fm = []
-        for f in fractions:
-            m = round(f * N)
-            if not (0 < f <= 1) or abs(m - f * N) > 1e-9:
-                raise ValueError(f"fractions: {f} of {N} NFE is not a whole NFE count in (0, {N}]")
-            fm.append(m)
-        pair = [(1, N), (nested_outer, N // nested_outer)]
-        for c in pair:
-            factory.build(*c)                               # validate before any sampling
-        plan.append((N, pair, fm, sorted(set(grid) | set(fm))))
+    plan = [_budget_plan(factory, N, fractions, nested_outer, step) for N in budgets]  # validates before sampling
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
-    ev = _FDEvaluator(reference, n_samples, bootstrap, seed)
+    ev = FDEvaluator(reference, n_samples, bootstrap, seed)
     rows, timing = [], {}
     for N, pair, fm, marks in plan:
         res = {}
@@ -229,20 +230,7 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
             fd, boot = ev(snaps, ev.features(snaps))
             res[name] = (fd, boot, marks, _scores(snaps, scores, seed))
             timing[f"{o}x{i}"] = _timing(snaps.timing, time.perf_counter() - t0, N)
-        for f, m in zip(fractions, fm):
-            row = dict(budget=N, fraction=f, nfe=m)
-            for name, (o, i) in zip(("vanilla", "nested"), pair):
-                fd, boot, mk, sc = res[name]
-                row[f"{name}_config"] = f"{o}x{i}"
-                row[f"{name}_fd"] = fd[mk.index(m)]
-                for sname, v in sc.items():
-                    row[f"{name}_{sname}"] = v["mean"][mk.index(m)]
-                if boot is not None:
-                    row[f"{name}_fd_boot_std"] = float(boot[:, mk.index(m)].std())
-            if res["vanilla"][1] is not None:  # paired replicates: same resampling counts for both methods
-                diff = res["nested"][1][:, marks.index(m)] - res["vanilla"][1][:, marks.index(m)]
-                row["nested_minus_vanilla"] = dict(point=row["nested_fd"] - row["vanilla_fd"], **_spread(diff))
-            rows.append(row)
+        rows += [_budget_row(N, f, m, pair, res, marks) for f, m in zip(fractions, fm)]
         if log:
             log(f"budget {N}: " + ", ".join(f"{r['fraction']:.0%} {r['vanilla_fd']:.3g}/{r['nested_fd']:.3g}"
                                             for r in rows if r["budget"] == N))
@@ -259,6 +247,38 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
     doc["wall_time_s"] = time.time() - t_start
     atomic_write_json(out / "budget_table.json", doc)
     return doc
+
+
+def _budget_plan(factory: SamplerFactory, N: int, fractions, nested_outer: int, step: int):
+    """(N, [vanilla, nested] configurations, NFE of each fraction, marks) for one budget."""
+    if N % nested_outer:
+        raise ValueError(f"budgets: {N} NFE is not divisible into nested_outer={nested_outer} equal inner runs")
+    fm = []
+    for f in fractions:
+        m = round(f * N)
+        if not (0 < f <= 1) or abs(m - f * N) > 1e-9:
+            raise ValueError(f"fractions: {f} of {N} NFE is not a whole NFE count in (0, {N}]")
+        fm.append(m)
+    pair = [(1, N), (nested_outer, N // nested_outer)]
+    for c in pair:
+        factory.build(*c)
+    return N, pair, fm, sorted(set(nfe_marks(N, step)) | set(fm))
+
+
+def _budget_row(N: int, f: float, m: int, pair, res: dict, marks) -> dict:
+    row = dict(budget=N, fraction=f, nfe=m)
+    for name, (o, i) in zip(("vanilla", "nested"), pair):
+        fd, boot, mk, sc = res[name]
+        row[f"{name}_config"] = f"{o}x{i}"
+        row[f"{name}_fd"] = fd[mk.index(m)]
+        for sname, v in sc.items():
+            row[f"{name}_{sname}"] = v["mean"][mk.index(m)]
+        if boot is not None:
+            row[f"{name}_fd_boot_std"] = float(boot[:, mk.index(m)].std())
+    if res["vanilla"][1] is not None:  # paired replicates: same resampling counts for both methods
+        diff = res["nested"][1][:, marks.index(m)] - res["vanilla"][1][:, marks.index(m)]
+        row["nested_minus_vanilla"] = dict(point=row["nested_fd"] - row["vanilla_fd"], **bootstrap_spread(diff))
+    return row
 
 
 # ---------------------------------------------------------------------------------------------------- Fig. 11

@@ -8,7 +8,6 @@ cache. Sample i always uses seed ``seed + i`` and conditioning ``cond_for([i])``
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import time
@@ -18,17 +17,18 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..io import atomic_write_bytes
+from ..io import ChunkCache
 from ..core.nested import NestedSampler
 from ..core.noise import NoiseSource
 from .auc import UpdateSchedule
-from .features import quantize, state_fingerprint
+from .features import quantize
 
 CACHE_FORMAT = 1
 
 
 class TimedDenoiser:
-    """Wraps a denoiser: counts calls and the seconds spent in them (model forwards incl. CFG, x̂0 conversion)."""
+    """Wraps a denoiser: counts calls and the seconds spent in them (model forwards incl. CFG, x̂0 conversion);
+    waits for CUDA so that the seconds are the model's."""
 
     def __init__(self, denoiser):
         self.inner, self.schedule = denoiser, denoiser.schedule
@@ -37,7 +37,10 @@ class TimedDenoiser:
     def __call__(self, x, t, cond=None):
         t0 = time.perf_counter()
         try:
-            return self.inner(x, t, cond)
+            out = self.inner(x, t, cond)
+            if x.is_cuda:
+                torch.cuda.synchronize(x.device)
+            return out
         finally:
             self.seconds += time.perf_counter() - t0
             self.calls += 1
@@ -71,31 +74,6 @@ class SamplerFactory:
         return cond.to(self.device) if self.device is not None and isinstance(cond, torch.Tensor) else cond
 
 
-def bundled_factory(model=None, guidance: float | None = None, solver: str = "ddpm", inner_eta=None,
-                    outer_eta=0.0, grid: str = "clean", noise_prefetch: int = 1,
-                    noise_workers: int = 1) -> SamplerFactory:
-    """The bundled Fashion-MNIST UNet (or any TinyUNet) with CFG in the inner process; sample i gets label i % 10.
-    Sampling runs on the model's device; the device type is part of the cache key (float results differ)."""
-    from ..bundled.denoiser import DEFAULT_GUIDANCE, load_unet, make_denoiser
-    model = load_unet() if model is None else model
-    guidance = DEFAULT_GUIDANCE if guidance is None else float(guidance)
-    den = make_denoiser(model, guidance)
-    classes = int(model.config["num_classes"])
-    c = int(model.config["in_channels"])
-    size = int(model.config["image_size"])
-
-    def build(outer: int, inner: int) -> NestedSampler:
-        return NestedSampler(den, outer, inner, solver, inner_eta, outer_eta, grid)
-
-    device = next(model.parameters()).device
-    info = dict(model=f"TinyUNet-{state_fingerprint(model)}", guidance=guidance, solver=solver,
-                inner_eta=inner_eta, outer_eta=outer_eta, grid=grid, labels="sample index % num_classes")
-    if device.type != "cpu":
-        info["device"] = device.type
-    return SamplerFactory(build, (c, size, size), lambda idx: torch.tensor([i % classes for i in idx]), info,
-                          str(device), noise_prefetch, noise_workers)
-
-
 @dataclass
 class Snapshots:
     """Results of one configuration at each mark: ``images[mark_index[m]]`` is (N, C, H, W) uint8 at marks[m]."""
@@ -122,8 +100,11 @@ def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int] | NoiseSource, 
     marks = sorted(int(m) for m in marks)
     if not marks or marks[0] < 1 or marks[-1] > sampler.total_nfe:
         raise ValueError(f"marks: must lie in [1, {sampler.total_nfe}] (the sampler's NFE), got {marks}")
-    timed = TimedDenoiser(sampler.denoiser)
-    sampler.denoiser = timed
+    timers: list[TimedDenoiser] = []
+
+    def timed(denoiser):  # wraps the denoiser of this run only
+        timers.append(TimedDenoiser(denoiser))
+        return timers[-1]
     decode = getattr(sampler, "decode", None)  # latent samplers (pipelines): x̂0 latent → image, kept updates only
     images, nfes, sources, index = [], [], [], []
     last, p, t0 = None, 0, time.perf_counter()
@@ -141,28 +122,24 @@ def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int] | NoiseSource, 
             sources.append(u.source)
         index.append(len(images) - 1)
 
-    try:
-        with torch.no_grad():  # the generator body runs inside: sampling never builds autograd graphs
-            for u in sampler.stream(seeds, tuple(shape), cond, max_nfe=marks[-1], previews="first"):
-                tb = time.perf_counter()
-                while p < len(marks) and marks[p] < u.nfe:
-                    if last is None:
-                        raise ValueError(f"marks: no result exists yet at NFE {marks[p]}")
-                    keep(last)
-                    p += 1
-                last = u
-                bookkeeping += time.perf_counter() - tb
+    for u in sampler.stream(seeds, tuple(shape), cond, max_nfe=marks[-1], previews="first", wrap_denoiser=timed):
         tb = time.perf_counter()
-        while p < len(marks):
+        while p < len(marks) and marks[p] < u.nfe:
+            if last is None:
+                raise ValueError(f"marks: no result exists yet at NFE {marks[p]}")
             keep(last)
             p += 1
+        last = u
         bookkeeping += time.perf_counter() - tb
-    finally:
-        sampler.denoiser = timed.inner
+    tb = time.perf_counter()
+    while p < len(marks):
+        keep(last)
+        p += 1
+    bookkeeping += time.perf_counter() - tb
     total = time.perf_counter() - t0
-    timing = dict(sampling_s=total, denoiser_s=timed.seconds, denoiser_calls=timed.calls, decode_s=decode_s[0],
-                  snapshot_s=bookkeeping - decode_s[0],
-                  sampler_overhead_s=max(total - timed.seconds - bookkeeping, 0.0))
+    model_s, calls = sum(d.seconds for d in timers), sum(d.calls for d in timers)
+    timing = dict(sampling_s=total, denoiser_s=model_s, denoiser_calls=calls, decode_s=decode_s[0],
+                  snapshot_s=bookkeeping - decode_s[0], sampler_overhead_s=max(total - model_s - bookkeeping, 0.0))
     seeds = seeds.seeds if isinstance(seeds, NoiseSource) else list(seeds)
     return Snapshots(images, index, marks, nfes, sources, seeds, timing)
 
@@ -182,33 +159,21 @@ def collect_snapshots(factory: SamplerFactory, outer: int, inner: int, n_samples
         raise ValueError(f"n_samples and chunk: must be ≥ 1, got {n_samples} and {chunk}")
     sampler = factory.build(outer, inner)
     marks = sorted(int(m) for m in marks)
-    folder = Path(cache_dir) / cache_key(factory, outer, inner, marks)
-    folder.mkdir(parents=True, exist_ok=True)
+    cache = ChunkCache(Path(cache_dir) / cache_key(factory, outer, inner, marks))
     expected_index = UpdateSchedule.from_sampler(sampler).distinct_at(marks)
-    parts, timing = [], dict(sampling_s=0.0, denoiser_s=0.0, denoiser_calls=0, decode_s=0.0, snapshot_s=0.0,
-                             sampler_overhead_s=0.0, chunks_computed=0, chunks_cached=0, samples_computed=0)
+    timing = dict(sampling_s=0.0, denoiser_s=0.0, denoiser_calls=0, decode_s=0.0, snapshot_s=0.0,
+                  sampler_overhead_s=0.0, chunks_computed=0, chunks_cached=0, samples_computed=0)
+    parts = []
     for start in range(0, n_samples, chunk):
         idx = list(range(start, min(n_samples, start + chunk)))
-        path = folder / f"seed{seed}-samples{idx[0]:06d}-{idx[-1]:06d}.pt"
-        part = _load_chunk(path) if path.exists() else None
-        if part is not None:
-            timing["chunks_cached"] += 1
-        else:
-            snap = snapshot_stream(sampler, factory.noise([seed + i for i in idx]), (len(idx), *factory.sample_shape),
-                                   factory.cond_on_device(idx), marks)
-            part = dict(images=torch.stack(snap.images), mark_index=snap.mark_index, marks=snap.marks,
-                        update_nfes=snap.update_nfes, sources=snap.sources, seeds=snap.seeds, timing=snap.timing)
-            buf = io.BytesIO()
-            torch.save(part, buf)
-            atomic_write_bytes(path, buf.getvalue())
-            timing["chunks_computed"] += 1
-            timing["samples_computed"] += len(idx)
-            for k, v in snap.timing.items():
-                timing[k] += v
-            if log:
-                log(f"  {outer}x{inner}: samples {idx[-1] + 1}/{n_samples} ({snap.timing['sampling_s']:.1f} s)")
+        name = f"seed{seed}-samples{idx[0]:06d}-{idx[-1]:06d}"
+        part, computed = cache.get(name, lambda: _snapshot_chunk(factory, sampler, seed, idx, marks))
+        _account(timing, part, computed, len(idx))
+        if computed and log:
+            log(f"  {outer}x{inner}: samples {idx[-1] + 1}/{n_samples} ({part['timing']['sampling_s']:.1f} s)")
         if part["seeds"] != [seed + i for i in idx] or part["marks"] != marks:
-            raise ValueError(f"cache: {path} holds other seeds or marks; delete it or use another cache_dir")
+            raise ValueError(f"cache: {cache.path(name)} holds other seeds or marks; delete it or use another "
+                             f"cache_dir")
         if [part["update_nfes"][j] for j in part["mark_index"]] != expected_index:
             raise RuntimeError(f"{outer}x{inner}: snapshots at {marks} came from updates "
                                f"{[part['update_nfes'][j] for j in part['mark_index']]}, expected {expected_index}")
@@ -219,8 +184,18 @@ def collect_snapshots(factory: SamplerFactory, outer: int, inner: int, n_samples
     return Snapshots(images, first["mark_index"], marks, first["update_nfes"], first["sources"], seeds, timing)
 
 
-def _load_chunk(path: Path) -> dict | None:
-    try:
-        return torch.load(path, weights_only=True)
-    except Exception:  # a damaged file (cannot be half-written by us, but may be truncated by a full disk)
-        return None
+def _snapshot_chunk(factory: SamplerFactory, sampler: NestedSampler, seed: int, idx: list[int], marks) -> dict:
+    snap = snapshot_stream(sampler, factory.noise([seed + i for i in idx]), (len(idx), *factory.sample_shape),
+                           factory.cond_on_device(idx), marks)
+    return dict(images=torch.stack(snap.images), mark_index=snap.mark_index, marks=snap.marks,
+                update_nfes=snap.update_nfes, sources=snap.sources, seeds=snap.seeds, timing=snap.timing)
+
+
+def _account(timing: dict, part: dict, computed: bool, n: int) -> None:
+    if not computed:
+        timing["chunks_cached"] += 1
+        return
+    timing["chunks_computed"] += 1
+    timing["samples_computed"] += n
+    for k, v in part["timing"].items():
+        timing[k] += v

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from .operators import SVDOperator, _check_shape
+from .operators import SVDOperator, check_shape
 
 
 def uniform_kernel(size: int) -> torch.Tensor:
@@ -51,7 +51,7 @@ class Deblurring(SVDOperator):
 
     def __init__(self, shape: Sequence[int], kernel: torch.Tensor | Sequence[float],
                  kernel_cols: torch.Tensor | Sequence[float] | None = None, zero_below: float = 3e-2):
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         C, H, W = shape
         kr = self._check_kernel(kernel, "kernel")
         kc = kr if kernel_cols is None else self._check_kernel(kernel_cols, "kernel_cols")
@@ -92,10 +92,10 @@ class Deblurring(SVDOperator):
         return self._sandwich(self._flat(u, self.m, "u"), "Ur", "Uc")
 
     def Ut(self, y):
-        y = self._y(y)
+        y = self.measurement_rows(y)
         Y = y.reshape(-1, *self.shape)
         Ur, Uc = self._const("Ur", self.Ur, y), self._const("Uc", self.Uc, y)
         return (Ur.T @ Y @ Uc).reshape(y.shape[0], -1)
 
     def degraded_view(self, y):
-        return self._y(y).reshape(-1, *self.shape)        # the blurred image itself
+        return self.measurement_rows(y).reshape(-1, *self.shape)        # the blurred image itself

@@ -72,7 +72,7 @@ class Measurement:
         if not isinstance(operator, SVDOperator):
             raise TypeError(f"operator: expected an SVDOperator (e.g. SuperResolution), got {type(operator).__name__}")
         self.operator, self.sigma_y = operator, check_sigma_y(sigma_y)
-        self.y = operator._y(y, "y")
+        self.y = operator.measurement_rows(y, "y")
         if not bool(torch.isfinite(self.y).all()):
             raise ValueError("y: the measurement contains NaN or inf")
         s = operator.add_zeros(operator.singulars()[None])[0]            # float64, (n,)

@@ -22,7 +22,7 @@ def psnr(x_hat: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
 def consistency(operator: SVDOperator, x_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image ‖H x̂ − y‖₂ in the model's [−1, 1] units, on x̂ as returned (unclamped). For comparison with σ_y
     divide by √m (``operator.m``): an x̂ consistent with noisy y gives an RMS residual of at most about σ_y."""
-    r = operator.H(x_hat.detach().to(torch.float64)) - operator._y(y).to(torch.float64)
+    r = operator.H(x_hat.detach().to(torch.float64)) - operator.measurement_rows(y).to(torch.float64)
     return r.norm(dim=1)
 
 

@@ -23,7 +23,7 @@ import torch
 Shape = tuple[int, int, int]
 
 
-def _check_shape(shape: Sequence[int]) -> Shape:
+def check_shape(shape: Sequence[int]) -> Shape:
     try:
         s = tuple(int(v) for v in shape)
     except (TypeError, ValueError):
@@ -52,7 +52,7 @@ class SVDOperator:
     name = "operator"
 
     def __init__(self, shape: Sequence[int], m: int, singulars: torch.Tensor, measurement_shape: Sequence[int]):
-        self.shape = _check_shape(shape)
+        self.shape = check_shape(shape)
         self.n = math.prod(self.shape)
         self.m = int(m)
         self._s = singulars.to(torch.float64).reshape(-1)
@@ -84,7 +84,8 @@ class SVDOperator:
     def _x(self, x: torch.Tensor, what: str = "x") -> torch.Tensor:
         return self._flat(x, self.n, what, self.shape)
 
-    def _y(self, y: torch.Tensor, what: str = "y") -> torch.Tensor:
+    def measurement_rows(self, y: torch.Tensor, what: str = "y") -> torch.Tensor:
+        """y as (B, m) rows, checked against the measurement shape."""
         return self._flat(y, self.m, what, self.measurement_shape)
 
     # ----------------------------------------------------------------- the SVD (subclasses)
@@ -114,7 +115,7 @@ class SVDOperator:
         return self.U(self.singulars(x) * self.Vt(x)[:, :self.m])
 
     def Ht(self, y: torch.Tensor) -> torch.Tensor:
-        y = self._y(y)
+        y = self.measurement_rows(y)
         return self.V(self.add_zeros(self.singulars(y) * self.Ut(y)))
 
     def inverse_singulars(self, like: torch.Tensor) -> torch.Tensor:
@@ -123,7 +124,7 @@ class SVDOperator:
 
     def H_pinv(self, y: torch.Tensor) -> torch.Tensor:
         """Moore–Penrose pseudo-inverse: components with s = 0 get 0 (no inf/NaN)."""
-        y = self._y(y)
+        y = self.measurement_rows(y)
         return self.V(self.add_zeros(self.Ut(y) * self.inverse_singulars(y)))
 
     def degraded_view(self, y: torch.Tensor) -> torch.Tensor:
@@ -140,7 +141,7 @@ class Denoising(SVDOperator):
     name = "denoising"
 
     def __init__(self, shape: Sequence[int]):
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         n = math.prod(shape)
         super().__init__(shape, n, torch.ones(n, dtype=torch.float64), shape)
 
@@ -154,7 +155,7 @@ class Denoising(SVDOperator):
         return self._flat(u, self.m, "u").clone()
 
     def Ut(self, y):
-        return self._y(y).clone()
+        return self.measurement_rows(y).clone()
 
 
 class Inpainting(SVDOperator):
@@ -166,7 +167,7 @@ class Inpainting(SVDOperator):
     name = "inpainting"
 
     def __init__(self, shape: Sequence[int], keep: torch.Tensor):
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         keep = torch.as_tensor(keep)
         if keep.dtype != torch.bool:
             raise TypeError(f"keep: expected a boolean mask, got {keep.dtype}")
@@ -186,7 +187,7 @@ class Inpainting(SVDOperator):
     @classmethod
     def random(cls, shape: Sequence[int], missing_ratio: float = 0.5, seed: int = 0) -> "Inpainting":
         """round(ratio·H·W) pixels missing, chosen by torch.randperm with ``seed``; same pixels in every channel."""
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         if not (isinstance(missing_ratio, (int, float)) and 0.0 <= missing_ratio <= 1.0):
             raise ValueError(f"missing_ratio: must be a number in [0, 1], got {missing_ratio!r}")
         hw = shape[1] * shape[2]
@@ -198,7 +199,7 @@ class Inpainting(SVDOperator):
     @classmethod
     def box(cls, shape: Sequence[int], top: int, left: int, height: int, width: int) -> "Inpainting":
         """A missing rectangle of rows [top, top+height) and columns [left, left+width)."""
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         _, H, W = shape
         if not (0 <= top < H and 0 <= left < W and height >= 1 and width >= 1
                 and top + height <= H and left + width <= W):
@@ -218,7 +219,7 @@ class Inpainting(SVDOperator):
         return self._flat(u, self.m, "u").clone()
 
     def Ut(self, y):
-        return self._y(y).clone()
+        return self.measurement_rows(y).clone()
 
 
 class _BlockOperator(SVDOperator):
@@ -245,7 +246,7 @@ class _BlockOperator(SVDOperator):
         return self._flat(u, self.m, "u").clone()
 
     def Ut(self, y):
-        return self._y(y).clone()
+        return self.measurement_rows(y).clone()
 
 
 class SuperResolution(_BlockOperator):
@@ -254,7 +255,7 @@ class SuperResolution(_BlockOperator):
     name = "super-resolution"
 
     def __init__(self, shape: Sequence[int], factor: int):
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         if isinstance(factor, bool) or not isinstance(factor, numbers.Integral) or factor < 1:
             raise ValueError(f"factor: must be an integer ≥ 1, got {factor!r}")
         C, H, W = shape
@@ -289,7 +290,7 @@ class Colorization(_BlockOperator):
     name = "colorization"
 
     def __init__(self, shape: Sequence[int], weights: Sequence[float] | None = None):
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         C, H, W = shape
         if C < 2:
             raise ValueError(f"shape: colorization needs a colour image (≥ 2 channels, e.g. RGB), got {C} channel")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from .blur import Deblurring, gaussian_kernel, uniform_kernel
-from .operators import Colorization, Denoising, Inpainting, SuperResolution, SVDOperator, _check_shape
+from .operators import Colorization, Denoising, Inpainting, SuperResolution, SVDOperator, check_shape
 
 
 DEGRADATIONS = ("denoise", "inpaint", "inpaint_box", "sr", "colorize", "deblur_uniform", "deblur_gauss")
@@ -21,7 +21,7 @@ def make_operator(name: str, shape: Sequence[int], *, ratio: float = 0.5, mask_s
     if name == "inpaint":
         return Inpainting.random(shape, ratio, mask_seed)
     if name == "inpaint_box":
-        shape = _check_shape(shape)
+        shape = check_shape(shape)
         if box is None:  # the centred half-size square
             h, w = shape[1] // 2, shape[2] // 2
             box = ((shape[1] - h) // 2, (shape[2] - w) // 2, h, w)

@@ -1,6 +1,7 @@
 """diffusers pipelines for Nested Diffusion (needs the optional ``diffusers`` and ``transformers`` packages).
 
     from nested_diffusion.pipelines import NestedStableDiffusionPipeline, NestedDiTPipeline
+    # also NestedStableDiffusionXLPipeline, NestedStableDiffusion3Pipeline, NestedFluxPipeline (flow matching)
     pipe = NestedStableDiffusionPipeline.from_pretrained("path/to/sd-1.5")
     image = pipe("a photo of a cat", outer_steps=5, inner_steps=20).images[0]
     for out in pipe.iter_anytime("a photo of a cat", outer_steps=5, inner_steps=20):
@@ -18,6 +19,12 @@ _LAZY = {
     "NestedStableDiffusionPipelineOutput": "stable_diffusion",
     "NestedDiTPipeline": "dit",
     "NestedImagePipelineOutput": "dit",
+    "NestedStableDiffusionXLPipeline": "sdxl",
+    "NestedStableDiffusionXLPipelineOutput": "sdxl",
+    "NestedStableDiffusion3Pipeline": "sd3",
+    "NestedStableDiffusion3PipelineOutput": "sd3",
+    "NestedFluxPipeline": "flux",
+    "NestedFluxPipelineOutput": "flux",
     "SchedulerSolver": "adapters",
     "resolve_inner_solver": "adapters",
     "GeneratorNoise": "noise",
@@ -31,7 +38,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'nested_diffusion.pipelines' has no attribute {name!r}")
-    if module in ("stable_diffusion", "dit"):
+    if module in ("stable_diffusion", "dit", "sdxl", "sd3", "flux"):
         try:
             import diffusers  # noqa: F401
         except ImportError as e:  # pragma: no cover - exercised only without diffusers

@@ -154,7 +154,19 @@ def implied_outer_eta(solver: Solver) -> Any:
     return SQRT_ONE_MINUS_ALPHA_BAR if getattr(solver, "is_dpm_solver", False) else 0.0
 
 
-def _merge(ours: Any, ours_name: str, theirs: Any, theirs_name: str) -> Any:
+def step_counts(outer: Any, inner: Any, default_outer: int, default_inner: int) -> tuple[int, Any]:
+    """Outer and inner step counts with their defaults applied, validated (inner: an int or one per outer step)."""
+    outer = default_outer if outer is None else outer
+    inner = default_inner if inner is None else inner
+    check_steps(outer, 10 ** 9, 10 ** 9, "outer_steps")
+    if isinstance(inner, (list, tuple)) and len(inner) != outer:
+        raise ValueError(f"inner_steps: a list needs one entry per outer step ({outer}), got {len(inner)}")
+    check_step_counts(inner, "inner_steps")
+    return int(outer), inner
+
+
+def merge_names(ours: Any, ours_name: str, theirs: Any, theirs_name: str) -> Any:
+    """Our argument name and the authors' for one setting: at most one value (or equal values)."""
     if ours is not None and theirs is not None and ours != theirs:
         raise ValueError(f"{ours_name}={ours!r} and {theirs_name}={theirs!r} name the same setting with different "
                          f"values; pass only one")
@@ -174,16 +186,11 @@ def resolve_nested_args(outer_steps, num_inference_steps, inner_steps, num_inner
                         default_solver: str, auto_outer_eta_for_dpm: bool) -> NestedArgs:
     """Merge both naming schemes and apply the defaults. Outer η default: √(1−ᾱ_t) when the inner solver is
     DPM-Solver++ and ``auto_outer_eta_for_dpm`` (the paper's high-order setting, §C.2), else 0 (DDIM)."""
-    outer = _merge(outer_steps, "outer_steps", num_inference_steps, "num_inference_steps")
-    inner = _merge(inner_steps, "inner_steps", num_inner_steps, "num_inner_steps")
-    chosen = _merge(inner_solver, "inner_solver", inner_scheduler, "inner_scheduler")
-    o_eta = _merge(outer_eta, "outer_eta", eta, "eta")
-    outer = default_outer if outer is None else outer
-    inner = default_inner if inner is None else inner
-    check_steps(outer, 10 ** 9, 10 ** 9, "outer_steps")
-    if isinstance(inner, (list, tuple)) and len(inner) != outer:
-        raise ValueError(f"inner_steps: a list needs one entry per outer step ({outer}), got {len(inner)}")
-    check_step_counts(inner, "inner_steps")
+    outer, inner = step_counts(merge_names(outer_steps, "outer_steps", num_inference_steps, "num_inference_steps"),
+                               merge_names(inner_steps, "inner_steps", num_inner_steps, "num_inner_steps"),
+                               default_outer, default_inner)
+    chosen = merge_names(inner_solver, "inner_solver", inner_scheduler, "inner_scheduler")
+    o_eta = merge_names(outer_eta, "outer_eta", eta, "eta")
     solver = resolve_inner_solver(default_solver if chosen is None else chosen, inner_eta)
     if o_eta is None:
         o_eta = implied_outer_eta(solver) if auto_outer_eta_for_dpm else 0.0

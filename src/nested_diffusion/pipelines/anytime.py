@@ -25,14 +25,16 @@ class PipelineInterrupted(Exception):
     """Raised inside the denoiser when ``pipe._interrupt`` was set; the loop ends with the last finished update."""
 
 
-def with_anytime_fields(base: type, name: str, doc: str, module: str) -> type:
+def with_anytime_fields(base: type, name: str, doc: str, module: str, extra_fields: tuple = ()) -> type:
     """A dataclass subclass of a diffusers output class with every ``AnytimeInfo`` field (defaults: a finished
-    result) plus ``latents``, the x̂0 latent the images were decoded from."""
+    result) plus ``latents``, the x̂0 latent the images were decoded from, and ``extra_fields`` ((name, type,
+    dataclasses.field) triples)."""
     defaults = dict(nfe=0, outer_step=0, outer_steps=0, inner_step=0, inner_steps=0, final=True,
                     source=INNER_RESULT, t=0, elapsed=0.0)
     extra = [(f.name, f.type, dataclasses.field(default=defaults.get(f.name)))
              for f in dataclasses.fields(AnytimeInfo)]
     extra.append(("latents", "torch.Tensor | None", dataclasses.field(default=None)))
+    extra.extend(extra_fields)
     cls = dataclasses.make_dataclass(name, extra, bases=(base,), namespace={"__doc__": doc, "__module__": module})
     return cls
 
@@ -70,7 +72,8 @@ def callback_inputs(callback: Any, tensor_inputs: Sequence[str] | None) -> list[
 def anytime_pairs(pipe: Any, sampler: NestedSampler, noise: NoiseSource, x_T: torch.Tensor, cond: Any,
                   max_nfe: int | None, deadline: float | None, previews: str, callback: Callable | None,
                   tensor_inputs: Sequence[str], callback_tensors: Callable[[], dict],
-                  apply_callback_output: Callable[[dict], None]) -> Iterator[tuple[AnytimeUpdate, torch.Tensor]]:
+                  apply_callback_output: Callable[[dict], None], denoiser_hook: Callable | None = None
+                  ) -> Iterator[tuple[AnytimeUpdate, torch.Tensor]]:
     """Drive ``sampler.stream`` and yield (update, x̂0 latent) per anytime update.
 
     ``callback_on_step_end(pipe, i, t, kwargs)`` fires once per update: i = update index, t = outer time the
@@ -78,12 +81,14 @@ def anytime_pairs(pipe: Any, sampler: NestedSampler, noise: NoiseSource, x_T: to
     ``tensor_inputs``). A returned "latents" replaces the reported x̂0 of this update (the sampler state is not
     changed); other returned tensors go to ``apply_callback_output`` (e.g. new prompt embeddings, used from the
     next denoiser call on). Setting ``pipe._interrupt = True`` stops at the next denoiser call; the last finished
-    update is the result.
+    update is the result. ``denoiser_hook(denoiser) -> denoiser`` wraps the model denoiser of this call only
+    (e.g. to time or count model calls).
     """
     pipe._num_timesteps = sampler.total_nfe
     budget = sampler.total_nfe if max_nfe is None else min(max_nfe, sampler.total_nfe)
     stream = sampler.stream(noise, tuple(x_T.shape), cond=cond, max_nfe=max_nfe, deadline=deadline,
-                            previews=previews, x_T=x_T, device=x_T.device, dtype=x_T.dtype)
+                            previews=previews, x_T=x_T, device=x_T.device, dtype=x_T.dtype,
+                            wrap_denoiser=denoiser_hook)
     done = 0
     try:
         with pipe.progress_bar(total=budget) as bar:
@@ -129,6 +134,16 @@ class AnytimeIterMixin:
         with torch.no_grad():
             pairs, ctx = self._prepare(**bind_call(self, args, kwargs))
         return self._decoded(pairs, ctx)
+
+    def _final_output(self, call_locals: dict):
+        """``__call__``'s body: run the anytime loop to its end and decode only the last update."""
+        pairs, ctx = self._prepare(**{k: v for k, v in call_locals.items() if k not in ("self", "__class__")})
+        last = None
+        for last in pairs:  # final-only: nothing but the last update is decoded
+            pass
+        if last is None:
+            raise RuntimeError("interrupted or past the deadline before the first model call finished; no result")
+        return self._output(*last, ctx)
 
     @torch.no_grad()
     def _decoded(self, pairs, ctx):

@@ -79,6 +79,7 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         grid: str = "clean",
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        denoiser_hook: Callable | None = None,
         num_inference_steps: int | None = None,
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
@@ -99,14 +100,9 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
             generator, latents, output_type ("pil", "np", "pt", "latent"), return_dict: as in ``DiTPipeline``.
             max_nfe, deadline, previews, grid, callback_on_step_end(+_tensor_inputs): as in
                 ``NestedStableDiffusionPipeline``; the callback's kwargs["latents"] is the update's x̂0 latent.
+            denoiser_hook(denoiser) -> denoiser: wraps this call's model denoiser (profiling, NFE counting).
         """
-        pairs, ctx = self._prepare(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        last = None
-        for last in pairs:
-            pass
-        if last is None:
-            raise RuntimeError("interrupted or past the deadline before the first model call finished; no result")
-        return self._output(*last, ctx)
+        return self._final_output(locals())
 
     # ------------------------------------------------------------------------------------------------ internals
     def _label_ids(self, class_labels: Any) -> list[int]:
@@ -174,7 +170,8 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         x_T = noise.randn(shape[1:]) if a["latents"] is None else a["latents"].to(device=device, dtype=dtype)
         labels = torch.tensor(ids, dtype=torch.long, device=device)
         pairs = anytime_pairs(self, sampler, noise, x_T, labels, a["max_nfe"], a["deadline"], a["previews"],
-                              a["callback_on_step_end"], tensor_inputs, dict, lambda returned: None)
+                              a["callback_on_step_end"], tensor_inputs, dict, lambda returned: None,
+                              a["denoiser_hook"])
         return pairs, dict(output_type=a["output_type"], return_dict=a["return_dict"])
 
     def _dit_fn(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

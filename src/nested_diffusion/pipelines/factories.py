@@ -124,20 +124,15 @@ def _list_hash(items: Sequence) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ sampler
-class _Forward:
-    """Stands in for the pipeline's denoiser inside the runners (which wrap it with timers): forwards each call
-    to the denoiser of the pipeline run in progress; waits for CUDA so timers measure the model."""
+class _ScheduleOnly:
+    """The PipelineSampler's own denoiser: it carries the schedule (for grids and NFE counts); the model denoiser
+    exists only inside a pipeline call."""
 
     def __init__(self, schedule: NoiseSchedule):
-        self.schedule, self.target = schedule, None
+        self.schedule = schedule
 
     def __call__(self, x, t, cond=None):
-        if self.target is None:
-            raise RuntimeError("PipelineSampler: the denoiser is only callable during stream()")
-        out = self.target(x, t, cond)
-        if x.is_cuda:
-            torch.cuda.synchronize(x.device)
-        return out
+        raise RuntimeError("PipelineSampler: the model runs inside pipe.iter_anytime; use stream()")
 
 
 class PipelineSampler(NestedSampler):
@@ -151,15 +146,14 @@ class PipelineSampler(NestedSampler):
         args = resolve_nested_args(outer, None, inner, None, options.get("inner_solver"), None,
                                    options.get("inner_eta"), options.get("outer_eta"), None, **defaults)
         schedule = NoiseSchedule.from_diffusers_config(dict(pipe.scheduler.config))
-        super().__init__(_Forward(schedule), args.outer_steps, args.inner_steps, args.solver, None,
+        super().__init__(_ScheduleOnly(schedule), args.outer_steps, args.inner_steps, args.solver, None,
                          args.outer_eta, options.get("grid", "clean"))
         self.pipe, self.cond_arg, self.latent_shape = pipe, cond_arg, tuple(latent_shape)
         self.options, self.outer_arg, self.inner_arg = dict(options), outer, inner
         self.decode_batch = int(decode_batch)
-        self._forward = self.denoiser
 
     def stream(self, seeds, shape, cond=None, max_nfe=None, deadline=None, previews="first", x_T=None,
-               device=None, dtype=None):
+               device=None, dtype=None, stop=None, grad=False, wrap_denoiser=None):
         shape = tuple(int(s) for s in shape)
         if shape[1:] != self.latent_shape:
             raise ValueError(f"shape: expected (batch, *{self.latent_shape}), got {shape}")
@@ -167,21 +161,19 @@ class PipelineSampler(NestedSampler):
             raise ValueError(f"cond: need one {self.cond_arg} entry per sample ({shape[0]}), got {cond!r}")
         pipe_device = self.pipe._execution_device
         noise = as_noise_source(seeds, shape[0], pipe_device, self.pipe_dtype)  # per-sample CPU generators
+        if grad:
+            raise ValueError("grad: the diffusers pipelines always run without autograd")
         outs = self.pipe.iter_anytime(**{self.cond_arg: list(cond)}, **self.options, outer_steps=self.outer_arg,
                                       inner_steps=self.inner_arg, generator=noise, latents=x_T, max_nfe=max_nfe,
-                                      deadline=deadline, previews=previews, output_type="latent")
-        run = self.pipe.nested_sampler   # set by iter_anytime's preparation; sampling starts on the first next()
-        if run.inner_steps != self.inner_steps or run.total_nfe != self.total_nfe:
-            raise RuntimeError(f"PipelineSampler: the pipeline resolved {run.inner_steps} inner steps, the "
-                               f"factory {self.inner_steps}")
-        original = run.denoiser
-        self._forward.target, run.denoiser = original, self.denoiser   # self.denoiser may be a runner's timer
+                                      deadline=deadline, previews=previews, output_type="latent",
+                                      denoiser_hook=wrap_denoiser)
         try:
             for out in outs:
                 yield AnytimeUpdate.of(out.images, out)
+                if stop is not None and (stop.is_set() if hasattr(stop, "is_set") else stop()):
+                    return
         finally:
             outs.close()
-            run.denoiser, self._forward.target = original, None
 
     @property
     def pipe_dtype(self) -> torch.dtype:
@@ -307,6 +299,6 @@ class PromptScore:
 
 def prompt_score(factory: SamplerFactory, scorer: Callable, name: str | None = None) -> PromptScore:
     """A PromptScore that scores sample i against the prompt ``factory`` gave it (SD factories only)."""
-    if factory.info.get("pipeline") != "sd" or factory.cond_for is None:
+    if factory.info.get("pipeline") not in ("sd", "sdxl", "sd3", "flux") or factory.cond_for is None:
         raise ValueError(f"factory: prompt scores need an sd_factory (prompts), got {factory.info.get('pipeline')!r}")
     return PromptScore(scorer, factory.cond_for, name)

@@ -86,6 +86,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         clip_skip: int | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        denoiser_hook: Callable | None = None,
         num_inference_steps: int | None = None,
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
@@ -117,14 +118,9 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
                 kwargs["latents"] is the update's x̂0 latent; returned prompt embeddings take effect from the
                 next UNet call. Setting ``pipe._interrupt = True`` stops at the next UNet call and returns the
                 last finished update.
+            denoiser_hook(denoiser) -> denoiser: wraps this call's model denoiser (profiling, NFE counting).
         """
-        pairs, ctx = self._prepare(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
-        last = None
-        for last in pairs:  # final-only: nothing but the last update is decoded
-            pass
-        if last is None:
-            raise RuntimeError("interrupted or past the deadline before the first UNet call finished; no result")
-        return self._output(*last, ctx)
+        return self._final_output(locals())
 
     # ------------------------------------------------------------------------------------------------ internals
     def _check_prompts(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds) -> int:
@@ -149,8 +145,8 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
                              f"prompt_embeds {tuple(prompt_embeds.shape)}")
         return batch
 
-    def _prepare(self, **a):
-        # ---- 1. every check before any model call
+    def _check_call(self, a: dict) -> tuple:
+        """Every argument check (before any model call): (callback tensor inputs, prompts, batch, latent shape)."""
         if a["height"] is None or a["width"] is None:
             size = self.unet.config.sample_size
             size = (size, size) if isinstance(size, int) else tuple(size)
@@ -170,11 +166,6 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         prompts = self._check_prompts(a["prompt"], a["negative_prompt"], a["prompt_embeds"],
                                       a["negative_prompt_embeds"])
         batch = prompts * n_img
-        prompt, negative = a["prompt"], a["negative_prompt"]
-        if isinstance(negative, str) and prompts > 1:
-            negative = [negative] * prompts  # one negative prompt for every prompt
-        if isinstance(negative, list) and isinstance(prompt, str):
-            prompt = [prompt]
         gen = a["generator"]
         if isinstance(gen, list) and len(gen) != batch:
             raise ValueError(f"generator: a list of {len(gen)} generators for {batch} images "
@@ -183,6 +174,10 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
                  a["width"] // self.vae_scale_factor)
         if a["latents"] is not None and tuple(a["latents"].shape) != shape:
             raise ValueError(f"latents: expected shape {shape}, got {tuple(a['latents'].shape)}")
+        return tensor_inputs, prompts, batch, shape
+
+    def _nested_sampler(self, a: dict) -> NestedSampler:
+        """The core sampler of this call (validates every grid and step count)."""
         args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
                                    a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
                                    a["outer_eta"], a["eta"], default_outer=5, default_inner=20,
@@ -199,9 +194,19 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         self._interrupt = False
         learned = self.unet.config.out_channels == 2 * self.unet.config.in_channels
         denoiser = ModelDenoiser(self._unet_fn, schedule, config.get("prediction_type", "epsilon"), learned)
-        sampler = NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
-                                a["grid"])  # validates every grid and step count
+        return NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
+                             a["grid"])
+
+    def _prepare(self, **a):
+        tensor_inputs, prompts, batch, shape = self._check_call(a)  # 1. every check before any model call
+        sampler = self._nested_sampler(a)
         self.nested_sampler = sampler
+        n_img, gen = a["num_images_per_prompt"], a["generator"]
+        prompt, negative = a["prompt"], a["negative_prompt"]
+        if isinstance(negative, str) and prompts > 1:
+            negative = [negative] * prompts  # one negative prompt for every prompt
+        if isinstance(negative, list) and isinstance(prompt, str):
+            prompt = [prompt]
         # ---- 2. text encoder, noise, loop
         device = self._execution_device
         lora_scale = (a["cross_attention_kwargs"] or {}).get("scale")
@@ -228,7 +233,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
             cond.negative = returned.get("negative_prompt_embeds", cond.negative)
 
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
-                              a["callback_on_step_end"], tensor_inputs, tensors, apply)
+                              a["callback_on_step_end"], tensor_inputs, tensors, apply, a["denoiser_hook"])
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], device=device, dtype=dtype,
                    generator=gen if isinstance(gen, (torch.Generator, list)) else None)
         return pairs, ctx

@@ -1,0 +1,70 @@
+"""``nested-diffusion serve``: the anytime web demo (Gradio, optional extra ``[demo]``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .argtypes import int_at_least, positive_float
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    s = sub.add_parser("serve", help="the anytime web demo: watch the image improve, stop when it is good enough",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
+                           "Serve a Gradio page (offline: no analytics, no share tunnel) streaming every anytime "
+                           "update, with Stop (keep the current image), Cancel, a vanilla comparison, a "
+                           "progression strip and a GIF. Needs: pip install 'nested-diffusion[demo]'."))
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the page on the network)")
+    s.add_argument("--port", type=int_at_least("--port", 1), default=7860, help="TCP port")
+    s.add_argument("--pipeline", choices=("bundled", "sd", "dit"), default="bundled",
+                   help="bundled Fashion-MNIST model, Nested Stable Diffusion or Nested DiT")
+    s.add_argument("--model-path", default=None,
+                   help="model folder: a TinyUNet folder (bundled; default: the shipped weights) or a saved "
+                        "diffusers pipeline (sd, dit; required)")
+    s.add_argument("--device", default="cpu", help="torch device")
+    s.add_argument("--concurrency", type=int_at_least("--concurrency", 1), default=2,
+                   help="jobs computed at once (pipelines run one at a time); the others wait in the queue")
+    s.add_argument("--queue-size", type=int_at_least("--queue-size", 1), default=32,
+                   help="waiting jobs beyond which new requests are refused")
+    s.add_argument("--max-batch", type=int_at_least("--max-batch", 1), default=10, help="images per job")
+    s.add_argument("--max-outer-steps", type=int_at_least("--max-outer-steps", 1), default=50)
+    s.add_argument("--max-inner-steps", type=int_at_least("--max-inner-steps", 1), default=250)
+    s.add_argument("--max-nfe", type=int_at_least("--max-nfe", 1), default=1000, help="cap on outer × inner")
+    s.add_argument("--max-size", type=int_at_least("--max-size", 8), default=768,
+                   help="cap on pipeline image height/width (pixels)")
+    s.add_argument("--max-deadline", type=positive_float("--max-deadline"), default=600.0, help="seconds")
+    s.add_argument("--threads", type=int_at_least("--threads", 1), default=None, help="torch CPU threads")
+    return s
+
+
+def run(args) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("error: serve needs Gradio; install the demo extra: pip install 'nested-diffusion[demo]' "
+              "(in a checkout: bash scripts/setup.sh demo)", file=sys.stderr)
+        return 2
+    import torch
+
+    from ..web.app import build_app, launch_app
+    from ..web.backends import Limits, load_backend
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        limits = Limits(args.max_batch, args.max_outer_steps, args.max_inner_steps, args.max_nfe, args.max_size,
+                        args.max_deadline)
+        backend = load_backend(args.pipeline, args.model_path, args.device)
+    except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    demo = build_app(backend, limits, concurrency=1 if backend.exclusive else args.concurrency,
+                     queue_size=args.queue_size)
+    print(f"serving {args.pipeline} on http://{args.host}:{args.port} (Ctrl+C to stop)", flush=True)
+    try:
+        launch_app(demo, args.host, args.port, block=True, quiet=True)
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:
+        print(f"error: --port {args.port}: {e}", file=sys.stderr)
+        return 2
+    return 0
