@@ -259,3 +259,22 @@ def test_entropy_and_margin_signals():
     torch.testing.assert_close(entropy(logits)[0], torch.tensor(math.log(2)))
     assert float(entropy(logits)[1]) < 1e-3 and 0 < float(entropy(logits)[2]) < math.log(2)
     torch.testing.assert_close(margin(logits), torch.tensor([0.0, 10.0, 1.0]))
+
+
+def test_shipped_calibrations_load_and_match_their_configurations():
+    from nested_diffusion.bundled import DEFAULT_GUIDANCE, load_unet
+    from nested_diffusion.bundled.expected_change import resolve_calibration, shipped_calibrations
+    files = shipped_calibrations()
+    assert {p.name.split("-")[0] for p in files} >= {"5x20", "10x20", "2x100"}
+    for p in files:
+        cal = load_calibration(p)
+        assert p.stem.endswith(cal.hash) and cal.meta["samples"] >= 300
+    unet = load_unet()
+    demo = NestedSampler(make_denoiser(unet, DEFAULT_GUIDANCE), 5, 20, "ddpm")
+    cal = resolve_calibration("auto", demo, unet, DEFAULT_GUIDANCE)
+    assert cal is not None and cal.features is not None and cal.meta["samples"] == 600
+    other = NestedSampler(make_denoiser(unet, DEFAULT_GUIDANCE), 4, 20, "ddpm")
+    assert resolve_calibration("auto", other, unet, DEFAULT_GUIDANCE) is None
+    with pytest.raises(ValueError, match="model.guidance"):
+        resolve_calibration("auto", demo, unet, 3.0) or cal.check(demo.calibration_settings(), {
+            "weights": cal.config["model"]["weights"], "guidance": 3.0})
