@@ -5,8 +5,9 @@ DDPM, guidance 2.0), one batch of ``--batch`` samples, previews "first", no infe
 turns autograd off itself). Runs alternate plain / pixel-signal calibration / feature-signal calibration
 ``--repeats`` times; the script prints, per variant, the median over repeats of its wall-time and CPU-time ratio
 to the plain run of the same repeat (target ≤ 1.02); CPU time is the robust one on a shared machine.
-The calibrations are the shipped one for the demo configuration (signals as shipped) and one fitted here on a
-small calibration run for the other signal set (the fit's quality does not affect the cost).
+The calibrations are the shipped ones for the demo configuration ("auto" = pixel signals, "feature"); a
+variant without a shipped file is fitted here on a small calibration run (the fit's quality does not affect the
+cost).
 
 Usage: python benchmarks/expected_change_overhead.py [--batch 10] [--repeats 5] [--threads 1]
 """
@@ -57,9 +58,9 @@ def main() -> None:
     fn = classifier_feature_function()[0]
     cals = {"pixel": small_calibration(sampler, config, fn, False),
             "feature": small_calibration(sampler, config, fn, True)}
-    shipped = resolve_calibration("auto", sampler, unet, DEFAULT_GUIDANCE)
-    if shipped is not None:
-        cals["feature" if shipped.uses_feature_signals() else "pixel"] = shipped
+    shipped = {k: resolve_calibration(c, sampler, unet, DEFAULT_GUIDANCE)
+               for k, c in (("pixel", "auto"), ("feature", "feature"))}
+    cals.update({k: c for k, c in shipped.items() if c is not None})
     labels = torch.arange(a.batch) % 10
     times = {"plain": [], **{k: [] for k in cals}}
     timed(sampler, labels, None)  # warm-up
@@ -68,7 +69,7 @@ def main() -> None:
         for k, cal in cals.items():
             times[k].append(timed(sampler, labels, cal))
     print(f"demo configuration 5x20 ddpm, batch {a.batch}, {a.threads} thread(s), {a.repeats} alternating repeats"
-          f"; shipped calibration: {'yes (' + shipped.hash + ')' if shipped else 'none found'}")
+          f"; shipped calibrations used: {', '.join(k for k, c in shipped.items() if c is not None) or 'none'}")
     print("  ratios to the plain run of the same repeat (median over repeats); CPU = this process's CPU time, "
           "robust on a shared machine")
     for k, v in times.items():

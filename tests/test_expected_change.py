@@ -265,14 +265,17 @@ def test_shipped_calibrations_load_and_match_their_configurations():
     from nested_diffusion.bundled import DEFAULT_GUIDANCE, load_unet
     from nested_diffusion.bundled.expected_change import resolve_calibration, shipped_calibrations
     files = shipped_calibrations()
-    assert {p.name.split("-")[0] for p in files} >= {"5x20", "10x20", "2x100"}
+    assert {(p.name.split("-")[0], p.name.split("-")[2]) for p in files} >= {
+        (c, s) for c in ("5x20", "10x20", "2x100") for s in ("pixel", "feature")}
     for p in files:
         cal = load_calibration(p)
         assert p.stem.endswith(cal.hash) and cal.meta["samples"] >= 300
     unet = load_unet()
     demo = NestedSampler(make_denoiser(unet, DEFAULT_GUIDANCE), 5, 20, "ddpm")
     cal = resolve_calibration("auto", demo, unet, DEFAULT_GUIDANCE)
-    assert cal is not None and cal.features is not None and cal.meta["samples"] == 600
+    assert cal is not None and not cal.uses_feature_signals() and cal.meta["samples"] == 600
+    cal = resolve_calibration("feature", demo, unet, DEFAULT_GUIDANCE)
+    assert cal.uses_feature_signals() and cal.features is not None and cal.meta["samples"] == 600
     other = NestedSampler(make_denoiser(unet, DEFAULT_GUIDANCE), 4, 20, "ddpm")
     assert resolve_calibration("auto", other, unet, DEFAULT_GUIDANCE) is None
     with pytest.raises(ValueError, match="model.guidance"):

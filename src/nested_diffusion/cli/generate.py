@@ -40,8 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--scale", type=positive_int("--scale"), default=4, help="pixel upscaling in pictures")
     g.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads")
     g.add_argument("--quiet", action="store_true", help="no per-update lines or progress bar")
-    g.add_argument("--calibration", default="auto", help="expected change: 'auto' (the shipped calibration of "
-                   "this configuration, if any), 'none', or a file from `nested-diffusion calibrate`")
+    g.add_argument("--calibration", default="auto", help="expected change: 'auto' (the shipped pixel-signal "
+                   "calibration of this configuration, if any), 'feature' (the shipped one with classifier signals), "
+                   "'none', or a file from `nested-diffusion calibrate`")
 
     return g
 
