@@ -186,7 +186,7 @@ class NestedSampler:
         configuration, else ValueError) attaches an ``ExpectedChange`` to every update, from signals the run
         already has (no extra NFE)."""
         shape = _check_stream_args(shape, max_nfe, deadline, previews)
-        tracker, calibration = None, calibration if calibration is not None else self.calibration
+        tracker, calibration = None, calibration if calibration is not None else getattr(self, "calibration", None)
         if calibration is not None:
             calibration.check(self.calibration_settings(previews))
             tracker = calibration.tracker()
@@ -236,7 +236,7 @@ class NestedSampler:
         settings = dict(outer_steps=self.outer_steps, inner_steps=self.inner_steps, inner_solver=inner.name,
                         inner_eta=getattr(inner, "eta", None), outer_eta=self.solver.outer_eta,
                         grid=self.grid_convention, t_start=self.t_start, previews=previews,
-                        num_train_timesteps=self.denoiser.schedule.num_train_timesteps)
+                        num_train_timesteps=getattr(self.denoiser.schedule, "num_train_timesteps", None))
         if self.solver.outer_times is not None:  # a custom outer grid (the default grid follows from the above)
             settings["outer_times"] = self.solver.outer_times
         return canonical(settings)
