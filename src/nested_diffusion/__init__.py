@@ -13,6 +13,8 @@ from .core.solvers import DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolve
 from .core.registry import SolverSpec, get_solver, register_solver, solver_names, unregister_solver
 from .core.nested import NestedSampler, NestedSolver, vanilla_sampler
 from .core.analytic import GaussianMixtureDenoiser
+from .core.expected_change import Calibration, ExpectedChange, load_calibration
+from .core.change_fit import fit_calibration
 from .core.flow_schedule import FlowSchedule
 from .core.flow_solvers import FlowDenoiser, FlowEulerSolver, FlowHeunSolver
 from .core.flow_registry import flow_solver_names, get_flow_solver
@@ -26,6 +28,7 @@ __all__ = ["NoiseSchedule", "get_schedule", "ClassifierFreeGuidance", "CountingD
            "AnytimeInfo", "AnytimeUpdate", "SolverEvent", "step_grid", "DDIMSolver", "DDPMLearnedSolver",
            "DPMSolverPP2M", "DPMSolverPP2S", "Solver", "SolverSpec", "get_solver", "register_solver",
            "solver_names", "unregister_solver", "NestedSampler", "NestedSolver", "vanilla_sampler",
-           "GaussianMixtureDenoiser", "FlowSchedule", "FlowDenoiser", "FlowEulerSolver", "FlowHeunSolver",
+           "GaussianMixtureDenoiser", "Calibration", "ExpectedChange", "load_calibration", "fit_calibration",
+           "FlowSchedule", "FlowDenoiser", "FlowEulerSolver", "FlowHeunSolver",
            "flow_solver_names", "get_flow_solver", "FlowNestedSampler", "FlowNestedSolver", "flow_vanilla_sampler",
            "GaussianMixtureVelocity", "__version__"]

@@ -40,6 +40,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--scale", type=positive_int("--scale"), default=4, help="pixel upscaling in pictures")
     g.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads")
     g.add_argument("--quiet", action="store_true", help="no per-update lines or progress bar")
+    g.add_argument("--calibration", default="auto", help="expected change: 'auto' (the shipped pixel-signal "
+                   "calibration of this configuration, if any), 'feature' (the shipped one with classifier signals), "
+                   "'none', or a file from `nested-diffusion calibrate`")
 
     return g
 
@@ -64,6 +67,9 @@ def build_samplers(args) -> tuple[list, dict, list[int]]:
                     seeds=[args.seed + i for i in range(len(classes))], outer=args.outer, inner=args.inner,
                     solver=args.solver, inner_eta=inner_eta, outer_eta=args.outer_eta, guidance=guidance,
                     budget=args.budget, deadline=args.deadline, grid=args.grid, model=args.model or "bundled")
+    from ..bundled.expected_change import resolve_calibration
+    samplers[0][1].calibration = resolve_calibration(args.calibration, samplers[0][1], model, guidance)
+    settings["calibration"] = getattr(samplers[0][1].calibration, "hash", None)
     return samplers, settings, classes
 
 
@@ -104,7 +110,8 @@ def sample_one(name: str, sampler, settings: dict, classes: list[int], out: Path
                                 max_nfe=args.budget, deadline=args.deadline):
             rec.add(u)
             progress.update(u.nfe, f"  nfe {u.nfe:4d}/{total}  outer {u.outer_step}/{u.outer_steps}  t={u.t:3d}  "
-                                   f"{u.elapsed:6.2f} s  {'final' if u.final else u.source}")
+                                   f"{u.elapsed:6.2f} s  {'final' if u.final else u.source}"
+                                   + (f"  {u.expected_change.summary()}" if u.expected_change is not None else ""))
     except KeyboardInterrupt:
         code = 130
         print("\ninterrupted: writing the latest result", file=sys.stderr)

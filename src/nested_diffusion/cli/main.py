@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 from . import eval as cli_eval
-from . import generate, restore, restore_table, sample, serve, train
+from . import calibrate, generate, restore, restore_table, sample, serve, train
 
 COMMANDS = {
     "generate": generate.run,
@@ -23,6 +23,7 @@ COMMANDS = {
     "sample": sample.run_sample,
     "merge": sample.run_merge,
     "serve": serve.run,
+    "calibrate": calibrate.run,
 }
 
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore_table.add_parser(sub)
     sample.add_parser(sub)
     serve.add_parser(sub)
+    calibrate.add_parser(sub)
     return p
 
 

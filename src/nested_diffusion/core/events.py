@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from .expected_change import ExpectedChange
 
 X0_PREVIEW = "x0_preview"
 INNER_RESULT = "inner_result"
@@ -59,10 +62,14 @@ class AnytimeInfo:
     source: str           # X0_PREVIEW or INNER_RESULT
     t: int                # outer time the inner run started from
     elapsed: float        # seconds since sampling started
+    expected_change: "ExpectedChange | None" = None  # per-sample predicted remaining change (with a calibration)
 
     def info(self) -> dict[str, Any]:
-        """The AnytimeInfo fields as a dict (JSON-able)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(AnytimeInfo)}
+        """The AnytimeInfo fields as a dict (JSON-able: ``expected_change`` as one dict per sample, or None)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(AnytimeInfo)}
+        if d["expected_change"] is not None:
+            d["expected_change"] = d["expected_change"].to_list()
+        return d
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from .denoisers import Denoiser, NonFiniteOutputError
 from .eta import EtaSpec, resolve_eta, validate_eta
 from .events import INNER_RESULT, X0_PREVIEW, AnytimeUpdate, SolverEvent
+from .expected_change import Calibration, SignalTracker, VarianceObserver, canonical, mean_var
 from .grids import CLEAN, check_convention, check_step_counts, outer_grid
 from .noise import NoiseSource, as_noise_source
 from .registry import get_solver
@@ -151,7 +152,7 @@ class NestedSampler:
     def __init__(self, denoiser: Denoiser, outer_steps: int, inner_steps: int | Sequence[int],
                  inner_solver: Solver | str = "ddim", inner_eta: EtaSpec | None = None,
                  outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: int | None = None,
-                 outer_times: Sequence[int] | None = None):
+                 outer_times: Sequence[int] | None = None, calibration: Calibration | None = None):
         check_convention(grid)
         if not hasattr(denoiser, "schedule"):
             raise TypeError("denoiser: must have a .schedule (a NoiseSchedule), e.g. a ModelDenoiser")
@@ -165,21 +166,30 @@ class NestedSampler:
         self.times = self.solver.grid(self.t_start, outer_steps, grid)  # validates every step count up front
         self.inner_steps = self.solver.steps_per_outer(outer_steps)
         self.total_nfe = self.solver.nfe(outer_steps)
+        self.calibration = calibration  # the default of stream(calibration=): expected change on every update
+        if calibration is not None:
+            calibration.check(self.calibration_settings())
 
     def stream(self, seeds: NoiseSource | Sequence[int] | int, shape: Sequence[int], cond: Any = None,
                max_nfe: int | None = None, deadline: float | None = None, previews: str = "first",
                x_T: torch.Tensor | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, stop: "Callable[[], bool] | Any | None" = None,
-               grad: bool = False, wrap_denoiser: Callable[[Denoiser], Denoiser] | None = None
-               ) -> Iterator[AnytimeUpdate]:
+               grad: bool = False, wrap_denoiser: Callable[[Denoiser], Denoiser] | None = None,
+               calibration: Calibration | None = None) -> Iterator[AnytimeUpdate]:
         """Yield anytime updates for a batch. ``seeds``: one per sample (or a base seed, then
         shape[0] samples); ``shape``: (B, C, H, W). ``max_nfe``: stop at the best result within this many NFEs;
         ``deadline``: seconds of wall time from the start. Break out of the loop to stop at any time; ``stop``
         (a callable returning True, or a ``threading.Event``) is checked after every denoiser call, so another
         thread can end the stream within one NFE (the last update yielded is the result). The model runs
         without autograd unless ``grad=True``. ``wrap_denoiser(denoiser) -> denoiser`` wraps the denoiser for
-        this run only (timers, call counters); the sampler itself is not changed."""
+        this run only (timers, call counters); the sampler itself is not changed. ``calibration`` (for this
+        configuration, else ValueError) attaches an ``ExpectedChange`` to every update, from signals the run
+        already has (no extra NFE)."""
         shape = _check_stream_args(shape, max_nfe, deadline, previews)
+        tracker, calibration = None, calibration if calibration is not None else getattr(self, "calibration", None)
+        if calibration is not None:
+            calibration.check(self.calibration_settings(previews))
+            tracker = calibration.tracker()
         should_stop = stop_check(stop)
         noise = as_noise_source(seeds, shape[0], device, dtype)
         if noise.batch_size != shape[0]:
@@ -192,15 +202,21 @@ class NestedSampler:
         start = time.perf_counter()
         ev = None
         denoiser = self.denoiser if wrap_denoiser is None else wrap_denoiser(self.denoiser)
-        events = self.solver.run(denoiser, x, self.t_start, self.outer_steps, noise, cond,
+        den = denoiser if tracker is None else VarianceObserver(denoiser)
+        events = self.solver.run(den, x, self.t_start, self.outer_steps, noise, cond,
                                  self.grid_convention, grad=grad)
         try:
             for ev in events:
                 elapsed = time.perf_counter() - start
                 if deadline is not None and elapsed > deadline:
                     return
+                if tracker is not None:
+                    track(tracker, ev, den.last_var, shape[0])
                 if self._shown(ev, previews):
-                    yield self._update(ev, elapsed)
+                    u = self._update(ev, elapsed)
+                    if tracker is not None:
+                        u.expected_change = calibration.predict(u.nfe, tracker.update(u.x0))
+                    yield u
                 if ev.nfe >= budget or should_stop():
                     return
                 # after the first inner run, never start a run that cannot finish within the budget
@@ -213,6 +229,17 @@ class NestedSampler:
                                             f"after {nfe} NFE)") from e
         finally:
             events.close()
+
+    def calibration_settings(self, previews: str = "first") -> dict:
+        """The sampler settings a calibration is made for (the denoiser's identity is the caller's part)."""
+        inner = self.solver.inner
+        settings = dict(outer_steps=self.outer_steps, inner_steps=self.inner_steps, inner_solver=inner.name,
+                        inner_eta=getattr(inner, "eta", None), outer_eta=self.solver.outer_eta,
+                        grid=self.grid_convention, t_start=self.t_start, previews=previews,
+                        num_train_timesteps=getattr(self.denoiser.schedule, "num_train_timesteps", None))
+        if self.solver.outer_times is not None:  # a custom outer grid (the default grid follows from the above)
+            settings["outer_times"] = self.solver.outer_times
+        return canonical(settings)
 
     @staticmethod
     def _shown(ev: SolverEvent, previews: str) -> bool:
@@ -235,6 +262,15 @@ class NestedSampler:
         if last is None:
             raise TimeoutError("deadline: passed before the first denoiser call finished; no result to return")
         return last
+
+
+def track(tracker: SignalTracker, ev: SolverEvent, var_values: torch.Tensor | None, batch: int) -> None:
+    """Feed one event of a nested run to a SignalTracker (in the order its docstring asks)."""
+    tracker.call(mean_var(var_values, batch))
+    if ev.sub.nfe == 1:
+        tracker.run_started(ev.sub.x0)
+    if ev.sub.final:
+        tracker.run_finished(ev.x0)
 
 
 def vanilla_sampler(denoiser: Denoiser, steps: int, solver: Solver | str = "ddim", eta: EtaSpec | None = None,
