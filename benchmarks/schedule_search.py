@@ -47,7 +47,20 @@ def uniform(name, outer, inner, **kw):
     return dict(name=name, inner_steps=[inner] * outer, **kw)
 
 
+def per_run(name, steps, **kw):
+    return dict(name=name, inner_steps=list(steps), **kw)
+
+
 PRESETS = {
+    "guidance": lambda N: [
+        uniform(f"vanilla-ddpm-{N}", 1, N), uniform(f"5x{N // 5}", 5, N // 5),
+        uniform(f"vanilla-ddpm-{N}-g1", 1, N, guidance=1.0), uniform(f"5x{N // 5}-g1", 5, N // 5, guidance=1.0),
+        uniform(f"vanilla-ddpm-{N}-g1.5", 1, N, guidance=1.5), uniform(f"5x{N // 5}-g1.5", 5, N // 5, guidance=1.5),
+        uniform(f"vanilla-ddpm-{N}-gt500", 1, N, guidance_min_t=500),
+        uniform(f"5x{N // 5}-gt500", 5, N // 5, guidance_min_t=500),
+        uniform(f"5x{N // 5}-g1-outer-eta1", 5, N // 5, guidance=1.0, outer_eta=1.0),
+        per_run(f"prog-{N}-outer-eta1", [N // 10, N // 5, 3 * N // 10, 2 * N // 5], outer_eta=1.0),
+    ],
     "diagnose": lambda N: [
         uniform(f"vanilla-ddpm-{N}", 1, N), uniform(f"vanilla-ddim-{N}", 1, N, solver="ddim", inner_eta=0.0),
         uniform(f"5x{N // 5}", 5, N // 5), uniform(f"2x{N // 2}", 2, N // 2),
@@ -77,8 +90,12 @@ def evaluate(cfg: dict, args, model, ev: FDEvaluator, marks: list[int]) -> dict:
     t0 = time.perf_counter()
     snaps = collect_snapshots(factory, len(cfg["inner_steps"]), sampler.inner_steps[0], args.samples, args.seed, marks,
                               Path(args.out) / "cache", args.chunk, print)
-    fd, boot = ev(snaps, ev.features(snaps))
+    feats = ev.features(snaps)
+    fd, boot = ev(snaps, feats)
+    labels = torch.tensor([i % 10 for i in range(args.samples)])
+    agree = float((ev.ref.extractor.classifier.head(feats[snaps.mark_index[-1]]).argmax(1) == labels).float().mean())
     return dict(config=cfg, fd=fd, auc=anytime_auc(dict(zip(marks, fd)), args.budget, args.step), final_fd=fd[-1],
+                final_class_agreement=agree,
                 first_result_nfe=sampler.inner_steps[0] if len(sampler.inner_steps) > 1 else args.budget,
                 times=sampler.times[:-1], seconds=time.perf_counter() - t0, _boot=boot)
 
@@ -133,7 +150,8 @@ def main() -> None:
         d = r.get("final_minus_baseline")
         rel = f"{100 * d['point'] / base['final_fd']:+.1f}% ± {100 * d['std'] / base['final_fd']:.1f}" if d else "—"
         print(f"{r['config']['name']:28s} AUC {r['auc']:7.2f}  final FD {r['final_fd']:.4f} ({rel})  "
-              f"first result @{r['first_result_nfe']}  {r['seconds']:.0f} s")
+              f"class agreement {r['final_class_agreement']:.3f}  first result @{r['first_result_nfe']}  "
+              f"{r['seconds']:.0f} s")
     print(f"noise floor ln: {math.log(ev.fd.of_features(ref.heldout[:args.samples])):.3f}")
 
 
