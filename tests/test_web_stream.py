@@ -29,7 +29,7 @@ def test_updates_rise_and_images_match_the_library(model):
     nfes = [u.nfe for u in ups[:-1]]
     assert nfes == [1, 2, 3, 4, 8, 12]            # every x̂0 of the first inner run, then each finished run
     assert [u.state for u in ups] == ["running"] * 6 + ["done"] and ups[-1].spent == 12
-    assert all(u.image.dtype == np.uint8 and u.image.shape == (116, 230, 3) for u in ups)
+    assert all(u.image.dtype == np.uint8 and u.image.shape == (32, 62, 3) for u in ups)   # native 28 px; the page upscales
     assert {u.source for u in ups} == {"x0_preview", "inner_result"}
     ref = library_images(model.model, [8, 7], 3, 3, 4)
     assert np.array_equal(ups[-1].image, page_picture(ref))

@@ -43,8 +43,8 @@ def library_images(model, classes, seed, outer, inner, solver="ddpm", guidance=2
     return sampler.sample(seeds, (len(classes), 1, 28, 28), cond=torch.tensor(classes)).x0
 
 
-def page_picture(x0: torch.Tensor, scale: int = 4) -> np.ndarray:
-    """The batch as the page shows it: one row, RGB, upscaled, 2-pixel white gaps."""
+def page_picture(x0: torch.Tensor, scale: int = 1) -> np.ndarray:
+    """The batch as the page sends it: one row, RGB, native pixels (the browser upscales), 2-pixel white gaps."""
     grey = to_uint8(x0)
     return tile(list(np.repeat(grey, 3, axis=-1)), 1, len(grey), scale)
 

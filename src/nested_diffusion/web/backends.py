@@ -154,11 +154,15 @@ class Run:
 
 class BundledBackend:
     """The bundled Fashion-MNIST model (or any ``TinyUNet`` folder). ``model``: a loaded model or anything with
-    the same call/``config``/``null_class`` (tests pass a counting wrapper). ``scale``: pixel upscaling."""
+    the same call/``config``/``null_class`` (tests pass a counting wrapper). ``scale``: pixel upscaling of the
+    progression strip and the GIF. The live pictures stay at the model's 28 px (``display_scale`` 1): the page
+    upscales them in the browser (CSS ``image-rendering: pixelated``), so each update costs the server a 28-px PNG,
+    not a 16× larger one (measured: that encoding slowed sampling with the page attached)."""
 
     kind = "bundled"
     default_solver = "ddpm"
     exclusive = False      # the model is stateless: jobs may run concurrently
+    display_scale = 1
 
     def __init__(self, model: Any = None, scale: int = 4, device: str = "cpu"):
         from ..bundled import DEFAULT_GUIDANCE, load_unet

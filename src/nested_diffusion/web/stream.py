@@ -81,12 +81,13 @@ def _advance(vanilla: Iterator | None, last: tuple | None, nfe: int) -> tuple | 
 
 def _update(backend: Any, info: Any, images: np.ndarray, run: Any, total: int, budget: int,
             van: tuple | None, start: float) -> WebUpdate:
-    return WebUpdate(images=images, image=batch_tile(images, backend.scale), nfe=int(info.nfe), spent=run.calls,
+    scale = getattr(backend, "display_scale", backend.scale)
+    return WebUpdate(images=images, image=batch_tile(images, scale), nfe=int(info.nfe), spent=run.calls,
                      total_nfe=total, budget=budget, outer_step=int(info.outer_step),
                      outer_steps=int(info.outer_steps), inner_step=int(info.inner_step),
                      inner_steps=int(info.inner_steps), source=str(info.source), final=bool(info.final),
                      elapsed=time.perf_counter() - start,
-                     vanilla=None if van is None else batch_tile(van[1], backend.scale),
+                     vanilla=None if van is None else batch_tile(van[1], scale),
                      vanilla_nfe=None if van is None else int(van[0].nfe),
                      expected_change=expected_change_words(info, images.shape[0]))
 
