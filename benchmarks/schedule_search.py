@@ -143,7 +143,8 @@ def main() -> None:
                metric="FD on the project FashionClassifier's 128-d features (not Inception FID)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / f"schedules-{args.budget}-{args.samples}.json", doc)
+    tag = args.preset or (args.configs.stem if args.configs else "configs")
+    atomic_write_json(out / f"schedules-{tag}-{args.budget}-{args.samples}.json", doc)
     print(f"{args.samples} samples, seeds {args.seed}..{args.seed + args.samples - 1}, budget {args.budget} NFE, "
           f"autocast {args.autocast}; differences vs {base['config']['name']} (paired bootstrap std)")
     for r in rows:
