@@ -403,8 +403,9 @@ def test_sd_pipeline_prompt_per_index(tmp_path):
 
 def test_ctrl_c_keeps_finished_items_and_exits_130(tmp_path):
     out = tmp_path / "int"
-    cmd = [sys.executable, "-m", "nested_diffusion.cli", "sample", "--out-dir", str(out), "--num-samples", "6",
-           "--outer-steps", "4", "--inner-steps", "10", "--batch-size", "1", "--quiet"]
+    n = 12   # enough work that the run cannot finish between its first item and the signal
+    cmd = [sys.executable, "-m", "nested_diffusion.cli", "sample", "--out-dir", str(out), "--num-samples", str(n),
+           "--outer-steps", "4", "--inner-steps", "20", "--batch-size", "1", "--quiet"]
     p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not _pids_with_items(out, 0) and time.time() < deadline and p.poll() is None:
@@ -413,7 +414,7 @@ def test_ctrl_c_keeps_finished_items_and_exits_130(tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "rerun the same command to resume" in err, err
     store = SampleStore(out)
-    done = [b for b in range(6) if store.is_done(b)]
-    assert 0 < len(done) < 6
+    done = [b for b in range(n) if store.is_done(b)]
+    assert 0 < len(done) < n
     assert not list(out.rglob("*.tmp"))                       # the item in flight left no half-written file
     assert main(["sample", *cmd[4:]]) == 0 and store.missing(store.read_manifest()["config"]) == []
