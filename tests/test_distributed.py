@@ -406,7 +406,10 @@ def test_ctrl_c_keeps_finished_items_and_exits_130(tmp_path):
     n = 12   # enough work that the run cannot finish between its first item and the signal
     cmd = [sys.executable, "-m", "nested_diffusion.cli", "sample", "--out-dir", str(out), "--num-samples", str(n),
            "--outer-steps", "4", "--inner-steps", "20", "--batch-size", "1", "--quiet"]
-    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell without job control starts background jobs with SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the child the default disposition, as an interactive Ctrl+C would find it
+    p = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not _pids_with_items(out, 0) and time.time() < deadline and p.poll() is None:
         time.sleep(0.02)
