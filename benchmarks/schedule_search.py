@@ -43,6 +43,23 @@ class GuidanceBelow:
         return (self.guided if t >= self.t_min else self.plain)(x, t, cond)
 
 
+class GuidancePerRun:
+    """Guidance scale per inner run (``scales[k]`` for the k-th run): counts model calls and switches denoisers
+    at each run's end; the count restarts at the run's first call (the only call at t = t_start)."""
+
+    def __init__(self, dens: list, run_nfe: list[int], t_start: int):
+        self.dens, self.t_start, self.schedule = dens, t_start, dens[0].schedule
+        self.ends = [sum(run_nfe[:k + 1]) for k in range(len(run_nfe))]
+        self.calls = 0
+
+    def __call__(self, x, t, cond=None):
+        if t == self.t_start:
+            self.calls = 0
+        k = next(i for i, e in enumerate(self.ends) if self.calls < e)
+        self.calls += 1
+        return self.dens[k](x, t, cond)
+
+
 def uniform(name, outer, inner, **kw):
     return dict(name=name, inner_steps=[inner] * outer, **kw)
 
@@ -76,6 +93,9 @@ def build(cfg: dict, model, autocast):
     den = make_denoiser(model, guidance, autocast=autocast)
     if cfg.get("guidance_min_t"):
         den = GuidanceBelow(den, make_denoiser(model, 1.0, autocast=autocast), int(cfg["guidance_min_t"]))
+    if cfg.get("guidance_per_run"):
+        dens = [make_denoiser(model, float(g), autocast=autocast) for g in cfg["guidance_per_run"]]
+        den = GuidancePerRun(dens, list(cfg["inner_steps"]), den.schedule.num_train_timesteps - 1)
     steps = cfg["inner_steps"]
     return NestedSampler(den, len(steps), steps, cfg.get("solver", "ddpm"), cfg.get("inner_eta"),
                          cfg.get("outer_eta", 0.0), outer_times=cfg.get("outer_times"))
