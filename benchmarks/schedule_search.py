@@ -4,7 +4,8 @@ A schedule is a JSON object (a list of them in ``--configs FILE``, or the built-
   {"name": "5x20", "inner_steps": [20, 20, 20, 20, 20], "outer_times": null, "outer_eta": 0.0,
    "solver": "ddpm", "inner_eta": null, "guidance": 2.0, "guidance_min_t": 0}
 ``outer_times``: explicit outer grid (null: evenly spaced); ``guidance_min_t``: classifier-free guidance only at
-t ≥ this (the unguided model below it; 0 = guidance everywhere). Vanilla is the one-outer-step schedule.
+t ≥ this (the unguided model below it; 0 = guidance everywhere); ``guidance_banded``: each inner run guided only
+above the next outer time (``guidance_floor`` below it, default 1.0); ``guidance_per_run``: a scale per inner run. Vanilla is the one-outer-step schedule.
 
 For every schedule: FD (project classifier features, Fashion-MNIST test split reference) of the anytime result
 at every ``--step`` NFE, the AUC (Δ Σ ln FD), the final FD, and paired bootstrap differences of AUC and final FD
@@ -60,6 +61,25 @@ class GuidancePerRun:
         return self.dens[k](x, t, cond)
 
 
+class GuidanceBanded:
+    """Guidance that does not compound: inner run k (started at outer time t_k) is guided only above the next
+    outer time t_{k-1} and uses ``plain`` (a lower scale) below it, so each noise band gets the guided model in
+    exactly one inner run, as in vanilla sampling; the last run (from the lowest outer time) is guided to t = 0.
+    A new run is detected when t rises between calls. ``outer_times`` is set once the sampler's grid is known."""
+
+    def __init__(self, guided, plain):
+        self.guided, self.plain, self.schedule = guided, plain, guided.schedule
+        self.outer_times: list[int] = []
+        self.prev_t, self.floor = None, 0
+
+    def __call__(self, x, t, cond=None):
+        t = int(t)
+        if self.prev_t is None or t > self.prev_t:
+            self.floor = max((o for o in self.outer_times if o < t), default=-1)
+        self.prev_t = t
+        return (self.guided if t > self.floor else self.plain)(x, t, cond)
+
+
 def uniform(name, outer, inner, **kw):
     return dict(name=name, inner_steps=[inner] * outer, **kw)
 
@@ -96,9 +116,14 @@ def build(cfg: dict, model, autocast):
     if cfg.get("guidance_per_run"):
         dens = [make_denoiser(model, float(g), autocast=autocast) for g in cfg["guidance_per_run"]]
         den = GuidancePerRun(dens, list(cfg["inner_steps"]), den.schedule.num_train_timesteps - 1)
+    if cfg.get("guidance_banded"):
+        den = GuidanceBanded(den, make_denoiser(model, float(cfg.get("guidance_floor", 1.0)), autocast=autocast))
     steps = cfg["inner_steps"]
-    return NestedSampler(den, len(steps), steps, cfg.get("solver", "ddpm"), cfg.get("inner_eta"),
-                         cfg.get("outer_eta", 0.0), outer_times=cfg.get("outer_times"))
+    sampler = NestedSampler(den, len(steps), steps, cfg.get("solver", "ddpm"), cfg.get("inner_eta"),
+                            cfg.get("outer_eta", 0.0), outer_times=cfg.get("outer_times"))
+    if isinstance(den, GuidanceBanded):
+        den.outer_times = [int(t) for t in sampler.times[:-1]]
+    return sampler
 
 
 def evaluate(cfg: dict, args, model, ev: FDEvaluator, marks: list[int]) -> dict:
