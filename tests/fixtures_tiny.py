@@ -122,3 +122,21 @@ def tiny_dit(scheduler=None, learned_sigma: bool = True, seed: int = 0):
     pipe = DiTPipeline(**tiny_dit_components(scheduler, learned_sigma, seed))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_clip(directory: str):
+    """A tiny random-weight CLIP (16×16 images, 8-d projection) with the tiny tokenizer, saved to ``directory``
+    (a local folder for CLIPScorer / CLIPImageFeatures)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    tok = tiny_tokenizer(str(directory))
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=24,
+                                      num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=77,
+                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                      pad_token_id=tok.pad_token_id),
+                     vision_config=dict(hidden_size=16, intermediate_size=24, num_attention_heads=2,
+                                        num_hidden_layers=1, image_size=16, patch_size=8), projection_dim=8)
+    CLIPModel(cfg).eval().save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

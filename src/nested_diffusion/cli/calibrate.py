@@ -7,6 +7,10 @@ remaining change to the final (pixel RMSE, 1 − cosine of the bundled classifie
 ``core.change_fit`` and writes ``<outer>x<inner>-<solver>-<hash>.json`` into ``--out`` atomically. With
 ``--heldout N`` it also runs N seeds from ``--heldout-seed`` (never used in fitting) and writes
 ``evaluation-<hash>-<signals>.json`` (Spearman, MAE vs the population curve, interval coverage, Brier score).
+
+With ``--pipeline sd|dit --model-path DIR (--prompts FILE | --class-labels SPEC) --feature-model ...`` it
+calibrates a Nested Stable Diffusion / DiT pipeline configuration instead (see ``cli/calibrate_pipelines``):
+latent signals, decoded-image targets, the same resumable chunk cache and configuration hash.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import calibrate_pipelines
 from .argtypes import inner_eta_for, int_at_least, nonneg_float, solver_choices
 
 
@@ -22,26 +27,29 @@ def add_parser(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("--outer", type=int_at_least("--outer"), default=5, help="outer steps (default: 5)")
     c.add_argument("--inner", type=int_at_least("--inner"), default=20, help="inner steps (default: 20)")
-    c.add_argument("--solver", choices=solver_choices(), default="ddpm", help="inner solver (default: ddpm)")
+    c.add_argument("--solver", choices=solver_choices(), default=None,
+                   help="inner solver (default: ddpm; sd: ddim, dit: ddpm)")
     c.add_argument("--inner-eta", type=nonneg_float("--inner-eta"), default=None)
     c.add_argument("--outer-eta", type=nonneg_float("--outer-eta"), default=0.0)
     c.add_argument("--guidance", type=nonneg_float("--guidance"), default=None,
-                   help="CFG scale (default: the bundled model's)")
+                   help="CFG scale (default: the model's; sd 7.5, dit 1.5)")
     c.add_argument("--grid", choices=("clean", "authors"), default="clean")
     c.add_argument("--classes", default="all", help="classes the seeds cycle through (default: all)")
     c.add_argument("--samples", type=int_at_least("--samples", 20), default=1000, help="calibration samples")
     c.add_argument("--seed", type=int, default=100000, help="first calibration seed (default: 100000)")
     c.add_argument("--heldout", type=int_at_least("--heldout", 0), default=0, help="held-out samples to evaluate")
     c.add_argument("--heldout-seed", type=int, default=200000, help="first held-out seed (default: 200000)")
-    c.add_argument("--signals", choices=("feature", "pixel", "none"), default="feature",
-                   help="feature: pixel + classifier signals (default); pixel: no feature network at run time; "
-                        "none: the population curve")
+    c.add_argument("--signals", choices=("feature", "pixel", "none"), default=None,
+                   help="feature: pixel + classifier signals (default for the bundled model); pixel: no feature "
+                        "network at run time (default for sd/dit: signals on the latents); none: the population "
+                        "curve")
     c.add_argument("--chunk", type=int_at_least("--chunk"), default=100, help="samples per cached chunk")
     c.add_argument("--cache-dir", type=Path, default=None, help="chunk cache (default: runs/calibrate/<hash>)")
     c.add_argument("--out", type=Path, default=Path("runs/calibrate"), help="folder for the calibration file")
     c.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
     c.add_argument("--classifier", default=None, help="classifier folder (default: the bundled one)")
     c.add_argument("--threads", type=int_at_least("--threads"), default=None, help="torch CPU threads")
+    calibrate_pipelines.add_pipeline_args(c)
 
 
 def setup(args):
@@ -69,6 +77,8 @@ def setup(args):
 
 
 def run(args) -> int:
+    if args.pipeline != "bundled":
+        return calibrate_pipelines.run(args)
     import torch
 
     from ..core.change_fit import fit_calibration
@@ -78,7 +88,9 @@ def run(args) -> int:
     from ..io import atomic_write_json
     if args.threads:
         torch.set_num_threads(args.threads)
+    args.solver, args.signals = args.solver or "ddpm", args.signals or "feature"
     try:
+        calibrate_pipelines.check_args(args)
         sampler, config, fx, labels, classes = setup(args)
         h = config_hash(config)
         cache = args.cache_dir or Path("runs/calibrate") / h

@@ -7,7 +7,8 @@ in-sample residuals); the 80% interval uses the 10% and 90% quantiles of r, take
 residuals so that they reflect out-of-sample error (split-conformal style). The flip probability is an
 L2-regularized logistic regression on the same X (Newton's method). Regularization strengths are chosen by
 5-fold cross-validation, and a model whose signals do not beat the intercept alone there falls back to the
-population curve. With no signals (``features=()``) each model
+population curve. Without a flip target (no classifier for the configuration) the flip models are
+``{"absent": True}`` and predict NaN. With no signals (``features=()``) each model
 reduces exactly to the population curve: the mean D of the calibration set at that NFE (and its empirical
 10–90% range), and the (Laplace-smoothed) flip rate.
 """
@@ -155,13 +156,16 @@ def fit_logistic(flip: torch.Tensor, S: torch.Tensor, features: Sequence[str], l
 
 
 def fit_update(targets: dict[str, torch.Tensor], S: torch.Tensor, features: Sequence[str] | None) -> dict:
-    """The fitted entry of one update: per-sample models and the population curve."""
+    """The fitted entry of one update: per-sample models and the population curve (no flip target: absent)."""
     feats = usable_features(S, SIGNALS if features is None else features)
     entry = {"samples": int(S.shape[0]), "population": {}}
     for t in TARGETS:
         entry[t] = fit_log_linear(targets[t], S, feats, EPS[t])
         entry["population"][t] = fit_log_linear(targets[t], S, [], EPS[t])
         entry["population"][t]["mean"] = float(targets[t].double().mean())
+    if targets.get("flip") is None:
+        entry["flip"] = entry["population"]["flip"] = {"absent": True}
+        return entry
     entry["flip"] = fit_logistic(targets["flip"], S, feats)
     entry["population"]["flip"] = fit_logistic(targets["flip"], S, [])
     if bool((targets["rmse"] == 0).all()):
@@ -172,14 +176,21 @@ def fit_update(targets: dict[str, torch.Tensor], S: torch.Tensor, features: Sequ
 def fit_calibration(signals: torch.Tensor, targets: dict[str, torch.Tensor], nfe: Sequence[int], config: dict,
                     meta: dict | None = None, features: Sequence[str] | None = None) -> Calibration:
     """Fit a Calibration. ``signals``: (N, U, len(SIGNALS)); ``targets``: "rmse", "semantic" (N, U) distances
-    to the final and "flip" (N, U) bools; ``nfe``: the U updates' NFEs; ``features``: the signals to use
-    (default all; ``()`` gives the population curve)."""
+    to the final and "flip" (N, U) bools (missing or None: no flip target, the flip prediction is absent);
+    ``nfe``: the U updates' NFEs; ``features``: the signals to use (default all; ``()`` gives the population
+    curve)."""
     N, U = signals.shape[:2]
     for k in ("rmse", "semantic", "flip"):
+        if k == "flip" and targets.get(k) is None:
+            continue
+        if k not in targets:
+            raise ValueError(f"targets: missing {k!r} (expected 'rmse', 'semantic' and optionally 'flip')")
         if tuple(targets[k].shape) != (N, U):
             raise ValueError(f"targets[{k!r}]: expected shape {(N, U)}, got {tuple(targets[k].shape)}")
     if len(nfe) != U:
         raise ValueError(f"nfe: expected {U} entries (one per update), got {len(nfe)}")
-    updates = {str(int(n)): fit_update({k: targets[k][:, j] for k in TARGETS + ("flip",)}, signals[:, j], features)
+    flip = targets.get("flip")
+    updates = {str(int(n)): fit_update({"rmse": targets["rmse"][:, j], "semantic": targets["semantic"][:, j],
+                                        "flip": None if flip is None else flip[:, j]}, signals[:, j], features)
                for j, n in enumerate(nfe)}
     return Calibration(config=config, updates=updates, meta=dict(meta or {}, samples=N))

@@ -76,7 +76,9 @@ class ExpectedChange:
     """Per-sample predictions for one update, each a (B,) float tensor. For the remaining pixel RMSE on [0, 1]
     (``rmse*``) and the remaining semantic distance, 1 − cosine of feature-network features (``semantic*``):
     the expected (mean) value, the median ("typical") value and the 80% interval (10% and 90% quantiles); and
-    ``flip``, the probability that the feature network's predicted class still changes."""
+    ``flip``, the probability that the feature network's predicted class still changes — NaN where the
+    calibration has no class flip (no classifier for the configuration, e.g. Stable Diffusion calibrated with
+    an image-feature network only); the wording then rests on the two distances."""
 
     rmse: torch.Tensor
     rmse_median: torch.Tensor
@@ -94,21 +96,26 @@ class ExpectedChange:
 
     def wording(self, i: int) -> str:
         """A short human wording for sample i (thresholds in the module docstring)."""
-        if (float(self.flip[i]) > LARGE_FLIP or float(self.semantic[i]) > LARGE_SEMANTIC
-                or float(self.rmse[i]) > LARGE_RMSE):
+        flip = float(self.flip[i])  # NaN: no flip prediction, which neither raises nor blocks a wording
+        if flip > LARGE_FLIP or float(self.semantic[i]) > LARGE_SEMANTIC or float(self.rmse[i]) > LARGE_RMSE:
             return WORDS[2]
-        if float(self.rmse_high[i]) < SETTLED_RMSE and float(self.flip[i]) < SETTLED_FLIP:
+        if float(self.rmse_high[i]) < SETTLED_RMSE and not flip >= SETTLED_FLIP:
             return WORDS[0]
         return WORDS[1]
 
+    @property
+    def has_flip(self) -> bool:
+        """Whether the flip probability is predicted (False: the calibration has no classifier)."""
+        return not bool(torch.isnan(self.flip).all())
+
     def sample(self, i: int) -> dict[str, Any]:
-        """Sample i as a JSON-able dict (rounded to 5 decimals)."""
+        """Sample i as a JSON-able dict (rounded to 5 decimals; ``flip`` None without a flip prediction)."""
         r = lambda v: round(float(v[i]), 5)  # noqa: E731
         return {"rmse": r(self.rmse), "rmse_median": r(self.rmse_median),
                 "rmse_80": [r(self.rmse_low), r(self.rmse_high)], "semantic": r(self.semantic),
                 "semantic_median": r(self.semantic_median), "semantic_80": [r(self.semantic_low),
                                                                             r(self.semantic_high)],
-                "flip": r(self.flip), "wording": self.wording(i)}
+                "flip": r(self.flip) if math.isfinite(float(self.flip[i])) else None, "wording": self.wording(i)}
 
     def to_list(self) -> list[dict[str, Any]]:
         return [self.sample(i) for i in range(len(self))]
@@ -118,8 +125,9 @@ class ExpectedChange:
         probability and how many samples each wording applies to."""
         words = [self.wording(i) for i in range(len(self))]
         counts = ", ".join(f"{words.count(w)} {w}" for w in WORDS if words.count(w))
+        flip = f"flip {float(self.flip.mean()):.2f}" if self.has_flip else "no flip prediction"
         return (f"expected change: rmse {float(self.rmse.median()):.3f}, semantic "
-                f"{float(self.semantic.median()):.4f}, flip {float(self.flip.mean()):.2f} ({counts})")
+                f"{float(self.semantic.median()):.4f}, {flip} ({counts})")
 
 
 class VarianceObserver:
@@ -245,8 +253,11 @@ class Calibration:
     """A fitted expected-change predictor for one configuration.
 
     ``config``: {"sampler": the sampler settings (``NestedSampler.calibration_settings``), "model": what
-    identifies the denoiser (e.g. weights fingerprint, guidance)}; ``updates``: one fitted entry per shown
-    update, keyed by its NFE (see ``core.change_fit``); ``meta``: sample count, seeds, distances, feature network."""
+    identifies the denoiser (e.g. weights fingerprint, guidance)} and optionally "calibration_set" (what the
+    calibration set was drawn from, e.g. a prompt file's hash): every part is in the hash, but a run is checked
+    against "sampler" and "model" only (a run may use any prompt or label); ``updates``: one fitted entry per
+    shown update, keyed by its NFE (see ``core.change_fit``); ``meta``: sample count, seeds, distances, feature
+    network. A calibration fitted without a flip target (``has_flip`` False) predicts a NaN flip probability."""
 
     config: dict
     updates: dict[str, dict]
@@ -272,9 +283,13 @@ class Calibration:
     def hash(self) -> str:
         return config_hash(self.config)
 
+    @property
+    def has_flip(self) -> bool:
+        return not any(e.get("flip", {}).get("absent") for e in self.updates.values())
+
     def check(self, sampler_settings: dict, model: dict | None = None) -> None:
         """ValueError naming both configurations (and the settings that differ) unless they match."""
-        mine = canonical(self.config)
+        mine = canonical({part: self.config.get(part, {}) for part in ("sampler", "model")})
         theirs = canonical({"sampler": sampler_settings, "model": model if model is not None
                             else self.config.get("model", {})})
         if mine == theirs:
@@ -362,6 +377,8 @@ def predict_log_linear(model: dict, signals: torch.Tensor) -> tuple[torch.Tensor
 
 
 def predict_logistic(model: dict, signals: torch.Tensor) -> torch.Tensor:
+    if model.get("absent"):  # fitted without a flip target: no prediction
+        return torch.full((signals.shape[0],), math.nan)
     if model.get("zero"):
         return torch.zeros(signals.shape[0])
     X = design(model, signals)

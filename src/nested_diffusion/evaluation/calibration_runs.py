@@ -8,7 +8,9 @@ One chunk = one batch of seeds run to the end with ``previews="all"`` (the traje
 * ``var``     (N, NFE): the mean learned-variance value of each denoiser call (NaN where the model has none);
 * the updates' positions (nfe, outer_step, inner_step, t), the seeds and labels.
 
-From these, the runtime signals (core.expected_change.SignalTracker) and the targets (distances to the final)
+The sampler is anything with NestedSampler's ``stream`` (``previews=``, ``wrap_denoiser=``) and ``total_nfe``:
+the bundled model's NestedSampler, or a ``pipelines.factories.PipelineSampler`` (whose updates are x̂0 latents;
+see ``evaluation.pipeline_calibration`` for their targets). From these, the runtime signals (core.expected_change.SignalTracker) and the targets (distances to the final)
 are computed offline by replaying the same calls in the same order (``replay_signals``). Chunks are written
 atomically and skipped when present, so an interrupted calibration resumes.
 """
@@ -42,19 +44,24 @@ class VarianceRecorder:
 
 
 def run_chunk(sampler: NestedSampler, seeds: Sequence[int], shape: Sequence[int], cond: Any = None) -> dict:
-    """Run one batch to its end; the arrays described in the module docstring (numpy)."""
-    rec = VarianceRecorder(sampler.denoiser)
-    sampler.denoiser, original = rec, sampler.denoiser  # same settings, the recording denoiser
+    """Run one batch to its end; the arrays described in the module docstring (numpy). The model calls are
+    recorded through ``stream(wrap_denoiser=)``, so the sampler is not changed."""
+    recorders: list[VarianceRecorder] = []
+
+    def record(denoiser):
+        recorders.append(VarianceRecorder(denoiser))
+        return recorders[-1]
+
     updates, firsts, pos = [], [], []
-    try:
-        for u in sampler.stream(list(seeds), shape, cond, previews="all"):
-            if u.inner_step == 1:
-                firsts.append(u.x0.detach().float().cpu())
-            if u.outer_step == 1 or u.source == INNER_RESULT:
-                updates.append(u.x0.detach().float().cpu())
-                pos.append((u.nfe, u.outer_step, u.inner_step, u.t))
-    finally:
-        sampler.denoiser = original
+    for u in sampler.stream(list(seeds), shape, cond, previews="all", wrap_denoiser=record):
+        if u.inner_step == 1:
+            firsts.append(u.x0.detach().float().cpu())
+        if u.outer_step == 1 or u.source == INNER_RESULT:
+            updates.append(u.x0.detach().float().cpu())
+            pos.append((u.nfe, u.outer_step, u.inner_step, u.t))
+    if len(recorders) != 1:
+        raise RuntimeError(f"calibration run: the sampler wrapped its denoiser {len(recorders)} times, expected once")
+    rec = recorders[0]
     if len(rec.means) != sampler.total_nfe:
         raise RuntimeError(f"calibration run: {len(rec.means)} denoiser calls, expected {sampler.total_nfe}")
     p = np.asarray(pos, dtype=np.int64)
@@ -66,7 +73,8 @@ def run_chunk(sampler: NestedSampler, seeds: Sequence[int], shape: Sequence[int]
 def run_chunks(sampler: NestedSampler, seeds: Sequence[int], labels: Callable[[Sequence[int]], torch.Tensor],
                shape: Sequence[int], cache: Path, chunk: int = 100, log: Callable[[str], None] = print) -> list[Path]:
     """Run ``seeds`` in chunks into ``cache`` (skipping chunks already there); the chunk files in order.
-    ``labels(seeds)`` gives each chunk's conditioning."""
+    ``labels(seeds)`` gives each chunk's conditioning (a tensor of labels, or a list: class ids or prompts),
+    kept in the chunk as ``labels``."""
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -79,7 +87,7 @@ def run_chunks(sampler: NestedSampler, seeds: Sequence[int], labels: Callable[[S
         t0 = time.perf_counter()
         cond = labels(s)
         arrays = run_chunk(sampler, s, (len(s), *shape), cond)
-        arrays["labels"] = np.asarray(cond.cpu())
+        arrays["labels"] = np.asarray(cond.cpu() if isinstance(cond, torch.Tensor) else list(cond))
         atomic_save_npz(path, **arrays)
         log(f"{path.name}: {len(s)} samples in {time.perf_counter() - t0:.1f} s")
     return paths

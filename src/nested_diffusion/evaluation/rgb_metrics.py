@@ -7,6 +7,8 @@
   e.g. COCO-30k or ImageNet reference statistics; FD only, no KID / precision–recall).
 * ``CLIPScorer``: CLIP score max(100·cos(image, prompt), 0) (Hessel et al. 2021) from a local transformers CLIP
   folder; a clear FileNotFoundError when the folder is absent.
+* ``CLIPImageFeatures``: the same local CLIP folder's image embeddings as a feature network (the semantic distance
+  of the pipelines' expected change), with ``zero_shot(names)`` as a classifier over class names.
 Every extractor takes (N, 3, H, W) uint8 or float in [−1, 1] on any device and returns float32 CPU features.
 """
 from __future__ import annotations
@@ -92,12 +94,14 @@ class InceptionFeatures(nn.Module):
 
 
 def feature_network(name: str, device: str | torch.device = "cpu", num_features: int = 16) -> nn.Module:
-    """'inception' (local weights) or 'random-rgb' (smoke tests)."""
+    """'inception' (local weights), 'random-rgb' (smoke tests) or a local CLIP folder (``CLIPImageFeatures``)."""
     if name == "inception":
         return InceptionFeatures(device)
     if name == "random-rgb":
         return RandomRGBFeatures(num_features).to(device)
-    raise ValueError(f"features: {name!r} is not valid; use 'inception' or 'random-rgb'")
+    if Path(name).is_dir():
+        return CLIPImageFeatures(name, device)
+    raise ValueError(f"features: {name!r} is not valid; use 'inception', 'random-rgb' or a local CLIP folder")
 
 
 # ------------------------------------------------------------------------------------------------ references
@@ -248,3 +252,36 @@ class CLIPScorer:
             txt = F.normalize(_projected(self.model.get_text_features(**tok)), dim=1)
             out.append((img * txt).sum(1).cpu())
         return torch.cat(out)
+
+
+class CLIPImageFeatures(nn.Module):
+    """CLIP image embeddings (projected, L2-normalised; ``num_features`` = the projection size) of a local
+    transformers CLIP folder, as a feature network with ``extractor_id`` (folder name + weights fingerprint).
+    ``zero_shot(names)`` gives a classifier: images → logits 100·cos(image, "a photo of a {name}")."""
+
+    def __init__(self, model_dir: str | os.PathLike, device: str | torch.device = "cpu", batch: int = 64):
+        super().__init__()
+        self.scorer = CLIPScorer(model_dir, device, batch)
+        self.num_features = int(self.scorer.model.config.projection_dim)
+        self.extractor_id = f"clip-image-{Path(model_dir).name}-{state_fingerprint(self.scorer.model)}"
+        self.description = f"CLIP image embeddings ({self.num_features}-d) of {Path(model_dir).name}"
+
+    def train(self, mode: bool = True) -> "CLIPImageFeatures":
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, out = self.scorer, []
+        for i in range(0, x.shape[0], s.batch):
+            pix = s.preprocess(x[i:i + s.batch]).to(s.device, s.model.dtype)
+            out.append(F.normalize(_projected(s.model.get_image_features(pixel_values=pix)), dim=1).cpu())
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def zero_shot(self, names: Sequence[str]):
+        """A classifier over ``names``: images → (N, len(names)) logits, 100·cos with "a photo of a {name}"."""
+        s = self.scorer
+        tok = s.tokenizer([f"a photo of a {n}" for n in names], padding=True, truncation=True,
+                          max_length=s.tokenizer.model_max_length, return_tensors="pt").to(s.device)
+        text = F.normalize(_projected(s.model.get_text_features(**tok)), dim=1).cpu()
+        return lambda images: 100 * self(images) @ text.T

@@ -39,6 +39,12 @@ def with_anytime_fields(base: type, name: str, doc: str, module: str, extra_fiel
     return cls
 
 
+def anytime_fields(update: AnytimeInfo) -> dict[str, Any]:
+    """The AnytimeInfo fields of an update for a pipeline output, ``expected_change`` kept as the
+    ``ExpectedChange`` object (per-sample tensors; None without a calibration)."""
+    return {f.name: getattr(update, f.name) for f in dataclasses.fields(AnytimeInfo)}
+
+
 def check_common(max_nfe: Any, deadline: Any, previews: Any, output_type: Any, grid: Any,
                  tensor_inputs: Sequence[str] | None, allowed_inputs: Sequence[str], guidance_scale: Any) -> None:
     """Argument checks shared by the pipelines; all run before any model call."""
@@ -72,8 +78,8 @@ def callback_inputs(callback: Any, tensor_inputs: Sequence[str] | None) -> list[
 def anytime_pairs(pipe: Any, sampler: NestedSampler, noise: NoiseSource, x_T: torch.Tensor, cond: Any,
                   max_nfe: int | None, deadline: float | None, previews: str, callback: Callable | None,
                   tensor_inputs: Sequence[str], callback_tensors: Callable[[], dict],
-                  apply_callback_output: Callable[[dict], None], denoiser_hook: Callable | None = None
-                  ) -> Iterator[tuple[AnytimeUpdate, torch.Tensor]]:
+                  apply_callback_output: Callable[[dict], None], denoiser_hook: Callable | None = None,
+                  calibration: Any = None) -> Iterator[tuple[AnytimeUpdate, torch.Tensor]]:
     """Drive ``sampler.stream`` and yield (update, x̂0 latent) per anytime update.
 
     ``callback_on_step_end(pipe, i, t, kwargs)`` fires once per update: i = update index, t = outer time the
@@ -82,13 +88,14 @@ def anytime_pairs(pipe: Any, sampler: NestedSampler, noise: NoiseSource, x_T: to
     changed); other returned tensors go to ``apply_callback_output`` (e.g. new prompt embeddings, used from the
     next denoiser call on). Setting ``pipe._interrupt = True`` stops at the next denoiser call; the last finished
     update is the result. ``denoiser_hook(denoiser) -> denoiser`` wraps the model denoiser of this call only
-    (e.g. to time or count model calls).
+    (e.g. to time or count model calls). ``calibration`` (a checked ``Calibration``, see
+    ``pipelines.expected_change.resolve_calibration``) attaches ``expected_change`` to every update.
     """
     pipe._num_timesteps = sampler.total_nfe
     budget = sampler.total_nfe if max_nfe is None else min(max_nfe, sampler.total_nfe)
     stream = sampler.stream(noise, tuple(x_T.shape), cond=cond, max_nfe=max_nfe, deadline=deadline,
                             previews=previews, x_T=x_T, device=x_T.device, dtype=x_T.dtype,
-                            wrap_denoiser=denoiser_hook)
+                            wrap_denoiser=denoiser_hook, calibration=calibration)
     done = 0
     try:
         with pipe.progress_bar(total=budget) as bar:

@@ -17,8 +17,9 @@ from ..core.denoisers import ClassifierFreeGuidance, ModelDenoiser
 from ..core.nested import NestedSampler
 from ..core.schedule import NoiseSchedule
 from .adapters import SchedulerSolver, resolve_nested_args
-from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs,
+from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_fields, anytime_pairs, callback_inputs,
                       check_common, with_anytime_fields)
+from .expected_change import dit_identity, resolve_calibration
 from .noise import make_noise
 
 
@@ -80,6 +81,7 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         denoiser_hook: Callable | None = None,
+        calibration: Any = None,
         num_inference_steps: int | None = None,
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
@@ -101,6 +103,10 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
             max_nfe, deadline, previews, grid, callback_on_step_end(+_tensor_inputs): as in
                 ``NestedStableDiffusionPipeline``; the callback's kwargs["latents"] is the update's x̂0 latent.
             denoiser_hook(denoiser) -> denoiser: wraps this call's model denoiser (profiling, NFE counting).
+            calibration: a ``Calibration`` or a file from ``nested-diffusion calibrate --pipeline dit`` for this
+                configuration (checked before any model call: ValueError otherwise); every output then carries
+                ``expected_change`` (per-sample predicted remaining change, from latent signals: no extra NFE,
+                no extra decode). None (default): ``expected_change`` is None.
         """
         return self._final_output(locals())
 
@@ -164,6 +170,8 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         sampler = NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
                                 a["grid"])
         self.nested_sampler = sampler
+        calibration = resolve_calibration(a["calibration"], sampler.calibration_settings(a["previews"]),
+                                          lambda: dit_identity(self, a["guidance_scale"], k))
         # ---- 2. noise and loop
         device, dtype = self._execution_device, self.transformer.dtype
         noise = make_noise(gen, batch, device, dtype)
@@ -171,7 +179,7 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         labels = torch.tensor(ids, dtype=torch.long, device=device)
         pairs = anytime_pairs(self, sampler, noise, x_T, labels, a["max_nfe"], a["deadline"], a["previews"],
                               a["callback_on_step_end"], tensor_inputs, dict, lambda returned: None,
-                              a["denoiser_hook"])
+                              a["denoiser_hook"], calibration)
         return pairs, dict(output_type=a["output_type"], return_dict=a["return_dict"])
 
     def _dit_fn(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -192,4 +200,4 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
                     images = self.numpy_to_pil(images)
         if not ctx["return_dict"]:
             return (images,)
-        return NestedImagePipelineOutput(images=images, latents=x0, **update.info())
+        return NestedImagePipelineOutput(images=images, latents=x0, **anytime_fields(update))

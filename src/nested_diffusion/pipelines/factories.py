@@ -138,7 +138,8 @@ class _ScheduleOnly:
 class PipelineSampler(NestedSampler):
     """A NestedSampler (same grids, NFE schedule and ``stream`` interface) whose stream is one
     ``pipe.iter_anytime(..., output_type="latent")`` run; ``cond`` is the batch's prompts (SD) or class labels
-    (DiT). Updates carry the x̂0 *latent*; ``decode`` turns kept ones into images in [−1, 1]."""
+    (DiT). Updates carry the x̂0 *latent*; ``decode`` turns kept ones into images in [−1, 1]. ``calibration=``
+    (SD / DiT only) is passed to the pipeline call, so the updates carry its ``expected_change``."""
 
     def __init__(self, pipe: Any, cond_arg: str, latent_shape: tuple, outer: int, inner: int, options: dict,
                  defaults: dict, decode_batch: int = 8):
@@ -153,7 +154,7 @@ class PipelineSampler(NestedSampler):
         self.decode_batch = int(decode_batch)
 
     def stream(self, seeds, shape, cond=None, max_nfe=None, deadline=None, previews="first", x_T=None,
-               device=None, dtype=None, stop=None, grad=False, wrap_denoiser=None):
+               device=None, dtype=None, stop=None, grad=False, wrap_denoiser=None, calibration=None):
         shape = tuple(int(s) for s in shape)
         if shape[1:] != self.latent_shape:
             raise ValueError(f"shape: expected (batch, *{self.latent_shape}), got {shape}")
@@ -163,10 +164,12 @@ class PipelineSampler(NestedSampler):
         noise = as_noise_source(seeds, shape[0], pipe_device, self.pipe_dtype)  # per-sample CPU generators
         if grad:
             raise ValueError("grad: the diffusers pipelines always run without autograd")
+        calibration = calibration if calibration is not None else self.calibration
+        extra = {} if calibration is None else {"calibration": calibration}  # SDXL/SD3/FLUX take none
         outs = self.pipe.iter_anytime(**{self.cond_arg: list(cond)}, **self.options, outer_steps=self.outer_arg,
                                       inner_steps=self.inner_arg, generator=noise, latents=x_T, max_nfe=max_nfe,
                                       deadline=deadline, previews=previews, output_type="latent",
-                                      denoiser_hook=wrap_denoiser)
+                                      denoiser_hook=wrap_denoiser, **extra)
         try:
             for out in outs:
                 yield AnytimeUpdate.of(out.images, out)

@@ -18,8 +18,9 @@ from ..core.denoisers import ModelDenoiser
 from ..core.nested import NestedSampler
 from ..core.schedule import NoiseSchedule
 from .adapters import SchedulerSolver, resolve_nested_args
-from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, callback_inputs,
+from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_fields, anytime_pairs, callback_inputs,
                       check_common, with_anytime_fields)
+from .expected_change import resolve_calibration, sd_identity
 from .noise import make_noise
 
 
@@ -87,6 +88,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         denoiser_hook: Callable | None = None,
+        calibration: Any = None,
         num_inference_steps: int | None = None,
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
@@ -119,6 +121,11 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
                 next UNet call. Setting ``pipe._interrupt = True`` stops at the next UNet call and returns the
                 last finished update.
             denoiser_hook(denoiser) -> denoiser: wraps this call's model denoiser (profiling, NFE counting).
+            calibration: a ``Calibration`` or a file from ``nested-diffusion calibrate --pipeline sd`` for this
+                configuration (weights, guidance, size, sampler settings; checked before any model call:
+                ValueError otherwise); every output then carries ``expected_change`` (per-sample predicted
+                remaining change, from latent signals: no extra NFE, no extra decode; no flip probability, as SD
+                has no classifier). None (default): ``expected_change`` is None.
         """
         return self._final_output(locals())
 
@@ -201,6 +208,9 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         tensor_inputs, prompts, batch, shape = self._check_call(a)  # 1. every check before any model call
         sampler = self._nested_sampler(a)
         self.nested_sampler = sampler
+        calibration = resolve_calibration(a["calibration"], sampler.calibration_settings(a["previews"]),
+                                          lambda: sd_identity(self, a["guidance_scale"], a["guidance_rescale"],
+                                                              a["height"], a["width"]))
         n_img, gen = a["num_images_per_prompt"], a["generator"]
         prompt, negative = a["prompt"], a["negative_prompt"]
         if isinstance(negative, str) and prompts > 1:
@@ -233,7 +243,8 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
             cond.negative = returned.get("negative_prompt_embeds", cond.negative)
 
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
-                              a["callback_on_step_end"], tensor_inputs, tensors, apply, a["denoiser_hook"])
+                              a["callback_on_step_end"], tensor_inputs, tensors, apply, a["denoiser_hook"],
+                              calibration)
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], device=device, dtype=dtype,
                    generator=gen if isinstance(gen, (torch.Generator, list)) else None)
         return pairs, ctx
@@ -267,4 +278,4 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         if not ctx["return_dict"]:
             return image, nsfw
         return NestedStableDiffusionPipelineOutput(images=image, nsfw_content_detected=nsfw, latents=x0,
-                                                   **update.info())
+                                                   **anytime_fields(update))

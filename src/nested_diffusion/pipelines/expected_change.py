@@ -1,0 +1,74 @@
+"""Expected change for the diffusers pipelines (Nested SD, Nested DiT): what identifies a pipeline configuration
+in a calibration, and how a pipeline call resolves its ``calibration=`` argument.
+
+Signal space: the pipelines compute the run-time signals (``core.expected_change.SignalTracker``) on the x̂0
+*latents* the sampler already holds (scaled latents, as the UNet / transformer sees them), never on decoded
+images: attaching a calibration costs no VAE decode and no extra NFE. "pixel" signals of a pipeline calibration
+are therefore latent RMSEs and latent grey levels; the learned-variance signals come from DiT's variance head.
+The *targets* (what is predicted) are on decoded images: pixel RMSE on [0, 1] and 1 − cosine of a feature
+network's features (``evaluation.pipeline_calibration``). Feature signals (a feature network at run time) are not
+offered for pipelines: they would need a decode of every update.
+
+A configuration is {"sampler": ``NestedSampler.calibration_settings``, "model": ``model_identity`` (pipeline
+kind, weights fingerprint of the denoiser, VAE and text encoder, guidance and the settings that change the
+denoiser), "calibration_set": the prompts or labels source (hashed, not checked at run time: a call may use any
+prompt or label)}.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from ..core.expected_change import Calibration, canonical, load_calibration
+from .factories import weights_fingerprint
+
+
+def model_identity(pipe: Any, guidance_scale: float, **settings: Any) -> dict:
+    """What identifies a Nested SD / DiT pipeline's denoiser and decoder in a calibration: its kind, the weights
+    fingerprint (SD: UNet, VAE, text encoder; DiT: transformer, VAE), the guidance scale and ``settings``."""
+    if getattr(pipe, "unet", None) is not None:
+        kind, modules = "sd", (pipe.unet, pipe.vae, getattr(pipe, "text_encoder", None))
+    elif getattr(pipe, "transformer", None) is not None:
+        kind, modules = "dit", (pipe.transformer, pipe.vae)
+    else:
+        raise TypeError(f"pipe: expected a Nested SD or DiT pipeline, got {type(pipe).__name__}")
+    return canonical({"pipeline": kind, "weights": weights_fingerprint(*modules), "guidance": float(guidance_scale),
+                      **settings})
+
+
+def sd_identity(pipe: Any, guidance_scale: float, guidance_rescale: float, height: int, width: int) -> dict:
+    return model_identity(pipe, guidance_scale, guidance_rescale=float(guidance_rescale),
+                          size=[int(height), int(width)])
+
+
+def dit_identity(pipe: Any, guidance_scale: float, guided_channels: int | None) -> dict:
+    return model_identity(pipe, guidance_scale, guided_channels=guided_channels)
+
+
+def sampler_identity(sampler: Any) -> dict:
+    """``model_identity`` of a ``factories.PipelineSampler`` (the same dict the pipeline call computes)."""
+    o = sampler.options
+    if sampler.cond_arg == "prompt":
+        return sd_identity(sampler.pipe, o["guidance_scale"], o.get("guidance_rescale", 0.0), o["height"],
+                           o["width"])
+    return dit_identity(sampler.pipe, o["guidance_scale"], o.get("guided_channels", 3))
+
+
+def resolve_calibration(calibration: Any, sampler_settings: dict, model: Callable[[], dict]) -> Calibration | None:
+    """A pipeline call's ``calibration=``: None, a ``Calibration`` or a calibration file; checked against this
+    call's configuration (``model()`` is computed only when a calibration is given) before any model call —
+    ValueError naming both configurations when it was made for another one."""
+    if calibration is None:
+        return None
+    if isinstance(calibration, (str, os.PathLike)):
+        path = Path(calibration)
+        if not path.is_file():
+            raise ValueError(f"calibration: no such file {str(path)!r}; pass a Calibration, a file written by "
+                             f"`nested-diffusion calibrate --pipeline sd|dit`, or None")
+        calibration = load_calibration(path)
+    elif not isinstance(calibration, Calibration):
+        raise TypeError(f"calibration: expected None, a Calibration or a path, got {type(calibration).__name__}")
+    calibration.check(sampler_settings, model())
+    calibration.tracker()  # ValueError now if it needs a feature function that is not attached
+    return calibration
