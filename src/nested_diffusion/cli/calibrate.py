@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     c.add_argument("--solver", choices=solver_choices(), default=None,
                    help="inner solver (default: ddpm; sd: ddim, dit: ddpm)")
     c.add_argument("--inner-eta", type=nonneg_float("--inner-eta"), default=None)
-    c.add_argument("--outer-eta", type=nonneg_float("--outer-eta"), default=0.0)
+    c.add_argument("--outer-eta", type=nonneg_float("--outer-eta"), default=None,
+                   help="η of the outer steps (default 0; sd/dit: the pipeline's default)")
     c.add_argument("--guidance", type=nonneg_float("--guidance"), default=None,
                    help="CFG scale (default: the model's; sd 7.5, dit 1.5)")
     c.add_argument("--grid", choices=("clean", "authors"), default="clean")
@@ -89,6 +90,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.solver, args.signals = args.solver or "ddpm", args.signals or "feature"
+    args.outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
     try:
         calibrate_pipelines.check_args(args)
         sampler, config, fx, labels, classes = setup(args)
