@@ -242,6 +242,24 @@ def test_calibrate_cli_resumes_and_generate_shows_expected_change(tmp_path, caps
     assert json.loads((g / "updates.json").read_text())["updates"][0]["expected_change"] is None
     bad = ["calibrate", "--outer", "3", "--inner", "3", "--samples", "20", "--cache-dir", str(cache), "--out", str(out)]
     assert main(bad) == 2 and "holds chunks of configuration" in capsys.readouterr().err
+    # --evaluate measures an existing file on held-out seeds without fitting: the same numbers as at fit time
+    ev_file = next(out.glob("evaluation-*-pixel.json"))
+    fitted_eval = json.loads(ev_file.read_text())
+    ev_file.unlink()
+    fresh = tmp_path / "cache-evaluate"
+    again = ["calibrate", "--outer", "2", "--inner", "3", "--heldout", "20", "--chunk", "10", "--cache-dir",
+             str(fresh), "--out", str(out), "--threads", "1", "--evaluate", str(cal_file)]
+    assert main(again) == 0
+    assert capsys.readouterr().out.count("samples in") == 2  # the held-out chunks only
+    assert sorted(f.name for f in fresh.glob("chunk-*")) == ["chunk-200000-200009.npz", "chunk-200010-200019.npz"]
+    assert json.loads(ev_file.read_text())["pooled"] == fitted_eval["pooled"]
+    assert main(again[:-1] + [str(cal_file)] + ["--heldout-seed", "100010"]) == 2
+    assert "overlap the seeds [100000, 100020)" in capsys.readouterr().err
+    other = ["calibrate", "--outer", "2", "--inner", "4", "--heldout", "10", "--cache-dir", str(tmp_path / "c2"),
+             "--out", str(out), "--evaluate", str(cal_file)]
+    assert main(other) == 2 and "--evaluate:" in capsys.readouterr().err
+    assert main(again[:again.index("--heldout")] + again[again.index("--chunk"):]) == 2
+    assert "give --heldout N" in capsys.readouterr().err
 
 
 def test_pipeline_outputs_carry_the_field_with_default_none():

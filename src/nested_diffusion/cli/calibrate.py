@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
                    help="feature: pixel + classifier signals (default for the bundled model); pixel: no feature "
                         "network at run time (default for sd/dit: signals on the latents); none: the population "
                         "curve")
+    c.add_argument("--evaluate", type=Path, nargs="+", default=None, metavar="FILE",
+                   help="measure these calibration files of this configuration on the --heldout seeds instead of "
+                        "fitting a new one (no calibration samples are run)")
     c.add_argument("--chunk", type=int_at_least("--chunk"), default=100, help="samples per cached chunk")
     c.add_argument("--cache-dir", type=Path, default=None, help="chunk cache (default: runs/calibrate/<hash>)")
     c.add_argument("--out", type=Path, default=Path("runs/calibrate"), help="folder for the calibration file")
@@ -63,7 +66,8 @@ def setup(args):
     from ..bundled.features import load_feature_classifier
     if args.seed < 0 or args.heldout_seed < 0:
         raise ValueError(f"--seed/--heldout-seed: seeds must be ≥ 0, got {args.seed}/{args.heldout_seed}")
-    if args.heldout and args.seed < args.heldout_seed + args.heldout and args.heldout_seed < args.seed + args.samples:
+    if args.heldout and not args.evaluate and args.seed < args.heldout_seed + args.heldout and \
+            args.heldout_seed < args.seed + args.samples:
         raise ValueError(f"--heldout-seed: held-out seeds [{args.heldout_seed}, {args.heldout_seed + args.heldout})"
                          f" overlap the calibration seeds [{args.seed}, {args.seed + args.samples})")
     classes = parse_classes(args.classes)
@@ -85,7 +89,7 @@ def run(args) -> int:
     from ..core.change_fit import fit_calibration
     from ..core.expected_change import config_hash
     from ..evaluation.calibration_runs import claim_cache, run_chunks
-    from ..evaluation.expected_change import PIXEL_SIGNALS, calibration_set, evaluate
+    from ..evaluation.expected_change import PIXEL_SIGNALS, calibration_set
     from ..io import atomic_write_json
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -101,6 +105,18 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.evaluate:
+        try:
+            if not args.heldout:
+                raise ValueError("--evaluate: give --heldout N, the held-out samples to measure the files on")
+            cals = [load_checked(path, config, range(args.heldout_seed, args.heldout_seed + args.heldout))
+                    for path in args.evaluate]
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for cal in cals:
+            evaluate_heldout(args, sampler, cal, fx, labels, cache, h, cal.meta.get("signals", "feature"), log)
+        return 0
     fit_paths = run_chunks(sampler, range(args.seed, args.seed + args.samples), labels, (1, 28, 28), cache,
                            args.chunk, log)
     feats = {"feature": None, "pixel": PIXEL_SIGNALS, "none": ()}[args.signals]
@@ -114,16 +130,42 @@ def run(args) -> int:
     name = f"{args.outer}x{args.inner}-{args.solver}-{args.signals}-{h}.json"
     log(f"wrote {atomic_write_json(args.out / name, cal.to_dict())} ({args.samples} samples)")
     if args.heldout:
-        ho_paths = run_chunks(sampler, range(args.heldout_seed, args.heldout_seed + args.heldout), labels,
-                              (1, 28, 28), cache, args.chunk, log)
-        ho = calibration_set(ho_paths, sampler.inner_steps, fx.classifier, args.signals == "feature")
-        doc = evaluate(cal, ho["signals"], ho["targets"], ho["nfe"])
-        doc.update(config_hash=h, signals=args.signals, heldout_seeds=[args.heldout_seed,
-                                                                       args.heldout_seed + args.heldout])
-        path = atomic_write_json(args.out / f"evaluation-{h}-{args.signals}.json", doc)
-        p = doc["pooled"]["after_first_result"]
-        log(f"wrote {path}: from the first inner result on, MAE {-100 * p['rmse']['mae_reduction']:+.0f}% (rmse), "
-            f"{-100 * p['semantic']['mae_reduction']:+.0f}% (semantic) vs the population curve; 80% coverage "
-            f"{p['rmse']['coverage_80']:.2f}/{p['semantic']['coverage_80']:.2f}; Brier {p['flip']['brier']:.4f} vs "
-            f"{p['flip']['brier_population']:.4f}")
+        evaluate_heldout(args, sampler, cal, fx, labels, cache, h, args.signals, log)
     return 0
+
+
+def load_checked(path: Path, config: dict, heldout: range):
+    """A calibration file, ValueError unless it was made for ``config`` (naming both hashes) from seeds outside
+    ``heldout``."""
+    import json
+
+    from ..core.expected_change import Calibration, config_hash
+    cal = Calibration.from_dict(json.loads(Path(path).read_text()))
+    if cal.hash != config_hash(config):
+        raise ValueError(f"--evaluate: {str(path)!r} is a calibration of configuration {cal.hash}, not of this "
+                         f"command's {config_hash(config)}; give the matching --outer/--inner/--solver/--guidance")
+    lo, hi = cal.meta.get("seeds", [0, 0])
+    if lo < heldout.stop and heldout.start < hi:
+        raise ValueError(f"--heldout-seed: held-out seeds [{heldout.start}, {heldout.stop}) overlap the seeds "
+                         f"[{lo}, {hi}) {str(path)!r} was fitted on")
+    return cal
+
+
+def evaluate_heldout(args, sampler, cal, fx, labels, cache: Path, h: str, signals: str, log) -> Path:
+    """Run the held-out seeds (cached chunks) and write ``evaluation-<hash>-<signals>.json`` for ``cal``."""
+    from ..evaluation.calibration_runs import run_chunks
+    from ..evaluation.expected_change import calibration_set, evaluate
+    from ..io import atomic_write_json
+    ho_paths = run_chunks(sampler, range(args.heldout_seed, args.heldout_seed + args.heldout), labels,
+                          (1, 28, 28), cache, args.chunk, log)
+    ho = calibration_set(ho_paths, sampler.inner_steps, fx.classifier, signals == "feature")
+    doc = evaluate(cal, ho["signals"], ho["targets"], ho["nfe"])
+    doc.update(config_hash=h, signals=signals, heldout_seeds=[args.heldout_seed, args.heldout_seed + args.heldout])
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = atomic_write_json(args.out / f"evaluation-{h}-{signals}.json", doc)
+    p = doc["pooled"]["after_first_result"]
+    log(f"wrote {path}: from the first inner result on, MAE {-100 * p['rmse']['mae_reduction']:+.0f}% (rmse), "
+        f"{-100 * p['semantic']['mae_reduction']:+.0f}% (semantic) vs the population curve; 80% coverage "
+        f"{p['rmse']['coverage_80']:.2f}/{p['semantic']['coverage_80']:.2f}; Brier {p['flip']['brier']:.4f} vs "
+        f"{p['flip']['brier_population']:.4f}")
+    return path

@@ -89,6 +89,9 @@ def check_args(args) -> None:
                          f"at run time); use 'pixel' (latent signals, the default) or 'none'")
     if args.heldout:
         raise ValueError(f"--heldout: {args.heldout} held-out samples are evaluated for --pipeline bundled only")
+    if args.evaluate:
+        raise ValueError(f"--evaluate: {[str(f) for f in args.evaluate]} — measuring existing calibrations is for "
+                         f"--pipeline bundled only")
     if not (Path(args.model_path) / "model_index.json").is_file():
         raise FileNotFoundError(f"--model-path: no diffusers pipeline at {args.model_path!r} (model_index.json "
                                 f"missing)")
