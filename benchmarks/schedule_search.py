@@ -138,9 +138,15 @@ def evaluate(cfg: dict, args, model, ev: FDEvaluator, marks: list[int]) -> dict:
     feats = ev.features(snaps)
     fd, boot = ev(snaps, feats)
     labels = torch.tensor([i % 10 for i in range(args.samples)])
-    agree = float((ev.ref.extractor.classifier.head(feats[snaps.mark_index[-1]]).argmax(1) == labels).float().mean())
+    classes = [ev.ref.extractor.classifier.head(feats[j]).argmax(1) for j in snaps.mark_index]
+    agree = float((classes[-1] == labels).float().mean())
+    final = snaps.final.float() / 255
     return dict(config=cfg, fd=fd, auc=anytime_auc(dict(zip(marks, fd)), args.budget, args.step), final_fd=fd[-1],
                 final_class_agreement=agree,
+                # how well the anytime result at each mark predicts the final: same predicted class, pixel RMSE
+                same_class_as_final=[float((c == classes[-1]).float().mean()) for c in classes],
+                rmse_to_final=[float(((snaps.at(m).float() / 255 - final) ** 2).flatten(1).mean(1).sqrt().mean())
+                               for m in marks],
                 first_result_nfe=sampler.inner_steps[0] if len(sampler.inner_steps) > 1 else args.budget,
                 times=sampler.times[:-1], seconds=time.perf_counter() - t0, _boot=boot)
 
@@ -198,6 +204,9 @@ def main() -> None:
         print(f"{r['config']['name']:28s} AUC {r['auc']:7.2f}  final FD {r['final_fd']:.4f} ({rel})  "
               f"class agreement {r['final_class_agreement']:.3f}  first result @{r['first_result_nfe']}  "
               f"{r['seconds']:.0f} s")
+        print(f"{'':28s} same class as the final at each mark: "
+              + " ".join(f"{v:.2f}" for v in r["same_class_as_final"]) + "; RMSE to the final: "
+              + " ".join(f"{v:.3f}" for v in r["rmse_to_final"]))
     print(f"noise floor ln: {math.log(ev.fd.of_features(ref.heldout[:args.samples])):.3f}")
 
 

@@ -12,6 +12,7 @@ from .core.grids import step_grid
 from .core.solvers import DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver
 from .core.registry import SolverSpec, get_solver, register_solver, solver_names, unregister_solver
 from .core.nested import NestedSampler, NestedSolver, vanilla_sampler
+from .core.schedules import Schedule, make_schedule, schedule_names
 from .core.analytic import GaussianMixtureDenoiser
 from .core.expected_change import Calibration, ExpectedChange, load_calibration
 from .core.change_fit import fit_calibration
@@ -23,7 +24,7 @@ from .core.flow_analytic import GaussianMixtureVelocity
 
 __version__ = "0.2.0"
 
-__all__ = ["NoiseSchedule", "get_schedule", "ClassifierFreeGuidance", "CountingDenoiser", "Denoiser",
+__all__ = ["Schedule", "make_schedule", "schedule_names", "NoiseSchedule", "get_schedule", "ClassifierFreeGuidance", "CountingDenoiser", "Denoiser",
            "DenoiserOutput", "ModelDenoiser", "NonFiniteOutputError", "NoiseSource", "DeviceNoiseSource", "INNER_RESULT", "X0_PREVIEW",
            "AnytimeInfo", "AnytimeUpdate", "SolverEvent", "step_grid", "DDIMSolver", "DDPMLearnedSolver",
            "DPMSolverPP2M", "DPMSolverPP2S", "Solver", "SolverSpec", "get_solver", "register_solver",

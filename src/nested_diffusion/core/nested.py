@@ -19,6 +19,7 @@ from .expected_change import Calibration, SignalTracker, VarianceObserver, canon
 from .grids import CLEAN, check_convention, check_step_counts, outer_grid
 from .noise import NoiseSource, as_noise_source
 from .registry import get_solver
+from .schedules import Schedule, make_schedule
 from .solvers import Solver
 from .steps import ddim_sigma, ddim_step
 
@@ -169,6 +170,23 @@ class NestedSampler:
         self.calibration = calibration  # the default of stream(calibration=): expected change on every update
         if calibration is not None:
             calibration.check(self.calibration_settings())
+
+    @classmethod
+    def from_schedule(cls, denoiser: Denoiser, schedule: Schedule | str, budget: int | None = None,
+                      inner_solver: Solver | str = "ddim", inner_eta: EtaSpec | None = None,
+                      outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: int | None = None,
+                      calibration: Calibration | None = None, **options) -> "NestedSampler":
+        """A sampler with a named schedule (``core.schedules``: "progressive", "uniform") for ``budget`` inner
+        steps, or with a ``Schedule``; ``options`` go to the schedule's builder (e.g. ``first=10``)."""
+        if isinstance(schedule, str):
+            if budget is None:
+                raise ValueError(f"budget: schedule {schedule!r} needs a budget (inner steps in total)")
+            T = denoiser.schedule.num_train_timesteps
+            schedule = make_schedule(schedule, budget, T - 1 if t_start is None else int(t_start), **options)
+        elif budget is not None or options:
+            raise ValueError("budget/options: only for a schedule given by name")
+        return cls(denoiser, inner_solver=inner_solver, inner_eta=inner_eta, outer_eta=outer_eta, grid=grid,
+                   t_start=t_start, calibration=calibration, **schedule.sampler_args())
 
     def stream(self, seeds: NoiseSource | Sequence[int] | int, shape: Sequence[int], cond: Any = None,
                max_nfe: int | None = None, deadline: float | None = None, previews: str = "first",
