@@ -51,6 +51,12 @@ def test_budget_limits_the_run(tmp_path, capsys):
     (["--guidance", "-1"], "--guidance: must be ≥ 0"),
     (["--inner", "2000"], "inner_steps: 2000 inner steps at outer step 0"),
     (["--solver", "ddpm", "--inner-eta", "0.5"], "--inner-eta: only the ddim solver takes η"),
+    (["--schedule", "progressive", "--outer", "5"], "--outer: 5 sets a uniform split; --schedule progressive"),
+    (["--nfe", "40"], "budget: 40 NFE leave nothing for the final run"),
+    (["--schedule", "uniform", "--nfe", "99"], "budget: 99 NFE do not split evenly over 5 outer steps"),
+    (["--nfe", "100", "--outer", "5", "--inner", "30"], "--nfe: 100 is not --outer 5 × --inner 30"),
+    (["--first", "10", "--inner", "10"], "--first: 10 is for --schedule progressive"),
+    (["--schedule", "zigzag"], "invalid choice: 'zigzag'"),
 ])
 def test_bad_arguments_are_rejected_clearly(tmp_path, capsys, argv, match):
     try:
@@ -91,10 +97,25 @@ def test_ctrl_c_keeps_and_writes_the_latest_result(tmp_path, capsys, monkeypatch
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_the_default_is_the_progressive_schedule_at_guidance_1_25(tmp_path, capsys):
+    code, stdout, _ = run(["generate", "--out", str(tmp_path), "--classes", "3", "--threads", "1"], capsys)
+    assert code == 0 and "3 outer (20+20+60 inner from t=999, 899, 799)" in stdout and "guidance 1.25" in stdout
+    doc = json.loads((tmp_path / "updates.json").read_text())
+    st = doc["settings"]
+    assert (st["schedule"], st["inner"], st["outer_times"], st["guidance"]) == ("progressive", [20, 20, 60],
+                                                                               [999, 899, 799], 1.25)
+    finished = [u["nfe"] for u in doc["updates"] if u["source"] == "inner_result" or u["final"]]
+    assert finished == [20, 40, 100]  # the first finished image after 20 NFE, as with the uniform 5 × 20
+    code, _, _ = run(["generate", "--out", str(tmp_path / "u"), "--classes", "3", "--threads", "1", "--quiet",
+                      "--schedule", "uniform", "--nfe", "12", "--outer", "3"], capsys)
+    st = json.loads((tmp_path / "u" / "updates.json").read_text())["settings"]
+    assert code == 0 and (st["schedule"], st["inner"], st["outer_times"]) == ("uniform", [4, 4, 4], None)
+
+
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit):
         cli.main(["generate", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--classes", "--seed", "--outer", "--inner", "--solver", "--inner-eta", "--outer-eta", "--guidance",
+    for flag in ("--classes", "--seed", "--schedule", "--nfe", "--first", "--outer", "--inner", "--solver", "--inner-eta", "--outer-eta", "--guidance",
                  "--budget", "--deadline", "--grid", "--vanilla", "--model", "--out"):
         assert flag in text

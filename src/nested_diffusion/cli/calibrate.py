@@ -20,13 +20,13 @@ from pathlib import Path
 
 from . import calibrate_pipelines
 from .argtypes import inner_eta_for, int_at_least, nonneg_float, solver_choices
+from .schedule_args import add_schedule_args, resolve_schedule
 
 
 def add_parser(sub) -> None:
     c = sub.add_parser("calibrate", help="fit the expected-change predictor for a sampler configuration",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    c.add_argument("--outer", type=int_at_least("--outer"), default=5, help="outer steps (default: 5)")
-    c.add_argument("--inner", type=int_at_least("--inner"), default=20, help="inner steps (default: 20)")
+    add_schedule_args(c)  # the bundled model's default: generate's (progressive, 100 NFE); sd/dit: uniform 5 × 20
     c.add_argument("--solver", choices=solver_choices(), default=None,
                    help="inner solver (default: ddpm; sd: ddim, dit: ddpm)")
     c.add_argument("--inner-eta", type=nonneg_float("--inner-eta"), default=None)
@@ -60,7 +60,7 @@ def setup(args):
     """Sampler, configuration and the classifier; ValueError/FileNotFoundError on bad input."""
     import torch
 
-    from ..bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser, parse_classes
+    from ..bundled import DEMO_GUIDANCE, load_unet, make_denoiser, parse_classes
     from ..bundled.expected_change import model_identity
     from ..core.nested import NestedSampler
     from ..bundled.features import load_feature_classifier
@@ -72,9 +72,14 @@ def setup(args):
                          f" overlap the calibration seeds [{args.seed}, {args.seed + args.samples})")
     classes = parse_classes(args.classes)
     unet = load_unet(args.model)
-    guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
-    sampler = NestedSampler(make_denoiser(unet, guidance), args.outer, args.inner, args.solver,
-                            inner_eta_for(args.solver, args.inner_eta), args.outer_eta, args.grid)
+    guidance = DEMO_GUIDANCE if args.guidance is None else args.guidance
+    den = make_denoiser(unet, guidance)
+    schedule = resolve_schedule(args, den.schedule.num_train_timesteps - 1)
+    args.tag = (f"{schedule.outer_steps}x{schedule.inner_steps[0]}" if schedule.name == "uniform"
+                else f"{schedule.name}-{schedule.inner_total}")
+    sampler = NestedSampler.from_schedule(den, schedule, inner_solver=args.solver,
+                                          inner_eta=inner_eta_for(args.solver, args.inner_eta),
+                                          outer_eta=args.outer_eta, grid=args.grid)
     config = {"sampler": sampler.calibration_settings("first"), "model": model_identity(unet, guidance)}
     fx = load_feature_classifier(args.classifier)
     labels = lambda seeds: torch.tensor([classes[s % len(classes)] for s in seeds])  # noqa: E731
@@ -127,7 +132,7 @@ def run(args) -> int:
                 first_result_nfe=sampler.solver.inner.nfe(sampler.inner_steps[0]))
     cal = fit_calibration(data["signals"], data["targets"], data["nfe"], config, meta, feats)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.outer}x{args.inner}-{args.solver}-{args.signals}-{h}.json"
+    name = f"{args.tag}-{args.solver}-{args.signals}-{h}.json"
     log(f"wrote {atomic_write_json(args.out / name, cal.to_dict())} ({args.samples} samples)")
     if args.heldout:
         evaluate_heldout(args, sampler, cal, fx, labels, cache, h, args.signals, log)

@@ -89,6 +89,10 @@ def check_args(args) -> None:
                          f"at run time); use 'pixel' (latent signals, the default) or 'none'")
     if args.heldout:
         raise ValueError(f"--heldout: {args.heldout} held-out samples are evaluated for --pipeline bundled only")
+    for opt in ("schedule", "nfe", "first"):
+        if getattr(args, opt) is not None:
+            raise ValueError(f"--{opt}: {getattr(args, opt)!r} is for --pipeline bundled; with --pipeline {p} give "
+                             f"--outer and --inner (a uniform split)")
     if args.evaluate:
         raise ValueError(f"--evaluate: {[str(f) for f in args.evaluate]} — measuring existing calibrations is for "
                          f"--pipeline bundled only")
@@ -105,6 +109,7 @@ def setup(args):
     from .eval_pipelines import device_dtype, load_pipeline, pipeline_factory
     from ..evaluation.rgb_metrics import CLIPImageFeatures, feature_network
     args.decode_batch = args.decode_batch or 8
+    args.outer, args.inner = args.outer or 5, args.inner or 20
     factory = pipeline_factory(args, load_pipeline(args))
     sampler = factory.build(args.outer, args.inner)
     info = factory.info

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..bundled.data import CLASS_NAMES
 from .argtypes import inner_eta_for, nonneg_float, positive_int, solver_choices, writable_dir
 from .progress import Progress
+from .schedule_args import add_schedule_args, describe, resolve_schedule
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -21,8 +22,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--classes", default="all",
                    help=f"comma-separated class indices or names, or 'all' ({', '.join(CLASS_NAMES)})")
     g.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (same seed, same image)")
-    g.add_argument("--outer", type=positive_int("--outer"), default=5, help="outer steps")
-    g.add_argument("--inner", type=positive_int("--inner"), default=20, help="inner steps per outer step")
+    add_schedule_args(g)
     g.add_argument("--solver", choices=solver_choices(), default="ddpm",
                    help="inner solver (ddpm = learned-variance ancestral sampling, the paper's DiT setting)")
     g.add_argument("--inner-eta", type=nonneg_float("--inner-eta"), default=None,
@@ -30,7 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--outer-eta", type=nonneg_float("--outer-eta"), default=0.0,
                    help="η of the outer DDIM step (a number or sqrt_one_minus_alpha_bar)")
     g.add_argument("--guidance", type=nonneg_float("--guidance"), default=None,
-                   help="classifier-free guidance scale, inner process only (default: the model's documented one)")
+                   help="classifier-free guidance scale, inner process only (default: 1.25, the FD-best for nested and "
+                        "vanilla sampling of the bundled model at 100 NFE; docs/RESULTS.md)")
     g.add_argument("--budget", type=positive_int("--budget"), default=None, help="max NFE; best result within it")
     g.add_argument("--deadline", type=float, default=None, help="wall-clock seconds; best result before it")
     g.add_argument("--grid", choices=("clean", "authors"), default="clean", help="grid convention (README)")
@@ -50,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def build_samplers(args) -> tuple[list, dict, list[int]]:
     """[(name, NestedSampler)] for the nested run and, with --vanilla, vanilla at the same NFE; the settings
     record; the class of each sample. Raises ValueError/TypeError/FileNotFoundError with a message naming the option."""
-    from ..bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser, parse_classes
+    from ..bundled import DEMO_GUIDANCE, load_unet, make_denoiser, parse_classes
     from ..core.nested import NestedSampler
 
     classes = parse_classes(args.classes)
@@ -58,13 +59,18 @@ def build_samplers(args) -> tuple[list, dict, list[int]]:
         raise ValueError(f"--deadline: must be a positive number of seconds, got {args.deadline}")
     inner_eta = inner_eta_for(args.solver, args.inner_eta)
     model = load_unet(args.model)
-    guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    guidance = DEMO_GUIDANCE if args.guidance is None else args.guidance
     den = make_denoiser(model, guidance)
-    runs = [("nested", args.outer, args.inner)] + ([("vanilla", 1, args.outer * args.inner)] if args.vanilla else [])
-    samplers = [(name, NestedSampler(den, k, n, args.solver, inner_eta, args.outer_eta, args.grid))
-                for name, k, n in runs]
+    schedule = resolve_schedule(args, den.schedule.num_train_timesteps - 1)
+    nested = NestedSampler.from_schedule(den, schedule, inner_solver=args.solver, inner_eta=inner_eta,
+                                         outer_eta=args.outer_eta, grid=args.grid)
+    samplers = [("nested", nested)] + ([("vanilla", NestedSampler(den, 1, schedule.inner_total, args.solver,
+                                                                  inner_eta, args.outer_eta, args.grid))]
+                                       if args.vanilla else [])
     settings = dict(classes=[CLASS_NAMES[c] for c in classes],
-                    seeds=[args.seed + i for i in range(len(classes))], outer=args.outer, inner=args.inner,
+                    seeds=[args.seed + i for i in range(len(classes))], schedule=schedule.name,
+                    outer=schedule.outer_steps, inner=list(schedule.inner_steps),
+                    outer_times=None if schedule.outer_times is None else list(schedule.outer_times),
                     solver=args.solver, inner_eta=inner_eta, outer_eta=args.outer_eta, guidance=guidance,
                     budget=args.budget, deadline=args.deadline, grid=args.grid, model=args.model or "bundled")
     from ..bundled.expected_change import resolve_calibration
@@ -99,10 +105,14 @@ def sample_one(name: str, sampler, settings: dict, classes: list[int], out: Path
 
     out.mkdir(parents=True, exist_ok=True)
     rec = AnytimeRecorder(out, {**settings, "method": name, "outer": sampler.outer_steps,
-                                "inner": sampler.inner_steps[0]}, scale=args.scale)
+                                "inner": list(sampler.inner_steps)}, scale=args.scale)
     total = sampler.total_nfe if args.budget is None else min(args.budget, sampler.total_nfe)
     progress = Progress(total, quiet=args.quiet)
-    progress.line(f"[{name}] {sampler.outer_steps} outer × {sampler.inner_steps[0]} inner ({args.solver}), "
+    from ..core.schedules import Schedule
+    shape = describe(Schedule(settings["schedule"] if name == "nested" else "uniform", tuple(sampler.inner_steps),
+                              None if name != "nested" or settings["outer_times"] is None
+                              else tuple(settings["outer_times"])))
+    progress.line(f"[{name}] {shape} ({args.solver}), "
                   f"{sampler.total_nfe} NFE, guidance {settings['guidance']}, classes {', '.join(settings['classes'])}")
     code = 0
     try:
