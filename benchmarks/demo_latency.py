@@ -1,6 +1,8 @@
 """Latency of the README demo on the bundled model, measured on the path users run.
 
-Side by side, interleaved, for the demo's default settings (10 classes, 5 × 20 learned-variance DDPM, guidance 2.0):
+Side by side, interleaved, for the demo's default settings (10 classes, the progressive schedule at 100 NFE —
+20 + 20 + 60 learned-variance DDPM inner steps — guidance 1.25; ``--schedule uniform --outer 5 --inner 20`` for
+the paper's split):
 * ``generate`` in-process: ``nested_diffusion.cli.main(["generate", ...])`` — the exact function the command runs
   (argument parsing, model load, streaming, per-update lines, writing PNG/GIF/JSON); first preview, first
   finished image and end of sampling are read from the ``elapsed_s`` it records in updates.json;
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from nested_diffusion import NestedSampler
-from nested_diffusion.bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser
+from nested_diffusion.bundled import DEMO_GUIDANCE, load_unet, make_denoiser
 from nested_diffusion.cli import main as cli_main
 
 
@@ -44,25 +46,29 @@ def from_records(path: Path):
 
 
 def command_args(out: str, args) -> list[str]:
-    return ["generate", "--out", out, "--outer", str(args.outer), "--inner", str(args.inner), "--threads",
-            str(args.threads), "--quiet"]
+    shape = (["--nfe", str(args.nfe)] if args.schedule == "progressive"
+             else ["--outer", str(args.outer), "--inner", str(args.inner)])
+    return ["generate", "--out", out, "--schedule", args.schedule, *shape, "--threads", str(args.threads), "--quiet"]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--outer", type=int, default=5)
-    ap.add_argument("--inner", type=int, default=20)
+    ap.add_argument("--schedule", choices=("progressive", "uniform"), default="progressive")
+    ap.add_argument("--nfe", type=int, default=100, help="progressive: inner steps in total")
+    ap.add_argument("--outer", type=int, default=5, help="uniform")
+    ap.add_argument("--inner", type=int, default=20, help="uniform")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model = load_unet()
     load_s = time.perf_counter() - t0
-    den = make_denoiser(model, DEFAULT_GUIDANCE)
+    den = make_denoiser(model, DEMO_GUIDANCE)
     labels = torch.arange(10)
-    nested = NestedSampler(den, args.outer, args.inner, "ddpm")
-    vanilla = NestedSampler(den, 1, args.outer * args.inner, "ddpm")
+    nested = (NestedSampler.from_schedule(den, "progressive", args.nfe, "ddpm") if args.schedule == "progressive"
+              else NestedSampler(den, args.outer, args.inner, "ddpm"))
+    vanilla = NestedSampler(den, 1, nested.total_nfe, "ddpm")
     api_run(NestedSampler(den, 1, 2, "ddpm"), labels)  # warm-up
     rows = {"generate (in-process)": [], "API nested": [], "API vanilla": []}
     startup = []
@@ -78,8 +84,9 @@ def main():
             subprocess.run([sys.executable, "-m", "nested_diffusion.cli", *command_args(out, args)], check=True)
             wall = time.perf_counter() - t0
             startup.append((wall, wall - from_records(Path(out) / "updates.json")[2]))
-    print(f"torch {torch.__version__}, {args.threads} threads, batch 10 (one per class), {args.outer}×{args.inner} "
-          f"ddpm, guidance {DEFAULT_GUIDANCE}, median of {args.repeats}; model load {load_s:.2f} s")
+    print(f"torch {torch.__version__}, {args.threads} threads, batch 10 (one per class), {args.schedule} "
+          f"{'+'.join(map(str, nested.inner_steps))} ddpm, guidance {DEMO_GUIDANCE}, median of {args.repeats}; "
+          f"model load {load_s:.2f} s")
     med = {name: [statistics.median(v) for v in zip(*r)] for name, r in rows.items()}
     for name, (first, first_res, total) in med.items():
         print(f"{name:22s} first preview {first:.3f} s   first finished image {first_res:.3f} s   "
