@@ -189,9 +189,11 @@ class BundledBackend:
         classes = parse_classes(",".join(str(x) for x in classes) if isinstance(classes, (list, tuple))
                                 else str(classes))
         seeds = _seeds(c["seed"], len(classes), limits, "classes")
-        return Prepared(req, seeds, torch.tensor(classes, dtype=torch.long), c["solver"], c["guidance"],
+        prep = Prepared(req, seeds, torch.tensor(classes, dtype=torch.long), c["solver"], c["guidance"],
                         c["max_nfe"], c["deadline"], dict(outer=c["outer"], inner=c["inner"],
                                                           schedule=c["schedule"]))
+        self.total_nfe(prep, c["outer"], c["inner"], c["schedule"])  # a schedule's budget checks, no model call
+        return prep
 
     def sampler(self, prep: Prepared, outer: int, inner: int, schedule: str = "uniform") -> NestedSampler:
         """The library sampler of this job (what ``nested-diffusion generate`` builds for the same settings);
@@ -285,7 +287,9 @@ class PipelineBackend:
             spec = ",".join(str(x) for x in req.classes) if isinstance(req.classes, (list, tuple)) else req.classes
             cond = [self._label_id(x, n) for x in parse_class_labels(str(spec), n)]
         seeds = _seeds(c["seed"], len(cond), limits, "prompt" if self.kind == "sd" else "classes")
-        return Prepared(req, seeds, cond, c["solver"], c["guidance"], c["max_nfe"], c["deadline"], extra)
+        prep = Prepared(req, seeds, cond, c["solver"], c["guidance"], c["max_nfe"], c["deadline"], extra)
+        self.total_nfe(prep, c["outer"], c["inner"], c["schedule"])  # a schedule's budget checks, no model call
+        return prep
 
     def _label_id(self, label: Any, n: int) -> int:
         if isinstance(label, str):
