@@ -46,6 +46,7 @@ class ModernPipelineSampler(PipelineSampler):
         self.pipe, self.cond_arg, self.latent_shape = pipe, "prompt", tuple(latent_shape)
         self.options, self.outer_arg, self.inner_arg = dict(options), outer, inner
         self.decode_batch = int(decode_batch)
+        self.calibration = None  # SDXL/SD3/FLUX take no calibration= (PipelineSampler.stream reads it)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
