@@ -175,6 +175,25 @@ def test_runners_key_a_named_schedule_by_its_name(tmp_path):
     assert q["configs"] == ["progressive", "4x12"]
 
 
+def test_budget_table_with_a_named_nested_schedule(tmp_path):
+    from nested_diffusion.bundled import FashionClassifier
+    from nested_diffusion.bundled.features import ClassifierFeatures
+    from nested_diffusion.evaluation.reference import reference_from_images
+    from nested_diffusion.evaluation.runners import run_budget_table
+    den = mixture_images()
+    real = den.sample(120, torch.Generator().manual_seed(1)).float().reshape(-1, 1, 8, 8).clamp(-1, 1)
+    torch.manual_seed(0)
+    ref = reference_from_images(ClassifierFeatures(FashionClassifier(feature_dim=8).eval()), real[:60], real[60:],
+                                "toy mixture")
+    doc = run_budget_table(schedule_factory(den), ref, tmp_path, budgets=[48], fractions=[0.5, 1.0], step=8,
+                           n_samples=4, chunk=4, bootstrap=0, log=None, nested_schedule="progressive")
+    assert [r["nested_config"] for r in doc["rows"]] == ["progressive"] * 2
+    assert [r["vanilla_config"] for r in doc["rows"]] == ["1x48"] * 2
+    assert set(doc["timing"]) == {"1x48", "progressive-48"} and "progressive" in doc["nested"]
+    with pytest.raises(ValueError, match="expected a schedule name"):
+        run_budget_table(schedule_factory(den), ref, tmp_path, budgets=[48], nested_schedule="4x12", log=None)
+
+
 def test_a_named_schedule_needs_a_factory_that_offers_it(tmp_path):
     with pytest.raises(ValueError, match="no named schedules"):
         run_consistency(toy_factory(mixture_images()), [MSEDistance()], tmp_path, "progressive", total_nfe=48,
