@@ -24,10 +24,13 @@ def bundled_factory(model=None, guidance: float | None = None, solver: str = "dd
     def build(outer: int, inner: int) -> NestedSampler:
         return NestedSampler(den, outer, inner, solver, inner_eta, outer_eta, grid)
 
+    def build_schedule(name: str, total_nfe: int) -> NestedSampler:  # a named schedule (core.schedules)
+        return NestedSampler.from_schedule(den, name, total_nfe, solver, inner_eta, outer_eta, grid)
+
     device = next(model.parameters()).device
     info = dict(model=f"TinyUNet-{state_fingerprint(model)}", guidance=guidance, solver=solver,
                 inner_eta=inner_eta, outer_eta=outer_eta, grid=grid, labels="sample index % num_classes")
     if device.type != "cpu":
         info["device"] = device.type
     return SamplerFactory(build, (c, size, size), lambda idx: torch.tensor([i % classes for i in idx]), info,
-                          str(device), noise_prefetch, noise_workers)
+                          str(device), noise_prefetch, noise_workers, build_schedule)

@@ -13,12 +13,14 @@ import time
 from pathlib import Path
 
 from ..core.flow_registry import flow_solver_names
+from ..core.schedules import schedule_names
 from .argtypes import inner_eta_for, int_at_least as _int, nonneg_float as _float, solver_choices
 from . import eval_pipelines as cp
 
 RND_DEFAULT = "1x200,2x100,4x50,5x40,10x20,20x10"
 CONSISTENCY_DEFAULT = "2x100,4x50,5x40,10x20"
 SD_CONSISTENCY_DEFAULT = "2x30,3x20,4x15,6x10"
+SCHEDULES = ", ".join(schedule_names())
 
 
 def _list(name: str, kind):
@@ -83,7 +85,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e = sub.add_parser("rnd-sweep", formatter_class=fmt, help="Table 1 / Fig. 9: log-FD-per-NFE AUC per split")
     _sampling_args(e)
     _metric_args(e)
-    e.add_argument("--configs", default=None, help=f"OUTERxINNER list (default: {RND_DEFAULT}; sd: "
+    e.add_argument("--configs", default=None, help=f"OUTERxINNER list; a schedule name ({SCHEDULES}) runs that "
+                                                   f"schedule at --total-nfe (default: {RND_DEFAULT}; sd: "
                                                    f"{cp.SD_RND_DEFAULT})")
     e.add_argument("--total-nfe", type=_int("--total-nfe"), default=None, help="NFE per run (default: 200; sd: 60)")
     e.add_argument("--step", type=_int("--step"), default=10,
@@ -98,14 +101,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="fractions of each budget (default: 0.2,0.4,0.6,0.8,1.0)")
     e.add_argument("--nested-outer", type=_int("--nested-outer"), default=5,
                    help="outer steps of the nested sampler, inner = budget / outer (default: 5)")
+    e.add_argument("--nested-schedule", choices=schedule_names(), default=None,
+                   help="a named schedule as the nested sampler at each budget, instead of --nested-outer")
     e.add_argument("--step", type=_int("--step"), default=10,
                    help="snapshot grid; equal grids share the sweep's cache (default: %(default)s)")
     e = sub.add_parser("consistency", formatter_class=fmt, help="Fig. 11: distance of intermediates to the final")
     _sampling_args(e)
     e.add_argument("--classifier", default=None, help="feature classifier folder (feature_cosine)")
     cp.add_rgb_metric_args(e, reference=False)
-    e.add_argument("--configs", default=None, help=f"OUTERxINNER list (default: {CONSISTENCY_DEFAULT}; sd: "
-                                                   f"{SD_CONSISTENCY_DEFAULT})")
+    e.add_argument("--configs", default=None, help=f"OUTERxINNER list or schedule names ({SCHEDULES}) "
+                                                   f"(default: {CONSISTENCY_DEFAULT}; sd: {SD_CONSISTENCY_DEFAULT})")
     e.add_argument("--total-nfe", type=_int("--total-nfe"), default=None, help="NFE per run (default: 200; sd: 60)")
     e.add_argument("--step", type=_int("--step"), default=10, help="NFE grid (default: 10)")
     e.add_argument("--metrics", default="mse,feature_cosine",
@@ -128,7 +133,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--threads", type=_int("--threads"), default=1, help="torch CPU threads (default: %(default)s)")
     e = sub.add_parser("qualitative", formatter_class=fmt, help="Fig. 10: same seeds under each split")
     _sampling_args(e, samples=False)
-    e.add_argument("--configs", default=None, help=f"OUTERxINNER list, one column each (default: {RND_DEFAULT}; "
+    e.add_argument("--configs", default=None, help=f"OUTERxINNER list or schedule names ({SCHEDULES}), one column "
+                                                   f"each (default: {RND_DEFAULT}; "
                                                    f"sd: {cp.SD_RND_DEFAULT})")
     e.add_argument("--total-nfe", type=_int("--total-nfe"), default=None, help="NFE per run (default: 200; sd: 60)")
     e.add_argument("--show", type=_list("--show", int), default=[0, 1, 2, 3],
@@ -261,7 +267,7 @@ def run(args) -> int:
             else:
                 doc = runners.run_budget_table(factory, ref, args.out, args.budgets, args.fractions,
                                                args.nested_outer, args.step, args.samples, args.seed, args.chunk,
-                                               args.bootstrap, cache, log, scores)
+                                               args.bootstrap, cache, log, scores, args.nested_schedule)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

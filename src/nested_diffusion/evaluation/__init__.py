@@ -8,7 +8,7 @@ from .distances import (FrechetToReference, ReferenceStats, kid_from_features, l
                         make_kid_metric, precision_recall, save_reference_stats)
 from .consistency import ConsistencyMetric, FeatureCosineDistance, MSEDistance, build_consistency_metrics
 from .reference import EvalReference, reference_from_images
-from .snapshots import SamplerFactory, Snapshots, collect_snapshots, snapshot_stream
+from .snapshots import SamplerFactory, Snapshots, collect_config_snapshots, collect_snapshots, snapshot_stream
 from .runners import run_budget_table, run_consistency, run_qualitative, run_rnd_sweep
 
 __all__ = ["FeatureStats", "frechet_distance", "CurrentUpdate", "UpdateSchedule", "anytime_auc", "current_update",
@@ -17,5 +17,5 @@ __all__ = ["FeatureStats", "frechet_distance", "CurrentUpdate", "UpdateSchedule"
            "load_reference_stats", "make_fd_metric", "make_kid_metric", "precision_recall", "save_reference_stats",
            "ConsistencyMetric", "FeatureCosineDistance", "MSEDistance", "build_consistency_metrics", "EvalReference",
            "reference_from_images", "SamplerFactory", "Snapshots", 
-           "collect_snapshots", "snapshot_stream", "run_budget_table", "run_consistency", "run_qualitative",
+           "collect_config_snapshots", "collect_snapshots", "snapshot_stream", "run_budget_table", "run_consistency", "run_qualitative",
            "run_rnd_sweep"]

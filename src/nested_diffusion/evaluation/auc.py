@@ -16,6 +16,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..core.schedules import schedule_names
+
 DEFAULT_STEP = 10
 
 
@@ -134,16 +136,21 @@ def current_update(config, n: int) -> CurrentUpdate:
     return sched.current(n)
 
 
-def parse_configs(spec: "str | Sequence") -> list[tuple[int, int]]:
-    """'1x200,2x100' or [(1, 200), …] → [(outer, inner), …]."""
+def parse_configs(spec: "str | Sequence") -> "list[tuple[int, int] | str]":
+    """'1x200,2x100,progressive' or [(1, 200), "progressive", …] → [(outer, inner) or a schedule name, …]. A
+    name (``core.schedules.schedule_names()``) is a named schedule spending the run's total NFE."""
     items = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
     out = []
     for it in items:
+        if isinstance(it, str) and it.strip().lower() in schedule_names():
+            out.append(it.strip().lower())
+            continue
         try:
             o, i = (it.lower().split("x") if isinstance(it, str) else it)
             out.append((_pos_int(int(o), "outer"), _pos_int(int(i), "inner")))
         except (ValueError, TypeError):
-            raise ValueError(f"configs: {it!r} is not an OUTERxINNER pair of positive integers (e.g. 4x50)")
+            raise ValueError(f"configs: {it!r} is not an OUTERxINNER pair of positive integers (e.g. 4x50) or a "
+                             f"schedule name ({', '.join(schedule_names())})")
     if not out:
         raise ValueError("configs: give at least one OUTERxINNER configuration")
     return out

@@ -26,7 +26,7 @@ from .distances import (FrechetToReference, bootstrap_counts, fd_noise_floor, ki
                         precision_recall, subset, weighted_stats)
 from .features import dequantize, extract_features
 from .reference import EvalReference
-from .snapshots import SamplerFactory, Snapshots, collect_snapshots
+from .snapshots import SamplerFactory, Snapshots, collect_config_snapshots, config_label
 
 SCHEMA_VERSION = 1
 RND_CONFIGS = ((1, 200), (2, 100), (4, 50), (5, 40), (10, 20), (20, 10))   # Table 1
@@ -119,6 +119,24 @@ def _floor(ev: FDEvaluator, n: int, seed: int) -> dict | None:
     return fd_noise_floor(ev.fd, ev.ref.heldout, n, repeats=5, seed=seed)
 
 
+def config_fields(config, sampler) -> dict:
+    """A result row's name for one configuration: outer/inner/label for OUTERxINNER (as always); for a named
+    schedule also ``schedule`` and the sampler's inner steps (a list) and outer times."""
+    if not isinstance(config, str):
+        return dict(outer=config[0], inner=config[1], label=config_label(config))
+    return dict(outer=sampler.outer_steps, inner=list(sampler.inner_steps), label=config, schedule=config,
+                outer_times=[int(t) for t in sampler.times[:-1]])
+
+
+def _build_all(factory: SamplerFactory, configs, total_nfe: int) -> dict:
+    """Every configuration's sampler, built (validated) before any sampling; each must spend ``total_nfe``."""
+    samplers = {c: factory.make(c, total_nfe) for c in configs}
+    bad = [f"{config_label(c)} ({s.total_nfe} NFE)" for c, s in samplers.items() if s.total_nfe != total_nfe]
+    if bad:
+        raise ValueError(f"configs: every configuration must spend total_nfe={total_nfe} NFE; not {', '.join(bad)}")
+    return samplers
+
+
 # ---------------------------------------------------------------------------------------------------- Table 1
 def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: str | os.PathLike,
                   configs: Sequence = RND_CONFIGS, total_nfe: int = 200, step: int = DEFAULT_STEP,
@@ -133,19 +151,17 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
     configs = parse_configs(configs)
     marks = nfe_marks(total_nfe, step)
     _check_common(n_samples, chunk, bootstrap, min_samples=4)       # precision/recall with k = 3 needs > 3
-    samplers = {c: factory.build(*c) for c in configs}      # validates every configuration before sampling
-    bad = [f"{o}x{i} ({s.total_nfe} NFE)" for (o, i), s in samplers.items() if s.total_nfe != total_nfe]
-    if bad:
-        raise ValueError(f"configs: every configuration must spend total_nfe={total_nfe} NFE; not {', '.join(bad)}")
+    samplers = _build_all(factory, configs, total_nfe)      # validates every configuration before sampling
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     ev = FDEvaluator(reference, n_samples, bootstrap, seed)
     rows = []
-    for o, i in configs:
-        snaps = collect_snapshots(factory, o, i, n_samples, seed, marks, cache, chunk, log)
+    for c in configs:
+        snaps = collect_config_snapshots(factory, c, total_nfe, n_samples, seed, marks, cache, chunk, log)
         t0 = time.perf_counter()
         feats = ev.features(snaps)
-        row = _rnd_row(ev, snaps, feats, o, i, marks, total_nfe, step, rows[0] if rows else None)
+        row = _rnd_row(ev, snaps, feats, config_fields(c, samplers[c]), marks, total_nfe, step,
+                       rows[0] if rows else None)
         final = feats[snaps.mark_index[-1]]
         if scores:
             row["scores"] = _scores(snaps, scores, seed)
@@ -153,7 +169,7 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
         row["timing"] = _timing(snaps.timing, time.perf_counter() - t0, total_nfe)
         rows.append(row)
         if log:
-            log(f"{o}x{i}: AUC {row['auc']:.2f}, final FD {row['final_fd']:.4g}")
+            log(f"{row['label']}: AUC {row['auc']:.2f}, final FD {row['final_fd']:.4g}")
     for row in rows:
         row.pop("_auc_reps", None)
         row.pop("_final_reps", None)
@@ -173,12 +189,12 @@ def run_rnd_sweep(factory: SamplerFactory, reference: EvalReference, out_dir: st
     return doc
 
 
-def _rnd_row(ev: FDEvaluator, snaps: Snapshots, feats, o: int, i: int, marks, total_nfe: int, step: int,
+def _rnd_row(ev: FDEvaluator, snaps: Snapshots, feats, name: dict, marks, total_nfe: int, step: int,
              first: dict | None) -> dict:
     """FD curve, AUC and final FD of one configuration, with bootstrap spreads and the paired difference to
     ``first`` (vanilla in Table 1's order); ``_auc_reps``/``_final_reps`` are kept for later rows."""
     fd, boot = ev(snaps, feats)
-    row = dict(outer=o, inner=i, label=f"{o}x{i}", fd=fd, auc=anytime_auc(dict(zip(marks, fd)), total_nfe, step),
+    row = dict(**name, fd=fd, auc=anytime_auc(dict(zip(marks, fd)), total_nfe, step),
                final_fd=fd[-1], distinct_update_nfes=[snaps.update_nfes[j] for j in sorted(set(snaps.mark_index))])
     if boot is None:
         return row
@@ -212,24 +228,32 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
                      budgets: Sequence[int] = BUDGETS, fractions: Sequence[float] = FRACTIONS, nested_outer: int = 5,
                      step: int = DEFAULT_STEP, n_samples: int = 2000, seed: int = 0, chunk: int = 100,
                      bootstrap: int = 200, cache_dir: str | os.PathLike | None = None,
-                     log: Callable[[str], None] | None = print, scores: Sequence = ()) -> dict:
-    """FD of vanilla's x̂0 preview vs nested (``nested_outer`` × N/outer) at fractions of each budget N
-    (and the mean of each of ``scores``, as in ``run_rnd_sweep``)."""
+                     log: Callable[[str], None] | None = print, scores: Sequence = (),
+                     nested_schedule: str | None = None) -> dict:
+    """FD of vanilla's x̂0 preview vs nested (``nested_outer`` × N/outer, or the named schedule
+    ``nested_schedule`` at N NFE, e.g. "progressive") at fractions of each budget N (and the mean of each of
+    ``scores``, as in ``run_rnd_sweep``)."""
     t_start, out = time.time(), Path(out_dir)
     _check_common(n_samples, chunk, bootstrap)
-    plan = [_budget_plan(factory, N, fractions, nested_outer, step) for N in budgets]  # validates before sampling
+    if nested_schedule is not None:
+        nested_schedule = parse_configs(nested_schedule)[0]
+        if not isinstance(nested_schedule, str):
+            raise ValueError(f"nested_schedule: expected a schedule name, got {nested_schedule!r}")
+    plan = [_budget_plan(factory, N, fractions, nested_outer, step, nested_schedule)
+            for N in budgets]                                                          # validates before sampling
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     ev = FDEvaluator(reference, n_samples, bootstrap, seed)
     rows, timing = [], {}
     for N, pair, fm, marks in plan:
         res = {}
-        for name, (o, i) in zip(("vanilla", "nested"), pair):
-            snaps = collect_snapshots(factory, o, i, n_samples, seed, marks, cache, chunk, log)
+        for name, c in zip(("vanilla", "nested"), pair):
+            snaps = collect_config_snapshots(factory, c, N, n_samples, seed, marks, cache, chunk, log)
             t0 = time.perf_counter()
             fd, boot = ev(snaps, ev.features(snaps))
             res[name] = (fd, boot, marks, _scores(snaps, scores, seed))
-            timing[f"{o}x{i}"] = _timing(snaps.timing, time.perf_counter() - t0, N)
+            timing[f"{c}-{N}" if isinstance(c, str) else config_label(c)] = _timing(snaps.timing,
+                                                                                   time.perf_counter() - t0, N)
         rows += [_budget_row(N, f, m, pair, res, marks) for f, m in zip(fractions, fm)]
         if log:
             log(f"budget {N}: " + ", ".join(f"{r['fraction']:.0%} {r['vanilla_fd']:.3g}/{r['nested_fd']:.3g}"
@@ -237,7 +261,8 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
     doc = dict(experiment="budget_table", **_common(factory, n_samples, seed, t_start), budgets=list(budgets),
                fractions=list(fractions), nested_outer=nested_outer,
                vanilla="x̂0 preview of a single run of N steps (the finished sample at 100%)",
-               nested=f"{nested_outer} outer steps × N/{nested_outer} inner; result of the last finished inner run",
+               nested=(f"{nested_outer} outer steps × N/{nested_outer} inner" if nested_schedule is None else
+                       f"schedule {nested_schedule!r} at N NFE") + "; result of the last finished inner run",
                metric=f"Fréchet distance on {ev.description}",
                feature_network=reference.stats.extractor_id, reference=reference.info(),
                noise_floor=_floor(ev, n_samples, seed), bootstrap=dict(replicates=bootstrap, seed=seed, paired=True),
@@ -249,9 +274,10 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
     return doc
 
 
-def _budget_plan(factory: SamplerFactory, N: int, fractions, nested_outer: int, step: int):
+def _budget_plan(factory: SamplerFactory, N: int, fractions, nested_outer: int, step: int,
+                 nested_schedule: str | None = None):
     """(N, [vanilla, nested] configurations, NFE of each fraction, marks) for one budget."""
-    if N % nested_outer:
+    if nested_schedule is None and N % nested_outer:
         raise ValueError(f"budgets: {N} NFE is not divisible into nested_outer={nested_outer} equal inner runs")
     fm = []
     for f in fractions:
@@ -259,17 +285,16 @@ def _budget_plan(factory: SamplerFactory, N: int, fractions, nested_outer: int, 
         if not (0 < f <= 1) or abs(m - f * N) > 1e-9:
             raise ValueError(f"fractions: {f} of {N} NFE is not a whole NFE count in (0, {N}]")
         fm.append(m)
-    pair = [(1, N), (nested_outer, N // nested_outer)]
-    for c in pair:
-        factory.build(*c)
+    pair = [(1, N), (nested_outer, N // nested_outer) if nested_schedule is None else nested_schedule]
+    _build_all(factory, pair, N)
     return N, pair, fm, sorted(set(nfe_marks(N, step)) | set(fm))
 
 
 def _budget_row(N: int, f: float, m: int, pair, res: dict, marks) -> dict:
     row = dict(budget=N, fraction=f, nfe=m)
-    for name, (o, i) in zip(("vanilla", "nested"), pair):
+    for name, c in zip(("vanilla", "nested"), pair):
         fd, boot, mk, sc = res[name]
-        row[f"{name}_config"] = f"{o}x{i}"
+        row[f"{name}_config"] = config_label(c)
         row[f"{name}_fd"] = fd[mk.index(m)]
         for sname, v in sc.items():
             row[f"{name}_{sname}"] = v["mean"][mk.index(m)]
@@ -293,17 +318,15 @@ def run_consistency(factory: SamplerFactory, metrics: Sequence, out_dir: str | o
     _check_common(n_samples, chunk, 0)
     if not metrics:
         raise ValueError("metrics: give at least one consistency metric")
-    for c in configs:
-        if factory.build(*c).total_nfe != total_nfe:
-            raise ValueError(f"configs: {c[0]}x{c[1]} does not spend total_nfe={total_nfe} NFE")
+    samplers = _build_all(factory, configs, total_nfe)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     rows = []
-    for o, i in configs:
-        snaps = collect_snapshots(factory, o, i, n_samples, seed, marks, cache, chunk, log)
+    for c in configs:
+        snaps = collect_config_snapshots(factory, c, total_nfe, n_samples, seed, marks, cache, chunk, log)
         t0 = time.perf_counter()
         curves = consistency_curves(snaps, metrics)
-        rows.append(dict(outer=o, inner=i, label=f"{o}x{i}", curves=curves,
+        rows.append(dict(**config_fields(c, samplers[c]), curves=curves,
                          timing=_timing(snaps.timing, time.perf_counter() - t0, total_nfe)))
     doc = dict(experiment="consistency", **_common(factory, n_samples, seed, t_start), total_nfe=total_nfe,
                step=step, marks=marks, metrics={m.name: m.kind for m in metrics},
@@ -328,19 +351,17 @@ def run_qualitative(factory: SamplerFactory, out_dir: str | os.PathLike, configs
     samples = sorted({int(s) for s in samples})
     if not samples or samples[0] < 0:
         raise ValueError(f"samples: give non-negative sample indices, got {samples}")
-    for c in configs:
-        if factory.build(*c).total_nfe != total_nfe:
-            raise ValueError(f"configs: {c[0]}x{c[1]} does not spend total_nfe={total_nfe} NFE")
+    _build_all(factory, configs, total_nfe)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     n = samples[-1] + 1
     grids = {}
-    for o, i in configs:
-        snaps = collect_snapshots(factory, o, i, n, seed, rows, cache, n, log)
-        grids[f"{o}x{i}"] = [dequantize(snaps.at(m)[samples]) for m in rows]
+    for c in configs:
+        snaps = collect_config_snapshots(factory, c, total_nfe, n, seed, rows, cache, n, log)
+        grids[config_label(c)] = [dequantize(snaps.at(m)[samples]) for m in rows]
     doc = dict(experiment="qualitative", **_common(factory, len(samples), seed, t_start))
     doc.update(total_nfe=total_nfe, sample_indices=samples, seeds=[seed + s for s in samples], rows_nfe=rows,
-               configs=[f"{o}x{i}" for o, i in configs])
+               configs=[config_label(c) for c in configs])
     doc["files"] = [plots.qualitative_figure(grids, rows, samples, out / "qualitative.png", scale).name,
                     "qualitative.json"]
     doc["wall_time_s"] = time.time() - t_start

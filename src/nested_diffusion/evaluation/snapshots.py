@@ -53,7 +53,9 @@ class SamplerFactory:
     ``cond_for(indices)`` → conditioning for those sample indices (or None); ``info``: a JSON-able description
     (model identity, solver, guidance, η …) that is part of the cache key. ``device``: where the sampler's
     state lives (None: the sampler decides, as the pipelines do); ``noise_prefetch``/``noise_workers``: see
-    ``NoiseSource`` (speed only: the noise values do not change for states of a multiple of 16 elements)."""
+    ``NoiseSource`` (speed only: the noise values do not change for states of a multiple of 16 elements).
+    ``build_schedule(name, total_nfe)`` → the sampler of a named schedule (``core.schedules``, e.g.
+    "progressive") for that budget; None: the factory offers OUTERxINNER configurations only."""
 
     build: Callable[[int, int], NestedSampler]
     sample_shape: tuple
@@ -62,6 +64,16 @@ class SamplerFactory:
     device: str | None = None
     noise_prefetch: int = 1
     noise_workers: int = 1
+    build_schedule: Callable[[str, int], NestedSampler] | None = None
+
+    def make(self, config: "tuple[int, int] | str", total_nfe: int) -> NestedSampler:
+        """The sampler of one configuration: (outer, inner) or a schedule name spending ``total_nfe``."""
+        if not isinstance(config, str):
+            return self.build(*config)
+        if self.build_schedule is None:
+            raise ValueError(f"configs: this sampler factory has no named schedules; give OUTERxINNER instead of "
+                             f"{config!r}")
+        return self.build_schedule(config, total_nfe)
 
     def noise(self, seeds: Sequence[int]):
         """The noise source of one chunk (per-sample generators), or the plain seeds when ``device`` is None."""
@@ -144,10 +156,26 @@ def snapshot_stream(sampler: NestedSampler, seeds: Sequence[int] | NoiseSource, 
     return Snapshots(images, index, marks, nfes, sources, seeds, timing)
 
 
+def config_label(config: "tuple[int, int] | str") -> str:
+    """How results name a configuration: "OUTERxINNER", or the schedule's name."""
+    return config if isinstance(config, str) else f"{config[0]}x{config[1]}"
+
+
+def _digest(doc: dict) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def cache_key(factory: SamplerFactory, outer: int, inner: int, marks: Sequence[int]) -> str:
     doc = dict(format=CACHE_FORMAT, factory=factory.info, outer=outer, inner=inner, marks=list(marks),
                shape=list(factory.sample_shape))
-    return f"{outer}x{inner}-" + hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{outer}x{inner}-" + _digest(doc)
+
+
+def schedule_cache_key(factory: SamplerFactory, name: str, sampler: NestedSampler, marks: Sequence[int]) -> str:
+    """``<name><NFE>-<hash>``; the hash covers the schedule's inner steps and outer times."""
+    doc = dict(format=CACHE_FORMAT, factory=factory.info, schedule=name, inner_steps=list(sampler.inner_steps),
+               outer_times=[int(t) for t in sampler.times[:-1]], marks=list(marks), shape=list(factory.sample_shape))
+    return f"{name}{sampler.total_nfe}-" + _digest(doc)
 
 
 def collect_snapshots(factory: SamplerFactory, outer: int, inner: int, n_samples: int, seed: int,
@@ -155,11 +183,23 @@ def collect_snapshots(factory: SamplerFactory, outer: int, inner: int, n_samples
                       log: Callable[[str], None] | None = None) -> Snapshots:
     """Snapshots of ``n_samples`` samples (seeds seed..seed+n−1) in chunks; each finished chunk is written
     atomically to ``cache_dir/<key>/`` and loaded instead of recomputed on the next call."""
+    return collect_config_snapshots(factory, (outer, inner), outer * inner, n_samples, seed, marks, cache_dir,
+                                    chunk, log)
+
+
+def collect_config_snapshots(factory: SamplerFactory, config: "tuple[int, int] | str", total_nfe: int,
+                             n_samples: int, seed: int, marks: Sequence[int], cache_dir: str | os.PathLike,
+                             chunk: int = 100, log: Callable[[str], None] | None = None) -> Snapshots:
+    """``collect_snapshots`` for a configuration of the runners: (outer, inner) (``total_nfe`` unused) or a
+    schedule name (``factory.make``) spending ``total_nfe``."""
     if n_samples < 1 or chunk < 1:
         raise ValueError(f"n_samples and chunk: must be ≥ 1, got {n_samples} and {chunk}")
-    sampler = factory.build(outer, inner)
+    sampler = factory.make(config, total_nfe)
     marks = sorted(int(m) for m in marks)
-    cache = ChunkCache(Path(cache_dir) / cache_key(factory, outer, inner, marks))
+    label = config_label(config)
+    key = schedule_cache_key(factory, config, sampler, marks) if isinstance(config, str) else \
+        cache_key(factory, *config, marks)
+    cache = ChunkCache(Path(cache_dir) / key)
     expected_index = UpdateSchedule.from_sampler(sampler).distinct_at(marks)
     timing = dict(sampling_s=0.0, denoiser_s=0.0, denoiser_calls=0, decode_s=0.0, snapshot_s=0.0,
                   sampler_overhead_s=0.0, chunks_computed=0, chunks_cached=0, samples_computed=0)
@@ -170,12 +210,12 @@ def collect_snapshots(factory: SamplerFactory, outer: int, inner: int, n_samples
         part, computed = cache.get(name, lambda: _snapshot_chunk(factory, sampler, seed, idx, marks))
         _account(timing, part, computed, len(idx))
         if computed and log:
-            log(f"  {outer}x{inner}: samples {idx[-1] + 1}/{n_samples} ({part['timing']['sampling_s']:.1f} s)")
+            log(f"  {label}: samples {idx[-1] + 1}/{n_samples} ({part['timing']['sampling_s']:.1f} s)")
         if part["seeds"] != [seed + i for i in idx] or part["marks"] != marks:
             raise ValueError(f"cache: {cache.path(name)} holds other seeds or marks; delete it or use another "
                              f"cache_dir")
         if [part["update_nfes"][j] for j in part["mark_index"]] != expected_index:
-            raise RuntimeError(f"{outer}x{inner}: snapshots at {marks} came from updates "
+            raise RuntimeError(f"{label}: snapshots at {marks} came from updates "
                                f"{[part['update_nfes'][j] for j in part['mark_index']]}, expected {expected_index}")
         parts.append(part)
     first = parts[0]

@@ -5,6 +5,8 @@
   schedulers are stateful; reuse without reset raises or silently mixes runs).
 * ``resolve_nested_args``: our argument names and the authors' (num_inference_steps, num_inner_steps,
   inner_scheduler, eta) → one validated set, before any model is called.
+* ``resolve_schedule``: a named nested schedule (``schedule="progressive"``, ``total_nfe=100``) or a
+  ``core.schedules.Schedule`` instead of explicit outer/inner step counts.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ..core.grids import check_step_counts, check_steps, step_grid, zero_ending_
 from ..core.eta import SQRT_ONE_MINUS_ALPHA_BAR, validate_eta
 from ..core.registry import eta_solvers, solver_names, solver_spec, spec_of
 from ..core.schedule import NoiseSchedule
+from ..core.schedules import Schedule, make_schedule, schedule_names
 from ..core.solvers import Solver
 from .noise import step_generator
 _ENDS_AT_ZERO = ("DDPMScheduler", "DDPMParallelScheduler")  # add noise whenever t > 0: their grid must end at 0
@@ -179,13 +182,55 @@ class NestedArgs:
     inner_steps: Any
     solver: Solver
     outer_eta: Any
+    outer_times: list[int] | None = None   # explicit outer grid (a schedule's); None: the evenly spaced one
+
+
+STEP_ARGS = ("outer_steps", "num_inference_steps", "inner_steps", "num_inner_steps")
+
+
+def resolve_schedule(schedule: Any, total_nfe: Any, steps: dict, default_budget: int,
+                     t_start: int) -> Schedule | None:
+    """The call's nested schedule, or None for explicit step counts. ``schedule``: a name from
+    ``core.schedules`` ("progressive", "uniform") built for ``total_nfe`` inner steps in total (default
+    ``default_budget``, the pipeline's default outer × inner) from ``t_start``, or a ``Schedule``. ``steps``: the
+    explicit step arguments of the call (name → value); any of them given together with a schedule is an error."""
+    if schedule is None:
+        if total_nfe is not None:
+            raise ValueError(f"total_nfe: the NFE budget of a named schedule; pass it with schedule= (one of "
+                             f"{schedule_names()}), or give outer_steps/inner_steps instead")
+        return None
+    given = [name for name, value in steps.items() if value is not None]
+    if given:
+        raise ValueError(f"schedule and {'/'.join(given)}: a schedule sets the outer and inner steps itself; pass "
+                         f"either schedule= (with total_nfe=) or explicit step counts, not both")
+    if isinstance(schedule, Schedule):
+        if total_nfe is not None:
+            raise ValueError(f"total_nfe: only with a schedule given by name; this Schedule already spends "
+                             f"{schedule.inner_total} inner steps")
+        return schedule
+    if not isinstance(schedule, str):
+        raise TypeError(f"schedule: expected a name ({', '.join(schedule_names())}) or a Schedule, got "
+                        f"{type(schedule).__name__}")
+    budget = default_budget if total_nfe is None else total_nfe
+    check_steps(budget, 10 ** 9, 10 ** 9, "total_nfe")
+    if t_start is None:
+        raise ValueError(f"t_start: schedule {schedule!r} needs the sampler's start time for its outer times")
+    return make_schedule(schedule, int(budget), int(t_start))
 
 
 def resolve_nested_args(outer_steps, num_inference_steps, inner_steps, num_inner_steps, inner_solver,
                         inner_scheduler, inner_eta, outer_eta, eta, *, default_outer: int, default_inner: int,
-                        default_solver: str, auto_outer_eta_for_dpm: bool) -> NestedArgs:
+                        default_solver: str, auto_outer_eta_for_dpm: bool, schedule: Any = None,
+                        total_nfe: Any = None, t_start: int | None = None) -> NestedArgs:
     """Merge both naming schemes and apply the defaults. Outer η default: √(1−ᾱ_t) when the inner solver is
-    DPM-Solver++ and ``auto_outer_eta_for_dpm`` (the paper's high-order setting, §C.2), else 0 (DDIM)."""
+    DPM-Solver++ and ``auto_outer_eta_for_dpm`` (the paper's high-order setting, §C.2), else 0 (DDIM).
+    ``schedule``/``total_nfe`` (see ``resolve_schedule``; ``t_start``: the sampler's start time) replace the
+    step counts: then ``outer_times`` is the schedule's outer grid."""
+    named = resolve_schedule(schedule, total_nfe, dict(zip(STEP_ARGS, (outer_steps, num_inference_steps,
+                                                                        inner_steps, num_inner_steps))),
+                             default_outer * default_inner, t_start)
+    if named is not None:
+        outer_steps, inner_steps = named.outer_steps, list(named.inner_steps)
     outer, inner = step_counts(merge_names(outer_steps, "outer_steps", num_inference_steps, "num_inference_steps"),
                                merge_names(inner_steps, "inner_steps", num_inner_steps, "num_inner_steps"),
                                default_outer, default_inner)
@@ -195,4 +240,5 @@ def resolve_nested_args(outer_steps, num_inference_steps, inner_steps, num_inner
     if o_eta is None:
         o_eta = implied_outer_eta(solver) if auto_outer_eta_for_dpm else 0.0
     validate_eta(o_eta, "outer_eta")
-    return NestedArgs(int(outer), inner, solver, o_eta)
+    times = None if named is None or named.outer_times is None else list(named.outer_times)
+    return NestedArgs(int(outer), inner, solver, o_eta, times)

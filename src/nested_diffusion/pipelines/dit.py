@@ -86,6 +86,8 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
         eta: float | None = None,
+        schedule: Any = None,
+        total_nfe: int | None = None,
     ):
         r"""Generate images; returns the last anytime update (the final result unless stopped early).
 
@@ -107,6 +109,10 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
                 configuration (checked before any model call: ValueError otherwise); every output then carries
                 ``expected_change`` (per-sample predicted remaining change, from latent signals: no extra NFE,
                 no extra decode). None (default): ``expected_change`` is None.
+            schedule, total_nfe (default 200 = 4 × 50): a named nested schedule ("progressive", "uniform") or a
+                ``Schedule`` instead of outer/inner steps, as in ``NestedStableDiffusionPipeline``; e.g.
+                ``pipe(labels, schedule="progressive", total_nfe=200)``: 20 + 20 + 160 inner steps from t = 999,
+                899, 799.
         """
         return self._final_output(locals())
 
@@ -151,11 +157,13 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         shape = (batch, channels, int(cfg_.sample_size), int(cfg_.sample_size))
         if a["latents"] is not None and tuple(a["latents"].shape) != shape:
             raise ValueError(f"latents: expected shape {shape}, got {tuple(a['latents'].shape)}")
+        schedule = NoiseSchedule.from_diffusers_config(dict(self.scheduler.config))
         args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
                                    a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
                                    a["outer_eta"], a["eta"], default_outer=4, default_inner=50,
-                                   default_solver="ddpm", auto_outer_eta_for_dpm=self._auto_outer_eta_for_dpm)
-        schedule = NoiseSchedule.from_diffusers_config(dict(self.scheduler.config))
+                                   default_solver="ddpm", auto_outer_eta_for_dpm=self._auto_outer_eta_for_dpm,
+                                   schedule=a["schedule"], total_nfe=a["total_nfe"],
+                                   t_start=schedule.num_train_timesteps - 1)
         if isinstance(args.solver, SchedulerSolver):
             args.solver.check_schedule(schedule)
         self._guidance_scale, self._interrupt = float(a["guidance_scale"]), False
@@ -168,7 +176,7 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         learned = int(cfg_.out_channels) == 2 * channels
         denoiser = ModelDenoiser(model, schedule, self.scheduler.config.get("prediction_type", "epsilon"), learned)
         sampler = NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
-                                a["grid"])
+                                a["grid"], outer_times=args.outer_times)
         self.nested_sampler = sampler
         calibration = resolve_calibration(a["calibration"], sampler.calibration_settings(a["previews"]),
                                           lambda: dit_identity(self, a["guidance_scale"], k))

@@ -27,7 +27,7 @@ from ..core.noise import as_noise_source
 from ..core.schedule import NoiseSchedule
 from ..evaluation.snapshots import SamplerFactory
 
-__all__ = ["PipelineSampler", "sd_factory", "dit_factory", "read_prompts", "parse_class_labels",
+__all__ = ["PipelineSampler", "sd_factory", "dit_factory", "read_prompts", "parse_class_labels", "step_arguments",
            "weights_fingerprint", "PromptScore", "prompt_score"]
 
 
@@ -124,6 +124,14 @@ def _list_hash(items: Sequence) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ sampler
+def step_arguments(outer: int | None, inner: int | None, schedule: Any, total_nfe: int | None) -> dict:
+    """The pipeline-call arguments of one configuration: explicit outer/inner steps, or a named schedule with its
+    budget (``schedule="progressive", total_nfe=N``)."""
+    if schedule is None:
+        return dict(outer_steps=outer, inner_steps=inner)
+    return dict(schedule=schedule, total_nfe=total_nfe)
+
+
 class _ScheduleOnly:
     """The PipelineSampler's own denoiser: it carries the schedule (for grids and NFE counts); the model denoiser
     exists only inside a pipeline call."""
@@ -141,16 +149,20 @@ class PipelineSampler(NestedSampler):
     (DiT). Updates carry the x̂0 *latent*; ``decode`` turns kept ones into images in [−1, 1]. ``calibration=``
     (SD / DiT only) is passed to the pipeline call, so the updates carry its ``expected_change``."""
 
-    def __init__(self, pipe: Any, cond_arg: str, latent_shape: tuple, outer: int, inner: int, options: dict,
-                 defaults: dict, decode_batch: int = 8):
+    def __init__(self, pipe: Any, cond_arg: str, latent_shape: tuple, outer: int | None, inner: int | None,
+                 options: dict, defaults: dict, decode_batch: int = 8, schedule: Any = None,
+                 total_nfe: int | None = None):
         from .adapters import resolve_nested_args
+        noise_schedule = NoiseSchedule.from_diffusers_config(dict(pipe.scheduler.config))
         args = resolve_nested_args(outer, None, inner, None, options.get("inner_solver"), None,
-                                   options.get("inner_eta"), options.get("outer_eta"), None, **defaults)
-        schedule = NoiseSchedule.from_diffusers_config(dict(pipe.scheduler.config))
-        super().__init__(_ScheduleOnly(schedule), args.outer_steps, args.inner_steps, args.solver, None,
-                         args.outer_eta, options.get("grid", "clean"))
+                                   options.get("inner_eta"), options.get("outer_eta"), None, **defaults,
+                                   schedule=schedule, total_nfe=total_nfe,
+                                   t_start=noise_schedule.num_train_timesteps - 1)
+        super().__init__(_ScheduleOnly(noise_schedule), args.outer_steps, args.inner_steps, args.solver, None,
+                         args.outer_eta, options.get("grid", "clean"), outer_times=args.outer_times)
         self.pipe, self.cond_arg, self.latent_shape = pipe, cond_arg, tuple(latent_shape)
         self.options, self.outer_arg, self.inner_arg = dict(options), outer, inner
+        self.steps = step_arguments(outer, inner, schedule, total_nfe)
         self.decode_batch = int(decode_batch)
 
     def stream(self, seeds, shape, cond=None, max_nfe=None, deadline=None, previews="first", x_T=None,
@@ -166,8 +178,8 @@ class PipelineSampler(NestedSampler):
             raise ValueError("grad: the diffusers pipelines always run without autograd")
         calibration = calibration if calibration is not None else self.calibration
         extra = {} if calibration is None else {"calibration": calibration}  # SDXL/SD3/FLUX take none
-        outs = self.pipe.iter_anytime(**{self.cond_arg: list(cond)}, **self.options, outer_steps=self.outer_arg,
-                                      inner_steps=self.inner_arg, generator=noise, latents=x_T, max_nfe=max_nfe,
+        outs = self.pipe.iter_anytime(**{self.cond_arg: list(cond)}, **self.options, **self.steps,
+                                      generator=noise, latents=x_T, max_nfe=max_nfe,
                                       deadline=deadline, previews=previews, output_type="latent",
                                       denoiser_hook=wrap_denoiser, **extra)
         try:
@@ -209,11 +221,15 @@ def _make(pipe, cond_arg, latent_shape, options, defaults, decode_batch, conds, 
     def build(outer: int, inner: int) -> PipelineSampler:
         return PipelineSampler(pipe, cond_arg, latent_shape, outer, inner, options, defaults, decode_batch)
 
+    def build_schedule(name: str, total_nfe: int) -> PipelineSampler:
+        return PipelineSampler(pipe, cond_arg, latent_shape, None, None, options, defaults, decode_batch,
+                               schedule=name, total_nfe=total_nfe)
+
     def cond_for(indices: Sequence[int]) -> list:
         return [conds[i % len(conds)] for i in indices]
 
     build(1, 1)  # validates the options before any sampling
-    return SamplerFactory(build, latent_shape, cond_for, info)
+    return SamplerFactory(build, latent_shape, cond_for, info, build_schedule=build_schedule)
 
 
 def sd_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guidance_scale: float = 7.5,

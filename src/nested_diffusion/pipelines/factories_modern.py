@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from ..evaluation.snapshots import SamplerFactory
-from .factories import PipelineSampler, read_prompts, weights_fingerprint
+from .factories import PipelineSampler, read_prompts, step_arguments, weights_fingerprint
 
 FAMILIES = {"NestedStableDiffusionXLPipeline": "sdxl", "NestedStableDiffusion3Pipeline": "sd3",
             "NestedFluxPipeline": "flux"}
@@ -35,9 +35,10 @@ class ModernPipelineSampler(PipelineSampler):
     """``PipelineSampler.stream`` (one ``iter_anytime(..., output_type="latent")`` run) with the bookkeeping of
     the pipeline's core sampler and ``decode`` through ``pipe.decode_x0``."""
 
-    def __init__(self, pipe: Any, latent_shape: tuple, outer: int, inner: int, options: dict,
-                 decode_batch: int = 8):
-        core = pipe.core_sampler(outer_steps=outer, inner_steps=inner, **options)
+    def __init__(self, pipe: Any, latent_shape: tuple, outer: int | None, inner: int | None, options: dict,
+                 decode_batch: int = 8, schedule: Any = None, total_nfe: int | None = None):
+        self.steps = step_arguments(outer, inner, schedule, total_nfe)
+        core = pipe.core_sampler(**self.steps, **options)
         self.denoiser, self.grid_convention = ScheduleCarrier(core.denoiser.schedule), core.grid_convention
         self.t_start, self.solver, self.outer_steps, self.times = core.t_start, core.solver, core.outer_steps, \
             core.times
@@ -45,6 +46,7 @@ class ModernPipelineSampler(PipelineSampler):
         self.pipe, self.cond_arg, self.latent_shape = pipe, "prompt", tuple(latent_shape)
         self.options, self.outer_arg, self.inner_arg = dict(options), outer, inner
         self.decode_batch = int(decode_batch)
+        self.calibration = None  # SDXL/SD3/FLUX take no calibration= (PipelineSampler.stream reads it)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -90,6 +92,9 @@ def modern_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guid
     def build(outer: int, inner: int) -> ModernPipelineSampler:
         return ModernPipelineSampler(pipe, latent, outer, inner, options, decode_batch)
 
+    def build_schedule(name: str, total_nfe: int) -> ModernPipelineSampler:  # SDXL; SD3/FLUX: VP-only ValueError
+        return ModernPipelineSampler(pipe, latent, None, None, options, decode_batch, name, total_nfe)
+
     def cond_for(indices: Sequence[int]) -> list:
         return [prompts[i % len(prompts)] for i in indices]
     build(1, 1)  # validates the options before any sampling
@@ -101,4 +106,4 @@ def modern_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guid
                              sha256=hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:12]),
                 conditioning="sample i: seed + i, prompt i % count", dtype=str(model.dtype),
                 device=pipe._execution_device.type, decode="full VAE decode of the x̂0 latent, clamp [-1, 1], uint8")
-    return SamplerFactory(build, latent, cond_for, info)
+    return SamplerFactory(build, latent, cond_for, info, build_schedule=build_schedule)

@@ -82,6 +82,8 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
         eta: float | None = None,
+        schedule: Any = None,
+        total_nfe: int | None = None,
     ):
         r"""Generate images; returns the last anytime update (the final result unless stopped early).
 
@@ -94,6 +96,8 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         Previews: preview=None/"vae" (full VAE for every decoded update), "tiny" with preview_vae (an
         AutoencoderTiny, e.g. taef1), or "latent_rgb"; preview_results=True also uses it for intermediate inner
         results. The final image always uses the full VAE.
+        ``schedule``/``total_nfe``: named schedules are VP-only for now (SD, SDXL, DiT): a ValueError here; an
+        uneven split is still possible with a per-outer-step ``inner_steps`` list.
         """
         return self._final_output(locals())
 

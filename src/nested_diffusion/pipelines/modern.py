@@ -43,7 +43,14 @@ def merged(a: dict, ours: str, theirs: str) -> Any:
 
 def resolve_flow_args(a: dict, default_outer: int, default_inner: int, default_outer_eta: Any) -> NestedArgs:
     """outer_steps/num_inference_steps, inner_steps/num_inner_steps, inner_solver/inner_scheduler (a flow
-    solver name: "euler", "heun", or a core FlowSolver), inner_eta, outer_eta/eta ("fresh" allowed)."""
+    solver name: "euler", "heun", or a core FlowSolver), inner_eta, outer_eta/eta ("fresh" allowed).
+
+    Named schedules (``schedule=``, ``total_nfe=``) are VP-only for now: the flow outer grid has no explicit outer
+    times (``FlowNestedSolver`` always spaces them evenly in u ∈ (0, 1]), and a ``Schedule``'s outer times are
+    integer VP timesteps; a ValueError says so. A per-outer-step ``inner_steps`` list works."""
+    if a.get("schedule") is not None or a.get("total_nfe") is not None:
+        raise ValueError("schedule/total_nfe: named nested schedules are VP-only for now (Nested SD, SDXL, DiT); "
+                         "for SD3/FLUX pass outer_steps and inner_steps (a list gives one count per outer step)")
     outer, inner = step_counts(merged(a, "outer_steps", "num_inference_steps"),
                                merged(a, "inner_steps", "num_inner_steps"), default_outer, default_inner)
     solver = merged(a, "inner_solver", "inner_scheduler")

@@ -88,12 +88,16 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
         eta: float | None = None,
+        schedule: Any = None,
+        total_nfe: int | None = None,
     ):
         r"""Generate images; returns the last anytime update (the final result unless stopped early).
 
         SD3 arguments as in ``StableDiffusion3Pipeline``; nested and preview arguments as ``NestedFluxPipeline``
         (outer_steps default 4, inner_steps 7, inner_solver "euler"/"heun", outer_eta default "fresh"), except
         grid defaults to "sigma_min" (the stock SD3 grid) and CFG (guidance_scale > 1) runs in the inner process.
+        ``schedule``/``total_nfe``: named schedules are VP-only for now (SD, SDXL, DiT): a ValueError here; an
+        uneven split is still possible with a per-outer-step ``inner_steps`` list.
         """
         return self._final_output(locals())
 

@@ -95,6 +95,8 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
         eta: float | None = None,
+        schedule: Any = None,
+        total_nfe: int | None = None,
     ):
         r"""Generate images; returns the last anytime update (the final result unless stopped early).
 
@@ -102,7 +104,9 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         as ``NestedStableDiffusionPipeline`` (outer_steps 5, inner_steps 20, inner_solver "ddim" with inner_eta
         0.85, "dpmpp_2s", "dpmpp_2m" or a scheduler instance; outer_eta; max_nfe; deadline; previews; grid;
         callback_on_step_end). Previews as ``NestedFluxPipeline`` (preview, preview_vae = e.g. taesdxl,
-        preview_results); the final image always uses the full VAE.
+        preview_results); the final image always uses the full VAE. ``schedule`` ("progressive", "uniform" or a
+        ``Schedule``) with ``total_nfe`` (default 100) instead of outer/inner steps, as in
+        ``NestedStableDiffusionPipeline``: ``pipe(prompt, schedule="progressive", total_nfe=100)``.
         """
         return self._final_output(locals())
 
@@ -112,20 +116,21 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         return self._core_sampler(bind_call(self, (), kwargs))
 
     def _core_sampler(self, a: dict) -> NestedSampler:
-        args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
-                                   a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
-                                   a["outer_eta"], a["eta"], default_outer=5, default_inner=20,
-                                   default_solver="ddim", auto_outer_eta_for_dpm=True)
         config = dict(self.scheduler.config)
         if config.get("rescale_betas_zero_snr"):
             raise ValueError("scheduler: rescale_betas_zero_snr=True (ᾱ_T = 0) is not supported by the nested "
                              "sampler; use a scheduler config without it")
         schedule = NoiseSchedule.from_diffusers_config(config)
+        args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
+                                   a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
+                                   a["outer_eta"], a["eta"], default_outer=5, default_inner=20,
+                                   default_solver="ddim", auto_outer_eta_for_dpm=True, schedule=a["schedule"],
+                                   total_nfe=a["total_nfe"], t_start=schedule.num_train_timesteps - 1)
         if isinstance(args.solver, SchedulerSolver):
             args.solver.check_schedule(schedule)
         denoiser = ModelDenoiser(self._unet_fn, schedule, config.get("prediction_type", "epsilon"))
         return NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
-                             a["grid"])
+                             a["grid"], outer_times=args.outer_times)
 
     def decode_x0(self, x0: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
         """An x̂0 latent → image in [−1, 1] through the full VAE (as the final image)."""

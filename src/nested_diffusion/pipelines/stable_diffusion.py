@@ -93,6 +93,8 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
         eta: float | None = None,
+        schedule: Any = None,
+        total_nfe: int | None = None,
     ):
         r"""Generate images; returns the last anytime update (the final result unless stopped early).
 
@@ -126,6 +128,16 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
                 ValueError otherwise); every output then carries ``expected_change`` (per-sample predicted
                 remaining change, from latent signals: no extra NFE, no extra decode; no flip probability, as SD
                 has no classifier). None (default): ``expected_change`` is None.
+            schedule: a named nested schedule instead of outer/inner steps: "progressive" (two 20-step inner
+                runs from t = 999 and 899, then one run with the rest of the budget from t = 799: the first
+                finished image after 20 NFE, a final image as good as vanilla sampling's) or "uniform"
+                (5 outer steps of total_nfe / 5), or a ``core.schedules.Schedule`` (``make_schedule(...)``, for
+                the builders' options). Passing it with outer_steps / inner_steps (or their aliases) is a
+                ValueError. The outer times start at the pipeline's t = T − 1 (999).
+            total_nfe: the schedule's budget, inner steps in total (default 100 = 5 × 20); only with a schedule name.
+
+        Example: ``pipe("a cat", schedule="progressive", total_nfe=100)`` runs 20 + 20 + 60 inner steps from
+        t = 999, 899, 799; ``pipe.nested_sampler`` is the core sampler it ran.
         """
         return self._final_output(locals())
 
@@ -185,15 +197,17 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
 
     def _nested_sampler(self, a: dict) -> NestedSampler:
         """The core sampler of this call (validates every grid and step count)."""
-        args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
-                                   a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
-                                   a["outer_eta"], a["eta"], default_outer=5, default_inner=20,
-                                   default_solver="ddim", auto_outer_eta_for_dpm=self._auto_outer_eta_for_dpm)
         config = dict(self.scheduler.config)
         if config.get("rescale_betas_zero_snr"):
             raise ValueError("scheduler: rescale_betas_zero_snr=True (ᾱ_T = 0) is not supported by the nested "
                              "sampler; use a scheduler config without it")
         schedule = NoiseSchedule.from_diffusers_config(config)
+        args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
+                                   a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
+                                   a["outer_eta"], a["eta"], default_outer=5, default_inner=20,
+                                   default_solver="ddim", auto_outer_eta_for_dpm=self._auto_outer_eta_for_dpm,
+                                   schedule=a["schedule"], total_nfe=a["total_nfe"],
+                                   t_start=schedule.num_train_timesteps - 1)
         if isinstance(args.solver, SchedulerSolver):
             args.solver.check_schedule(schedule)
         self._guidance_scale, self._guidance_rescale = float(a["guidance_scale"]), float(a["guidance_rescale"])
@@ -202,7 +216,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         learned = self.unet.config.out_channels == 2 * self.unet.config.in_channels
         denoiser = ModelDenoiser(self._unet_fn, schedule, config.get("prediction_type", "epsilon"), learned)
         return NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
-                             a["grid"])
+                             a["grid"], outer_times=args.outer_times)
 
     def _prepare(self, **a):
         tensor_inputs, prompts, batch, shape = self._check_call(a)  # 1. every check before any model call

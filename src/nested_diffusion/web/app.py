@@ -6,6 +6,10 @@ the image shown is the result, within one model call), Cancel uses ``cancels=`` 
 the tab (the session's unload) cancels the job. Offline by construction: analytics off, no share tunnel, the
 default theme (bundled fonts), bound to 127.0.0.1 unless told otherwise.
 
+The "Schedule" choice is the last API input (after the vanilla toggle), so clients that omit it get its default
+("uniform": the outer/inner sliders as set); "progressive" spends the same outer × inner NFE as two short inner
+runs, then one long one (``core.schedules``).
+
 API clients (``gradio_client``, "Use via API") see the same stream; while nothing new is produced the handler sends
 an empty update (every ``HEARTBEAT_S``) so that a vanished client is noticed within that time.
 """
@@ -23,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 
 from ..core.registry import solver_names  # noqa: E402
+from ..core.schedules import schedule_names  # noqa: E402
 from ..io import atomic_write_bytes  # noqa: E402
 from .backends import JobRequest, Limits  # noqa: E402
 from .render import gif_bytes, progression_strip  # noqa: E402
@@ -77,11 +82,18 @@ def _inputs(kind: str, backend: Any, limits: Limits) -> list[tuple[str, Any]]:
     return fields
 
 
-def _request(names: list[str], values: list[Any], vanilla: bool) -> JobRequest:
+def _schedule_input() -> Any:
+    """The schedule choice; uniform (the default) = the outer/inner sliders as set."""
+    return gr.Dropdown(schedule_names(), value="uniform", elem_id="nd-schedule",
+                       label="Schedule (uniform: outer × inner as set; progressive: the same outer × inner NFE as "
+                             "20 + 20 inner steps, then one long run)")
+
+
+def _request(names: list[str], values: list[Any], vanilla: bool, schedule: str | None = None) -> JobRequest:
     data = dict(zip(names, values))
     if "seed" in data and data["seed"] is None:
         raise ValueError("seed: enter a whole number ≥ 0")
-    return JobRequest(**data, vanilla=bool(vanilla))
+    return JobRequest(**data, vanilla=bool(vanilla), schedule=schedule or "uniform")
 
 
 class DemoHandlers:
@@ -102,10 +114,11 @@ class DemoHandlers:
         return u.image, u.vanilla, u.status(), change, strip, str(gif)
 
     async def generate(self, request: gr.Request, *values: Any):
-        """Inputs: the backend's fields in page order, then the vanilla toggle (Gradio injects ``request``)."""
+        """Inputs: the backend's fields in page order, then the vanilla toggle and the schedule (Gradio injects
+        ``request``)."""
         key = request.session_hash
         try:
-            job = Job(self.backend, _request(self.names, list(values[:-1]), values[-1]), self.limits)
+            job = Job(self.backend, _request(self.names, list(values[:-2]), values[-2], values[-1]), self.limits)
         except (ValueError, TypeError) as e:
             raise gr.Error(str(e), title="Bad input", print_exception=False)
         self.board.start(key, job)
@@ -148,6 +161,7 @@ def build_app(backend: Any, limits: Limits | None = None, concurrency: int = 2, 
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 fields = _inputs(backend.kind, backend, limits)
+                schedule = _schedule_input()
                 vanilla = gr.Checkbox(False, label="Show vanilla sampling at the same NFE", elem_id="nd-vanilla-on")
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="nd-generate")
@@ -169,7 +183,7 @@ def build_app(backend: Any, limits: Limits | None = None, concurrency: int = 2, 
         demo.nd_gif_dir = gif_dir
         demo.nd_css = PIXELATED if backend.kind == "bundled" else FIT
         outputs = [image, van_img, status, change, strip, gif]
-        ev = run.click(h.generate, [c for _, c in fields] + [vanilla], outputs, api_name="generate",
+        ev = run.click(h.generate, [c for _, c in fields] + [vanilla, schedule], outputs, api_name="generate",
                        concurrency_limit=concurrency, concurrency_id="generate", show_progress="minimal")
         stop.click(h.stop, None, None, queue=False, api_name="stop")
         cancel.click(h.cancel, None, outputs, cancels=[ev], queue=False, api_name="cancel")

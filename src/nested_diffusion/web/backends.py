@@ -3,10 +3,11 @@ behind the same two calls, so every front end drives them through one code path:
 
 * ``prepare(request, limits) -> Prepared``: every input check (one clear ``ValueError`` naming the field, the
   value and what is valid) before any model call;
-* ``open(prepared, outer, inner, stop, max_nfe, deadline) -> Run``: an iterator of ``(info, images)`` with
-  ``info`` carrying the ``AnytimeInfo`` fields and ``images`` a (B, H, W, 3) uint8 batch; ``run.calls`` counts
-  the model calls it made. ``stop()`` is checked before/after every model call, so a stop takes effect within
-  one NFE.
+* ``open(prepared, outer, inner, stop, max_nfe, deadline, schedule="uniform") -> Run``: an iterator of
+  ``(info, images)`` with ``info`` carrying the ``AnytimeInfo`` fields and ``images`` a (B, H, W, 3) uint8 batch;
+  ``run.calls`` counts the model calls it made. ``stop()`` is checked before/after every model call, so a stop
+  takes effect within one NFE. ``schedule``: "uniform" runs ``outer`` × ``inner``; a named schedule of
+  ``core.schedules`` (e.g. "progressive") spends the same budget, outer × inner NFE, its own way.
 
 Sample i of a job uses seed ``seed + i`` (its own generator), as ``nested-diffusion generate`` and the library.
 """
@@ -24,6 +25,7 @@ import torch
 from ..core.denoisers import CountingDenoiser
 from ..core.nested import NestedSampler
 from ..core.registry import solver_names, solver_spec
+from ..core.schedules import make_schedule, schedule_names
 from .render import model_to_rgb, unit_to_rgb
 
 KINDS = ("bundled", "sd", "dit")
@@ -53,7 +55,9 @@ class Limits:
 class JobRequest:
     """One job's settings. ``classes``: bundled/DiT class ids or names ("0,3,7", "sneaker,bag", "all");
     ``prompt``/``negative_prompt``/``height``/``width``: Stable Diffusion. ``guidance``/``solver`` None: the
-    backend's default. ``max_nfe``/``deadline`` None or 0: no budget."""
+    backend's default. ``max_nfe``/``deadline`` None or 0: no budget. ``schedule``: "uniform" (the outer/inner
+    steps as given) or another name of ``core.schedules`` ("progressive": the budget outer × inner split into
+    two short inner runs, then one long one)."""
 
     seed: int = 0
     outer_steps: int = 5
@@ -68,6 +72,7 @@ class JobRequest:
     negative_prompt: str = ""
     height: int | None = None
     width: int | None = None
+    schedule: str = "uniform"
 
 
 @dataclass
@@ -108,6 +113,9 @@ def check_common(req: JobRequest, limits: Limits, default_solver: str, default_g
     if outer * inner > limits.max_nfe:
         raise ValueError(f"outer_steps × inner_steps: {outer} × {inner} = {outer * inner} NFE exceeds this "
                          f"server's limit of {limits.max_nfe}")
+    schedule = "uniform" if req.schedule in (None, "") else req.schedule
+    if schedule not in schedule_names():
+        raise ValueError(f"schedule: unknown schedule {schedule!r}; valid: {', '.join(schedule_names())}")
     solver = default_solver if req.solver in (None, "") else req.solver
     if solver not in solver_names():
         raise ValueError(f"solver: unknown inner solver {solver!r}; valid: {', '.join(solver_names())}")
@@ -124,7 +132,7 @@ def check_common(req: JobRequest, limits: Limits, default_solver: str, default_g
         raise ValueError(f"deadline: must be a number of seconds in (0, {limits.max_deadline:g}] (0 = none), "
                          f"got {req.deadline!r}")
     return dict(seed=seed, outer=outer, inner=inner, solver=solver, guidance=float(guidance), max_nfe=max_nfe,
-                deadline=None if deadline is None else float(deadline))
+                deadline=None if deadline is None else float(deadline), schedule=schedule)
 
 
 def _seeds(seed: int, batch: int, limits: Limits, what: str) -> list[int]:
@@ -181,26 +189,33 @@ class BundledBackend:
         classes = parse_classes(",".join(str(x) for x in classes) if isinstance(classes, (list, tuple))
                                 else str(classes))
         seeds = _seeds(c["seed"], len(classes), limits, "classes")
-        return Prepared(req, seeds, torch.tensor(classes, dtype=torch.long), c["solver"], c["guidance"],
-                        c["max_nfe"], c["deadline"], dict(outer=c["outer"], inner=c["inner"]))
+        prep = Prepared(req, seeds, torch.tensor(classes, dtype=torch.long), c["solver"], c["guidance"],
+                        c["max_nfe"], c["deadline"], dict(outer=c["outer"], inner=c["inner"],
+                                                          schedule=c["schedule"]))
+        self.total_nfe(prep, c["outer"], c["inner"], c["schedule"])  # a schedule's budget checks, no model call
+        return prep
 
-    def sampler(self, prep: Prepared, outer: int, inner: int) -> NestedSampler:
-        """The library sampler of this job (what ``nested-diffusion generate`` builds for the same settings)."""
+    def sampler(self, prep: Prepared, outer: int, inner: int, schedule: str = "uniform") -> NestedSampler:
+        """The library sampler of this job (what ``nested-diffusion generate`` builds for the same settings);
+        a named ``schedule`` other than "uniform" spends outer × inner NFE (``NestedSampler.from_schedule``)."""
         from ..bundled import make_denoiser
 
         spec = solver_spec(prep.solver)
         eta = spec.inner_eta_default if spec.takes_eta else None
-        return NestedSampler(make_denoiser(self.model, prep.guidance), outer, inner, prep.solver, eta)
+        den = make_denoiser(self.model, prep.guidance)
+        if schedule != "uniform":
+            return NestedSampler.from_schedule(den, schedule, outer * inner, prep.solver, eta)
+        return NestedSampler(den, outer, inner, prep.solver, eta)
 
     def open(self, prep: Prepared, outer: int, inner: int, stop: Callable[[], bool],
-             max_nfe: int | None = None, deadline: float | None = None) -> Run:
-        sampler, counter = self.sampler(prep, outer, inner), _Counter()
+             max_nfe: int | None = None, deadline: float | None = None, schedule: str = "uniform") -> Run:
+        sampler, counter = self.sampler(prep, outer, inner, schedule), _Counter()
         stream = sampler.stream(prep.seeds, (prep.batch, 1, 28, 28), prep.cond.to(self.device), max_nfe=max_nfe,
                                 deadline=deadline, device=self.device, stop=stop, wrap_denoiser=counter.wrap)
         return Run(((u, model_to_rgb(u.x0)) for u in stream), counter)
 
-    def total_nfe(self, prep: Prepared, outer: int, inner: int) -> int:
-        return self.sampler(prep, outer, inner).total_nfe
+    def total_nfe(self, prep: Prepared, outer: int, inner: int, schedule: str = "uniform") -> int:
+        return self.sampler(prep, outer, inner, schedule).total_nfe
 
 
 class _Counter:
@@ -260,7 +275,7 @@ class PipelineBackend:
 
     def prepare(self, req: JobRequest, limits: Limits) -> Prepared:
         c = check_common(req, limits, self.default_solver, self.default_guidance)
-        extra = dict(outer=c["outer"], inner=c["inner"])
+        extra = dict(outer=c["outer"], inner=c["inner"], schedule=c["schedule"])
         if self.kind == "sd":
             if not isinstance(req.prompt, str) or not req.prompt.strip():
                 raise ValueError("prompt: describe the image to generate (an empty prompt is not accepted)")
@@ -272,7 +287,9 @@ class PipelineBackend:
             spec = ",".join(str(x) for x in req.classes) if isinstance(req.classes, (list, tuple)) else req.classes
             cond = [self._label_id(x, n) for x in parse_class_labels(str(spec), n)]
         seeds = _seeds(c["seed"], len(cond), limits, "prompt" if self.kind == "sd" else "classes")
-        return Prepared(req, seeds, cond, c["solver"], c["guidance"], c["max_nfe"], c["deadline"], extra)
+        prep = Prepared(req, seeds, cond, c["solver"], c["guidance"], c["max_nfe"], c["deadline"], extra)
+        self.total_nfe(prep, c["outer"], c["inner"], c["schedule"])  # a schedule's budget checks, no model call
+        return prep
 
     def _label_id(self, label: Any, n: int) -> int:
         if isinstance(label, str):
@@ -306,19 +323,29 @@ class PipelineBackend:
                         height=prep.extra["height"], width=prep.extra["width"])
         return dict(class_labels=list(prep.cond))
 
+    @staticmethod
+    def _steps(outer: int, inner: int, schedule: str) -> dict:
+        if schedule != "uniform":
+            return dict(schedule=schedule, total_nfe=outer * inner)
+        return dict(outer_steps=outer, inner_steps=inner)
+
     def open(self, prep: Prepared, outer: int, inner: int, stop: Callable[[], bool],
-             max_nfe: int | None = None, deadline: float | None = None) -> Run:
+             max_nfe: int | None = None, deadline: float | None = None, schedule: str = "uniform") -> Run:
         gens = [torch.Generator(device="cpu").manual_seed(s) for s in prep.seeds]
         guard = _StopGuard(stop)
-        outs = self.pipe.iter_anytime(**self._call_args(prep), outer_steps=outer, inner_steps=inner,
+        outs = self.pipe.iter_anytime(**self._call_args(prep), **self._steps(outer, inner, schedule),
                                       inner_solver=prep.solver, guidance_scale=prep.guidance, generator=gens,
                                       max_nfe=max_nfe, deadline=deadline, output_type="np",
                                       denoiser_hook=guard.wrap)
         return Run(((out, unit_to_rgb(out.images)) for out in outs), guard)
 
-    def total_nfe(self, prep: Prepared, outer: int, inner: int) -> int:
+    def total_nfe(self, prep: Prepared, outer: int, inner: int, schedule: str = "uniform") -> int:
         from ..core.registry import get_solver
-        return outer * get_solver(prep.solver, None, inner=True).nfe(inner)
+        solver = get_solver(prep.solver, None, inner=True)
+        if schedule != "uniform":  # the schedule's inner runs, from the pipeline's t = T − 1
+            t_start = int(self.pipe.scheduler.config.num_train_timesteps) - 1
+            return sum(solver.nfe(n) for n in make_schedule(schedule, outer * inner, t_start).inner_steps)
+        return outer * solver.nfe(inner)
 
 
 def load_backend(kind: str = "bundled", model_path: str | os.PathLike | None = None, device: str = "cpu",

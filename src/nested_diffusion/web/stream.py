@@ -109,10 +109,11 @@ def stream_updates(backend: Any, request: JobRequest | Prepared, stop: Any = Non
     prep = request if isinstance(request, Prepared) else backend.prepare(request, limits or Limits())
     should_stop = stop_check(stop)
     outer, inner = prep.extra["outer"], prep.extra["inner"]
-    total = backend.total_nfe(prep, outer, inner)
+    named = {} if prep.extra.get("schedule", "uniform") == "uniform" else {"schedule": prep.extra["schedule"]}
+    total = backend.total_nfe(prep, outer, inner, **named)
     budget = total if prep.max_nfe is None else min(prep.max_nfe, total)
     start = time.perf_counter()
-    nested = backend.open(prep, outer, inner, should_stop, prep.max_nfe, prep.deadline)
+    nested = backend.open(prep, outer, inner, should_stop, prep.max_nfe, prep.deadline, **named)
     vanilla = backend.open(prep, 1, outer * inner, should_stop) if prep.request.vanilla else None
     van_iter, van, last = (None if vanilla is None else iter(vanilla)), None, None
     try:
