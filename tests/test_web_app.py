@@ -49,7 +49,7 @@ def server():
 
 
 def args(classes, seed, outer, inner, vanilla=False):
-    return ([CLASSES[c] for c in classes], seed, outer, inner, "ddpm", 2.0, 0, 0, vanilla)
+    return ([CLASSES[c] for c in classes], seed, outer, inner, "ddpm", 2.0, 0, 0, vanilla, "uniform")
 
 
 def wait_nfe(job, k, timeout=20.0):
@@ -130,7 +130,7 @@ CLIENT_SCRIPT = """
 import sys
 from gradio_client import Client
 c = Client(sys.argv[1], verbose=False)
-job = c.submit(["Bag"], 1, 5, 20, "ddpm", 2.0, 0, 0, False, api_name="/generate")
+job = c.submit(["Bag"], 1, 5, 20, "ddpm", 2.0, 0, 0, False, "uniform", api_name="/generate")
 import time
 while True:
     outs = job.outputs()
@@ -161,10 +161,10 @@ def test_bad_input_is_a_message_not_a_traceback(server):
     client = Client(server.url, verbose=False)
     try:
         with pytest.raises(Exception) as e:
-            client.predict([], 0, 5, 20, "ddpm", 2.0, 0, 0, False, api_name="/generate")
+            client.predict([], 0, 5, 20, "ddpm", 2.0, 0, 0, False, "uniform", api_name="/generate")
         assert "classes: choose at least one class" in str(e.value) and "Traceback" not in str(e.value)
         with pytest.raises(Exception) as e:
-            client.predict(["Bag"], 0, 50, 50, "ddpm", 2.0, 0, 0, False, api_name="/generate")
+            client.predict(["Bag"], 0, 50, 50, "ddpm", 2.0, 0, 0, False, "uniform", api_name="/generate")
         assert "50 × 50 = 2500 NFE exceeds this server's limit of 1000" in str(e.value)
     finally:
         client.close()

@@ -31,7 +31,7 @@ def test_updates_rise_and_images_match_the_library(model):
     assert [u.state for u in ups] == ["running"] * 6 + ["done"] and ups[-1].spent == 12
     assert all(u.image.dtype == np.uint8 and u.image.shape == (32, 62, 3) for u in ups)   # native 28 px; the page upscales
     assert {u.source for u in ups} == {"x0_preview", "inner_result"}
-    ref = library_images(model.model, [8, 7], 3, 3, 4)
+    ref = library_images(model.model, [8, 7], 3, 3, 4, guidance=backend.default_guidance)  # the page default: 1.25
     assert np.array_equal(ups[-1].image, page_picture(ref))
     alone = list(stream_updates(backend, JobRequest(classes="sneaker", seed=4, outer_steps=3, inner_steps=4)))
     assert np.array_equal(alone[-1].images[0], ups[-1].images[1])   # same seed, same image, any batch
@@ -76,7 +76,7 @@ def test_vanilla_at_the_same_nfe(model):
     req = JobRequest(classes="5", seed=11, outer_steps=2, inner_steps=3, vanilla=True)
     ups = list(stream_updates(BundledBackend(model), req))
     assert all(u.vanilla_nfe == u.nfe for u in ups) and ups[-1].vanilla.shape == ups[-1].image.shape
-    assert np.array_equal(ups[-1].vanilla, page_picture(library_images(model.model, [5], 11, 1, 6)))
+    assert np.array_equal(ups[-1].vanilla, page_picture(library_images(model.model, [5], 11, 1, 6, guidance=1.25)))
     assert not np.array_equal(ups[-1].vanilla, ups[-1].image)
 
 
@@ -150,7 +150,7 @@ def test_concurrent_jobs_do_not_mix(model):
     reqs = [JobRequest(classes=str(c), seed=100 + c, outer_steps=2, inner_steps=3) for c in range(4)]
     results = _board_stop_each(BundledBackend(model), reqs)
     for c, u in enumerate(results):
-        assert np.array_equal(u.image, page_picture(library_images(model.model, [c], 100 + c, 2, 3)))
+        assert np.array_equal(u.image, page_picture(library_images(model.model, [c], 100 + c, 2, 3, guidance=1.25)))
 
 
 @pytest.mark.parametrize("kind", ["sd", "dit"])

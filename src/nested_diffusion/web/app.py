@@ -82,9 +82,10 @@ def _inputs(kind: str, backend: Any, limits: Limits) -> list[tuple[str, Any]]:
     return fields
 
 
-def _schedule_input() -> Any:
-    """The schedule choice; uniform (the default) = the outer/inner sliders as set."""
-    return gr.Dropdown(schedule_names(), value="uniform", elem_id="nd-schedule",
+def _schedule_input(default: str = "progressive") -> Any:
+    """The schedule choice: progressive (the page's default, as for ``generate``) spends the sliders' outer × inner
+    NFE as two quick runs then one long one; uniform = the outer/inner sliders as set."""
+    return gr.Dropdown(schedule_names(), value=default, elem_id="nd-schedule",
                        label="Schedule (uniform: outer × inner as set; progressive: the same outer × inner NFE as "
                              "20 + 20 inner steps, then one long run)")
 
@@ -161,7 +162,8 @@ def build_app(backend: Any, limits: Limits | None = None, concurrency: int = 2, 
         with gr.Row():
             with gr.Column(scale=1, min_width=280):
                 fields = _inputs(backend.kind, backend, limits)
-                schedule = _schedule_input()
+                # the bundled page starts where `generate` does; the pipelines' pages at their uniform split
+                schedule = _schedule_input("progressive" if backend.kind == "bundled" else "uniform")
                 vanilla = gr.Checkbox(False, label="Show vanilla sampling at the same NFE", elem_id="nd-vanilla-on")
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="nd-generate")

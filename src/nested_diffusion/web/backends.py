@@ -173,10 +173,10 @@ class BundledBackend:
     display_scale = 1
 
     def __init__(self, model: Any = None, scale: int = 4, device: str = "cpu"):
-        from ..bundled import DEFAULT_GUIDANCE, load_unet
+        from ..bundled import DEMO_GUIDANCE, load_unet
 
         self.model = load_unet(None) if model is None else model
-        self.default_guidance, self.scale, self.device = DEFAULT_GUIDANCE, int(scale), device
+        self.default_guidance, self.scale, self.device = DEMO_GUIDANCE, int(scale), device  # generate's
         self.lock = threading.Lock()
 
     def prepare(self, req: JobRequest, limits: Limits) -> Prepared:
