@@ -1,5 +1,6 @@
-"""Web demo latency on the bundled model, demo configuration (the page's default 4 classes, seed 0, 5 outer × 20
-inner learned-variance DDPM, guidance 2.0), measured side by side in one run:
+"""Web demo latency on the bundled model, demo configuration (the page's default 4 classes, seed 0, the
+progressive schedule at 5 × 20 = 100 NFE — 20 + 20 + 60 learned-variance DDPM inner steps — guidance 1.25),
+measured side by side in one run:
 
 * click-to-first-image: from the Generate click to the first picture in the page (headless Chromium, Playwright);
 * sampling speed with the page attached (the server's job time for the whole run, reported in the page's final
@@ -41,7 +42,7 @@ WATCH = """() => new Promise(resolve => {
 def bare_run(backend, prep) -> tuple[float, float]:
     """The library path: the same sampler the page's job builds, consumed without rendering.
     Returns (wall seconds, CPU seconds of this process)."""
-    sampler = backend.sampler(prep, 5, 20)
+    sampler = backend.sampler(prep, 5, 20, "progressive")
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in sampler.stream(prep.seeds, (prep.batch, 1, 28, 28), prep.cond):
         pass
@@ -73,7 +74,7 @@ def main() -> None:
 
     backend = BundledBackend()
     prep = backend.prepare(JobRequest(classes=CLASSES, seed=0, outer_steps=5, inner_steps=20, solver="ddpm",
-                                      guidance=2.0), Limits())
+                                      guidance=backend.default_guidance, schedule="progressive"), Limits())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -95,7 +96,8 @@ def main() -> None:
         browser.close()
     demo.close()
     med = [statistics.median(c) for c in zip(*rows)]
-    print(f"\nmedian of {args.repeats} (batch {len(CLASSES)}, 5 × 20 ddpm, guidance 2.0, seed 0, "
+    print(f"\nmedian of {args.repeats} (batch {len(CLASSES)}, progressive 20+20+60 ddpm, guidance "
+          f"{backend.default_guidance}, seed 0, "
           f"{args.threads} thread(s)):")
     print(f"  click-to-first-image {med[2]:.3f} s (target ≤ 1.5 s)")
     print(f"  sampling speed, page attached / bare API = {med[0] / med[1]:.3f} (target ≥ 0.9); "
