@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fixtures_tiny import tiny_dit, tiny_sd, tiny_tokenizer  # noqa: E402
+from fixtures_tiny import tiny_clip, tiny_dit, tiny_sd  # noqa: E402
 from nested_diffusion.cli import eval as cli_eval  # noqa: E402
 from nested_diffusion.evaluation.consistency import FeatureCosineDistance, MSEDistance  # noqa: E402
 from nested_diffusion.evaluation.features import extract_features, quantize  # noqa: E402
@@ -277,19 +277,7 @@ def test_bad_arguments_fail_before_sampling(sd, dit, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ CLIP score
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPModel
-    d = tmp_path_factory.mktemp("clip")
-    tok = tiny_tokenizer(str(d))
-    torch.manual_seed(0)
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=24,
-                                      num_attention_heads=2, num_hidden_layers=1, max_position_embeddings=77,
-                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                      pad_token_id=tok.pad_token_id),
-                     vision_config=dict(hidden_size=16, intermediate_size=24, num_attention_heads=2,
-                                        num_hidden_layers=1, image_size=16, patch_size=8), projection_dim=8)
-    CLIPModel(cfg).eval().save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_clip_scorer_from_a_local_folder(clip_dir):
