@@ -1,7 +1,7 @@
 """Wall-time cost of attaching an expected-change calibration to the stream, side by side in one process.
 
-The path ``nested-diffusion generate`` runs: the bundled model, the demo configuration (5 × 20 learned-variance
-DDPM, guidance 2.0), one batch of ``--batch`` samples, previews "first", no inference_mode wrapper (the stream
+The path ``nested-diffusion generate`` runs: the bundled model, the demo configuration (the progressive schedule
+at 100 NFE, learned-variance DDPM, guidance 1.25; ``--schedule uniform`` for 5 × 20 at 2.0), one batch of ``--batch`` samples, previews "first", no inference_mode wrapper (the stream
 turns autograd off itself). Runs alternate plain / pixel-signal calibration / feature-signal calibration
 ``--repeats`` times; the script prints, per variant, the median over repeats of its wall-time and CPU-time ratio
 to the plain run of the same repeat (target ≤ 1.02); CPU time is the robust one on a shared machine.
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from nested_diffusion.bundled import DEFAULT_GUIDANCE, load_unet, make_denoiser
+from nested_diffusion.bundled import DEFAULT_GUIDANCE, DEMO_GUIDANCE, load_unet, make_denoiser
 from nested_diffusion.bundled.expected_change import classifier_feature_function, model_identity, resolve_calibration
 from nested_diffusion.core.change_fit import fit_calibration
 from nested_diffusion.core.nested import NestedSampler
@@ -50,15 +50,19 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--schedule", choices=("progressive", "uniform"), default="progressive")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     unet = load_unet()
-    sampler = NestedSampler(make_denoiser(unet, DEFAULT_GUIDANCE), 5, 20, "ddpm")
-    config = {"sampler": sampler.calibration_settings(), "model": model_identity(unet, DEFAULT_GUIDANCE)}
+    guidance = DEMO_GUIDANCE if a.schedule == "progressive" else DEFAULT_GUIDANCE
+    den = make_denoiser(unet, guidance)
+    sampler = (NestedSampler.from_schedule(den, "progressive", 100, "ddpm") if a.schedule == "progressive"
+               else NestedSampler(den, 5, 20, "ddpm"))
+    config = {"sampler": sampler.calibration_settings(), "model": model_identity(unet, guidance)}
     fn = classifier_feature_function()[0]
     cals = {"pixel": small_calibration(sampler, config, fn, False),
             "feature": small_calibration(sampler, config, fn, True)}
-    shipped = {k: resolve_calibration(c, sampler, unet, DEFAULT_GUIDANCE)
+    shipped = {k: resolve_calibration(c, sampler, unet, guidance)
                for k, c in (("pixel", "auto"), ("feature", "feature"))}
     cals.update({k: c for k, c in shipped.items() if c is not None})
     labels = torch.arange(a.batch) % 10
@@ -68,7 +72,8 @@ def main() -> None:
         times["plain"].append(timed(sampler, labels, None))
         for k, cal in cals.items():
             times[k].append(timed(sampler, labels, cal))
-    print(f"demo configuration 5x20 ddpm, batch {a.batch}, {a.threads} thread(s), {a.repeats} alternating repeats"
+    print(f"demo configuration {a.schedule} {'+'.join(map(str, sampler.inner_steps))} ddpm, guidance {guidance}, "
+          f"batch {a.batch}, {a.threads} thread(s), {a.repeats} alternating repeats"
           f"; shipped calibrations used: {', '.join(k for k, c in shipped.items() if c is not None) or 'none'}")
     print("  ratios to the plain run of the same repeat (median over repeats); CPU = this process's CPU time, "
           "robust on a shared machine")
