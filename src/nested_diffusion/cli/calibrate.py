@@ -92,8 +92,7 @@ def run(args) -> int:
     import torch
 
     from ..core.change_fit import fit_calibration
-    from ..core.expected_change import config_hash
-    from ..evaluation.calibration_runs import claim_cache, run_chunks
+    from ..evaluation.calibration_runs import claimed_cache, run_chunks
     from ..evaluation.expected_change import PIXEL_SIGNALS, calibration_set
     from ..io import atomic_write_json
     if args.threads:
@@ -102,23 +101,17 @@ def run(args) -> int:
     args.outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
     try:
         calibrate_pipelines.check_args(args)
+        if args.evaluate and not args.heldout:
+            raise ValueError("--evaluate: give --heldout N, the held-out samples to measure the files on")
         sampler, config, fx, labels, classes = setup(args)
-        h = config_hash(config)
-        cache = args.cache_dir or Path("runs/calibrate") / h
-        claim_cache(cache, config)
-    except (ValueError, FileNotFoundError) as e:
+        cals = [load_checked(path, config, range(args.heldout_seed, args.heldout_seed + args.heldout))
+                for path in args.evaluate or ()]
+        h, cache = claimed_cache(config, args.cache_dir)
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.evaluate:
-        try:
-            if not args.heldout:
-                raise ValueError("--evaluate: give --heldout N, the held-out samples to measure the files on")
-            cals = [load_checked(path, config, range(args.heldout_seed, args.heldout_seed + args.heldout))
-                    for path in args.evaluate]
-        except (ValueError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
         for cal in cals:
             evaluate_heldout(args, sampler, cal, fx, labels, cache, h, cal.meta.get("signals", "feature"), log)
         return 0

@@ -140,8 +140,7 @@ def class_names(pipe, ids) -> list[str] | None:
 def run(args) -> int:
     import torch
 
-    from ..core.expected_change import config_hash
-    from ..evaluation.calibration_runs import claim_cache
+    from ..evaluation.calibration_runs import claimed_cache
     from ..evaluation.pipeline_calibration import calibrate_sampler
     from ..io import atomic_write_json
     if args.threads:
@@ -150,9 +149,7 @@ def run(args) -> int:
     try:
         check_args(args)
         sampler, config, cond_for, fx, classify, classifier_id = setup(args)
-        h = config_hash(config)
-        cache = args.cache_dir or Path("runs/calibrate") / h
-        claim_cache(cache, config)
+        h, cache = claimed_cache(config, args.cache_dir)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -108,10 +108,7 @@ def sample_one(name: str, sampler, settings: dict, classes: list[int], out: Path
                                 "inner": list(sampler.inner_steps)}, scale=args.scale)
     total = sampler.total_nfe if args.budget is None else min(args.budget, sampler.total_nfe)
     progress = Progress(total, quiet=args.quiet)
-    from ..core.schedules import Schedule
-    shape = describe(Schedule(settings["schedule"] if name == "nested" else "uniform", tuple(sampler.inner_steps),
-                              None if name != "nested" or settings["outer_times"] is None
-                              else tuple(settings["outer_times"])))
+    shape = describe(sampler.inner_steps, sampler.solver.outer_times)
     progress.line(f"[{name}] {shape} ({args.solver}), "
                   f"{sampler.total_nfe} NFE, guidance {settings['guidance']}, classes {', '.join(settings['classes'])}")
     code = 0

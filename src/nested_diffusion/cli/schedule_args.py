@@ -51,10 +51,11 @@ def resolve_schedule(args, t_start: int):
     return make_schedule(name, DEFAULT_NFE if args.nfe is None else args.nfe, t_start, **options)
 
 
-def describe(schedule) -> str:
-    """'5 outer × 20 inner' or '3 outer (20+20+60 inner from t=999, 899, 799)'."""
-    steps = schedule.inner_steps
-    if schedule.outer_times is None and len(set(steps)) == 1:
+def describe(inner_steps, outer_times=None) -> str:
+    """'5 outer × 20 inner' or '3 outer (20+20+60 inner from t=999, 899, 799)' for a sampler's inner step list and
+    explicit outer times (None: the evenly spaced grid)."""
+    steps = list(inner_steps)
+    if outer_times is None and len(set(steps)) == 1:
         return f"{len(steps)} outer × {steps[0]} inner"
-    where = "" if schedule.outer_times is None else " from t=" + ", ".join(str(t) for t in schedule.outer_times)
+    where = "" if outer_times is None else " from t=" + ", ".join(str(t) for t in outer_times)
     return f"{len(steps)} outer ({'+'.join(str(s) for s in steps)} inner{where})"

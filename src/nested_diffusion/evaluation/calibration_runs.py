@@ -109,3 +109,13 @@ def claim_cache(cache: Path, config: dict) -> None:
         return
     cache.mkdir(parents=True, exist_ok=True)
     atomic_write_json(stamp, {"config_hash": config_hash(config), "config": canonical(config)})
+
+
+def claimed_cache(config: dict, cache_dir: Path | None = None) -> tuple[str, Path]:
+    """The configuration's hash and its chunk cache (``cache_dir``, default ``runs/calibrate/<hash>``), claimed for
+    it by ``claim_cache`` (ValueError if the folder holds another configuration's chunks)."""
+    from ..core.expected_change import config_hash
+    h = config_hash(config)
+    cache = Path(cache_dir) if cache_dir else Path("runs/calibrate") / h
+    claim_cache(cache, config)
+    return h, cache
