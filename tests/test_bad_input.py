@@ -16,7 +16,7 @@ def den():
     (dict(outer_steps=3, inner_steps=0), r"inner_steps: must be ≥ 1, got 0"),
     (dict(outer_steps=3, inner_steps=[2, -1, 2]), r"inner_steps: must be ≥ 1, got -1"),
     (dict(outer_steps=3, inner_steps=[2, 2]), r"inner_steps: a list needs one entry per outer step \(3\), got 2"),
-    (dict(outer_steps=10, inner_steps=200), r"inner_steps: 200 inner steps at outer step 9 \(t=100\) exceed"),
+    (dict(outer_steps=10, inner_steps=200), r"inner_steps: 200 inner steps in outer step 10 of 10 \(its inner run starts at t=100\) exceed"),
     (dict(outer_steps=1000, inner_steps=1), r"outer_steps: 1000 steps do not fit .* at most 999"),
     (dict(outer_steps=2, inner_steps=5, inner_solver="euler"), r"solver: unknown solver 'euler'; valid: ddim"),
     (dict(outer_steps=2, inner_steps=5, inner_eta=-0.1), r"eta: must be a finite number ≥ 0, got -0.1"),

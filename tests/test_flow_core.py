@@ -10,7 +10,7 @@ import torch
 
 from nested_diffusion.core.flow_analytic import GaussianMixtureVelocity
 from nested_diffusion.core.flow_nested import FlowNestedSampler, flow_vanilla_sampler
-from nested_diffusion.core.flow_registry import flow_solver_names, get_flow_solver
+from nested_diffusion.core.registry import FLOW, get_solver, solver_names
 from nested_diffusion.core.flow_schedule import FlowSchedule, flow_grid
 from nested_diffusion.core.flow_solvers import FlowDenoiser, FlowHeunSolver
 from nested_diffusion.core.flow_steps import flow_ddim_step
@@ -75,7 +75,7 @@ def test_heun_is_second_order_and_euler_first(mixture):
     16→32→64 steps; Euler 1.07, 1.03 at 256→512→1024)."""
     den = FlowDenoiser(mixture, FlowSchedule(shift=3.0))
     x = NoiseSource(range(64)).randn((2,)).double()
-    solve = lambda solver, n: list(get_flow_solver(solver).run(den, x, 0.8, n, None))[-1].x0  # noqa: E731
+    solve = lambda solver, n: list(get_solver(solver, kind=FLOW).run(den, x, 0.8, n, None))[-1].x0  # noqa: E731
     ref = solve("heun", 4096)
     for solver, order, ns in (("heun", 2.0, (16, 32, 64)), ("euler", 1.0, (256, 512, 1024))):
         errs = [float((solve(solver, n) - ref).abs().max()) for n in ns]
@@ -143,4 +143,4 @@ def test_bad_sampler_arguments(mixture):
         FlowNestedSampler(type("D", (), {"schedule": None})(), 2, 2)
     with pytest.raises(ValueError, match="mu"):
         FlowSchedule.from_diffusers_config({"use_dynamic_shifting": True})
-    assert flow_solver_names() == ("euler", "heun")
+    assert solver_names(FLOW) == ("euler", "heun")

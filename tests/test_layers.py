@@ -127,8 +127,9 @@ def test_a_registered_solver_reaches_the_sampler_the_cli_and_a_pipeline(toy_solv
     from nested_diffusion.cli import build_parser
     helptext = build_parser()._subparsers._group_actions[0].choices["generate"].format_help()
     assert "halfway" in helptext
-    from nested_diffusion.pipelines.adapters import resolve_inner_solver
-    solver = resolve_inner_solver("halfway", None)
+    from nested_diffusion.core.run import RunDefaults
+    from nested_diffusion.pipelines.adapters import pipeline_run
+    solver = pipeline_run(dict(inner_solver="halfway"), RunDefaults()).build_inner()
     assert isinstance(solver, HalfwaySolver) and solver.eta == 0.3
 
 

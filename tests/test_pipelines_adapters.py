@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nested_diffusion import GaussianMixtureDenoiser, NestedSampler, NoiseSource
-from nested_diffusion.pipelines.adapters import resolve_inner_solver, resolve_nested_args
+from nested_diffusion.pipelines.adapters import pipeline_run, resolve_inner_solver
 from nested_diffusion.pipelines.noise import GeneratorNoise, diffusers_randn, make_noise
 from nested_diffusion.core.solvers import DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S
 
@@ -89,19 +89,19 @@ def test_scheduler_solver_rejections(mixture):
                              None).check_schedule(mixture.schedule)
 
 
-def test_resolve_nested_args_names_defaults_and_errors():
-    kw = dict(default_outer=5, default_inner=20, default_solver="ddim", auto_outer_eta_for_dpm=True)
-    args = resolve_nested_args(None, None, None, None, None, None, None, None, None, **kw)
-    assert (args.outer_steps, args.inner_steps, args.outer_eta) == (5, 20, 0.0) and args.solver.eta == 0.85
-    args = resolve_nested_args(None, 3, None, 7, None, "DPMSolver", None, None, None, **kw)
-    assert (args.outer_steps, args.inner_steps, args.outer_eta) == (3, 7, "sqrt_one_minus_alpha_bar")
-    assert isinstance(args.solver, DPMSolverPP2S)
-    no_auto = resolve_nested_args(None, None, None, None, "dpmpp_2m", None, None, None, None,
-                                  **{**kw, "auto_outer_eta_for_dpm": False})
+def test_pipeline_run_names_defaults_and_errors():
+    from nested_diffusion.core.run import RunDefaults
+    sd = RunDefaults(outer_steps=5, inner_steps=20, inner_solver="ddim", outer_eta=None)  # Nested SD's defaults
+    run = pipeline_run({}, sd)
+    assert (run.outer_steps, run.inner_steps, run.outer_eta) == (5, (20,) * 5, 0.0) and run.build_inner().eta == 0.85
+    run = pipeline_run(dict(num_inference_steps=3, num_inner_steps=7, inner_scheduler="DPMSolver"), sd)
+    assert (run.outer_steps, run.inner_steps, run.outer_eta) == (3, (7,) * 3, "sqrt_one_minus_alpha_bar")
+    assert isinstance(run.build_inner(), DPMSolverPP2S)
+    no_auto = pipeline_run(dict(inner_solver="dpmpp_2m"), RunDefaults(inner_solver="ddim", outer_eta=0.0))
     assert no_auto.outer_eta == 0.0
     with pytest.raises(ValueError, match="inner_steps=4 and num_inner_steps=5"):
-        resolve_nested_args(None, None, 4, 5, None, None, None, None, None, **kw)
+        pipeline_run(dict(inner_steps=4, num_inner_steps=5), sd)
     with pytest.raises(ValueError, match="inner_steps: a list needs one entry per outer step"):
-        resolve_nested_args(3, None, [1, 2], None, None, None, None, None, None, **kw)
+        pipeline_run(dict(outer_steps=3, inner_steps=[1, 2]), sd)
     with pytest.raises(TypeError, match="inner_solver: expected a name"):
         resolve_inner_solver(3.0, None)

@@ -46,5 +46,5 @@ def test_from_schedule_is_the_explicit_sampler_and_samples_the_same():
     assert finished == [5, 10, 30]  # first finished image after `first` NFE, then the long run's end
     with pytest.raises(ValueError, match="needs a budget"):
         NestedSampler.from_schedule(den, "progressive")
-    with pytest.raises(ValueError, match="only for a schedule given by name"):
+    with pytest.raises(ValueError, match="budget: only with a schedule given by name"):
         NestedSampler.from_schedule(den, make_schedule("uniform", 30, 999), budget=30)

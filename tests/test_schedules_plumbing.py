@@ -78,11 +78,13 @@ def test_sd_uniform_schedule_equals_explicit_steps_and_defaults_to_the_pipeline_
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(schedule="progressive", outer_steps=3), "schedule and outer_steps"),
-    (dict(schedule="progressive", num_inner_steps=10), "schedule and num_inner_steps"),
-    (dict(schedule="uniform", num_inference_steps=2, inner_steps=4), "schedule and num_inference_steps/inner_steps"),
-    (dict(total_nfe=100), "total_nfe: the NFE budget of a named schedule"),
-    (dict(schedule=Schedule("x", (2, 2)), total_nfe=4), "only with a schedule given by name"),
+    (dict(schedule="progressive", outer_steps=3), "outer_steps: 3 sets a uniform split; schedule progressive takes "
+                                                  "total_nfe"),
+    (dict(schedule="progressive", num_inner_steps=10), "num_inner_steps: 10 sets a uniform split"),
+    (dict(schedule="uniform", num_inference_steps=2, inner_steps=4, total_nfe=10),
+     "total_nfe: 10 is not num_inference_steps 2 × inner_steps 4"),
+    (dict(schedule="uniform", total_nfe=12), "total_nfe: 12 NFE do not split evenly over 5 outer steps"),
+    (dict(schedule=Schedule("x", (2, 2)), total_nfe=4), "total_nfe: only with a schedule given by name"),
     (dict(schedule="warp", total_nfe=100), "unknown schedule 'warp'"),
     (dict(schedule="progressive", total_nfe=40), "leave nothing for the final run"),
     (dict(schedule="progressive", total_nfe=0), "total_nfe: must be ≥ 1"),
@@ -105,11 +107,11 @@ def test_dit_progressive_and_calibration_settings(dit):
     assert s.calibration_settings()["outer_times"] == [999, 899, 799]   # a calibration must match the schedule
     same = dit([1, 2], schedule=Schedule("p", (20, 20, 2), (999, 899, 799)), generator=gen(), output_type="latent")
     assert torch.equal(out.images, same.images)
-    with pytest.raises(ValueError, match="schedule and outer_steps"):
+    with pytest.raises(ValueError, match="outer_steps: 4 sets a uniform split"):
         dit([1], schedule="progressive", outer_steps=4)
 
 
-def test_sdxl_takes_a_schedule_and_the_flow_pipelines_say_vp_only():
+def test_sdxl_and_the_flow_pipelines_take_a_schedule():
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
     from fixtures_modern import tiny_sd3, tiny_sdxl
@@ -117,11 +119,12 @@ def test_sdxl_takes_a_schedule_and_the_flow_pipelines_say_vp_only():
     xl = NestedStableDiffusionXLPipeline.from_pipe(tiny_sdxl())
     core = xl.core_sampler(schedule="progressive", total_nfe=100)
     assert core.inner_steps == [20, 20, 60] and core.times[:-1] == [999, 899, 799]
-    with pytest.raises(ValueError, match="schedule and inner_steps"):
+    with pytest.raises(ValueError, match="inner_steps: 5 sets a uniform split"):
         xl.core_sampler(schedule="progressive", inner_steps=5)
     sd3 = NestedStableDiffusion3Pipeline.from_pipe(tiny_sd3())
-    with pytest.raises(ValueError, match="VP-only"):
-        sd3.core_sampler(schedule="progressive", total_nfe=100)
+    flow = sd3.core_sampler(schedule="progressive", total_nfe=48)   # flow times u: 1.0, 0.9, 0.8, then clean
+    assert flow.inner_steps == [20, 20, 8] and flow.times == pytest.approx([1.0, 0.9, 0.8, 0.0], abs=1e-12)
+    assert sd3.core_sampler(total_nfe=28).inner_steps == [7] * 4   # the family's uniform split, 4 outer steps
 
 
 def test_pipeline_factory_runs_a_named_schedule(sd):

@@ -10,7 +10,8 @@ from .core.noise import DeviceNoiseSource, NoiseSource
 from .core.events import INNER_RESULT, X0_PREVIEW, AnytimeInfo, AnytimeUpdate, SolverEvent
 from .core.grids import step_grid
 from .core.solvers import DDIMSolver, DDPMLearnedSolver, DPMSolverPP2M, DPMSolverPP2S, Solver
-from .core.registry import SolverSpec, get_solver, register_solver, solver_names, unregister_solver
+from .core.registry import FLOW, VP, SolverSpec, get_solver, register_solver, solver_names, unregister_solver
+from .core.run import RunConfig, RunDefaults, resolve_run
 from .core.nested import NestedSampler, NestedSolver, vanilla_sampler
 from .core.schedules import Schedule, make_schedule, schedule_names
 from .core.analytic import GaussianMixtureDenoiser
@@ -18,18 +19,17 @@ from .core.expected_change import Calibration, ExpectedChange, load_calibration
 from .core.change_fit import fit_calibration
 from .core.flow_schedule import FlowSchedule
 from .core.flow_solvers import FlowDenoiser, FlowEulerSolver, FlowHeunSolver
-from .core.flow_registry import flow_solver_names, get_flow_solver
 from .core.flow_nested import FlowNestedSampler, FlowNestedSolver, flow_vanilla_sampler
 from .core.flow_analytic import GaussianMixtureVelocity
 
 __version__ = "0.2.0"
 
-__all__ = ["Schedule", "make_schedule", "schedule_names", "NoiseSchedule", "get_schedule", "ClassifierFreeGuidance", "CountingDenoiser", "Denoiser",
+__all__ = ["RunConfig", "RunDefaults", "resolve_run", "VP", "FLOW", "Schedule", "make_schedule", "schedule_names", "NoiseSchedule", "get_schedule", "ClassifierFreeGuidance", "CountingDenoiser", "Denoiser",
            "DenoiserOutput", "ModelDenoiser", "NonFiniteOutputError", "NoiseSource", "DeviceNoiseSource", "INNER_RESULT", "X0_PREVIEW",
            "AnytimeInfo", "AnytimeUpdate", "SolverEvent", "step_grid", "DDIMSolver", "DDPMLearnedSolver",
            "DPMSolverPP2M", "DPMSolverPP2S", "Solver", "SolverSpec", "get_solver", "register_solver",
            "solver_names", "unregister_solver", "NestedSampler", "NestedSolver", "vanilla_sampler",
            "GaussianMixtureDenoiser", "Calibration", "ExpectedChange", "load_calibration", "fit_calibration",
            "FlowSchedule", "FlowDenoiser", "FlowEulerSolver", "FlowHeunSolver",
-           "flow_solver_names", "get_flow_solver", "FlowNestedSampler", "FlowNestedSolver", "flow_vanilla_sampler",
+           "FlowNestedSampler", "FlowNestedSolver", "flow_vanilla_sampler",
            "GaussianMixtureVelocity", "__version__"]

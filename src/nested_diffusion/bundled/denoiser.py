@@ -8,6 +8,7 @@ import torch
 
 from .data import CLASS_NAMES
 from ..core.denoisers import ClassifierFreeGuidance, ModelDenoiser
+from ..core.run import RunDefaults
 from .pretrained import bundled_model_path
 from .unet import TinyUNet
 
@@ -15,6 +16,10 @@ DEFAULT_GUIDANCE = 2.0  # the evaluation protocol's scale (docs/RESULTS.md table
 # what `generate` and the web demo use: the lowest final FD for both vanilla DDPM-100 and the progressive nested
 # schedule among the scales measured at 100 NFE (2,000 samples; docs/RESULTS.md, issue 15)
 DEMO_GUIDANCE = 1.25
+# the bundled family's run defaults (core.run), read by every surface: the progressive schedule at 100 NFE (two quick
+# 20-step inner runs, then one of 60), learned-variance DDPM inner, deterministic DDIM outer, guidance 1.25
+RUN_DEFAULTS = RunDefaults(schedule="progressive", nfe=100, outer_steps=5, inner_steps=20, inner_solver="ddpm",
+                           outer_eta=0.0, guidance=DEMO_GUIDANCE)
 
 
 def parse_classes(spec: "str | Sequence[int | str]") -> list[int]:

@@ -45,14 +45,14 @@ def find_shipped(sampler_settings: dict, model: dict, signals: str = "pixel") ->
     return None
 
 
-def resolve_calibration(choice: str, sampler: NestedSampler, unet: torch.nn.Module,
+def resolve_calibration(choice: str, sampler: "NestedSampler | dict", unet: torch.nn.Module,
                         guidance: float) -> Calibration | None:
     """``choice``: "auto" (the shipped pixel-signal calibration of this configuration, or None when there is
     none: ≈ 1% more time), "feature" (the shipped calibration with classifier signals: better semantic and flip
     predictions, ≈ 7% more time on the demo), "none", or a calibration file (ValueError if it was made for another
-    configuration)."""
+    configuration). ``sampler``: the sampler, or its settings (``core.nested.calibration_settings`` of a run)."""
     model = model_identity(unet, guidance)
-    settings = sampler.calibration_settings("first")
+    settings = sampler if isinstance(sampler, dict) else sampler.calibration_settings("first")
     if choice == "none":
         return None
     if choice in ("auto", "feature"):

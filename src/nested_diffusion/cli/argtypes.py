@@ -54,10 +54,10 @@ def eta_solvers() -> tuple[str, ...]:
     return names()
 
 
-def solver_choices() -> tuple[str, ...]:
-    """Registered inner solvers (read when a parser is built, so newly registered solvers appear)."""
+def solver_choices(kind: str | None = "vp") -> tuple[str, ...]:
+    """Registered inner solvers of ``kind`` (None: every kind), read when a parser is built."""
     from ..core.registry import solver_names
-    return solver_names()
+    return solver_names(kind)
 
 
 def positive_int(name: str):

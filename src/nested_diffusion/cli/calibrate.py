@@ -19,22 +19,15 @@ import sys
 from pathlib import Path
 
 from . import calibrate_pipelines
-from .argtypes import inner_eta_for, int_at_least, nonneg_float, solver_choices
-from .schedule_args import add_schedule_args, resolve_schedule
+from .argtypes import int_at_least
+from .run_args import add_schedule_args, add_solver_args, build_checked, run_from_args
 
 
 def add_parser(sub) -> None:
     c = sub.add_parser("calibrate", help="fit the expected-change predictor for a sampler configuration",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_schedule_args(c)  # the bundled model's default: generate's (progressive, 100 NFE); sd/dit: uniform 5 × 20
-    c.add_argument("--solver", choices=solver_choices(), default=None,
-                   help="inner solver (default: ddpm; sd: ddim, dit: ddpm)")
-    c.add_argument("--inner-eta", type=nonneg_float("--inner-eta"), default=None)
-    c.add_argument("--outer-eta", type=nonneg_float("--outer-eta"), default=None,
-                   help="η of the outer steps (default 0; sd/dit: the pipeline's default)")
-    c.add_argument("--guidance", type=nonneg_float("--guidance"), default=None,
-                   help="CFG scale (default: the model's; sd 7.5, dit 1.5)")
-    c.add_argument("--grid", choices=("clean", "authors"), default="clean")
+    add_schedule_args(c)  # defaults: the family's (bundled: generate's progressive at 100 NFE; sd/dit: uniform)
+    add_solver_args(c)
     c.add_argument("--classes", default="all", help="classes the seeds cycle through (default: all)")
     c.add_argument("--samples", type=int_at_least("--samples", 20), default=1000, help="calibration samples")
     c.add_argument("--seed", type=int, default=100000, help="first calibration seed (default: 100000)")
@@ -60,7 +53,7 @@ def setup(args):
     """Sampler, configuration and the classifier; ValueError/FileNotFoundError on bad input."""
     import torch
 
-    from ..bundled import DEMO_GUIDANCE, load_unet, make_denoiser, parse_classes
+    from ..bundled import RUN_DEFAULTS, load_unet, make_denoiser, parse_classes
     from ..bundled.expected_change import model_identity
     from ..core.nested import NestedSampler
     from ..bundled.features import load_feature_classifier
@@ -72,14 +65,13 @@ def setup(args):
                          f" overlap the calibration seeds [{args.seed}, {args.seed + args.samples})")
     classes = parse_classes(args.classes)
     unet = load_unet(args.model)
-    guidance = DEMO_GUIDANCE if args.guidance is None else args.guidance
+    run = run_from_args(args, RUN_DEFAULTS)
+    guidance = run.guidance
     den = make_denoiser(unet, guidance)
-    schedule = resolve_schedule(args, den.schedule.num_train_timesteps - 1)
-    args.tag = (f"{schedule.outer_steps}x{schedule.inner_steps[0]}" if schedule.name == "uniform"
-                else f"{schedule.name}-{schedule.inner_total}")
-    sampler = NestedSampler.from_schedule(den, schedule, inner_solver=args.solver,
-                                          inner_eta=inner_eta_for(args.solver, args.inner_eta),
-                                          outer_eta=args.outer_eta, grid=args.grid)
+    args.tag = (f"{run.outer_steps}x{run.inner_steps[0]}" if run.schedule == "uniform"
+                else f"{run.schedule}-{run.inner_total}")
+    args.solver = run.solver_name
+    sampler = build_checked(NestedSampler.from_run, den, run)
     config = {"sampler": sampler.calibration_settings("first"), "model": model_identity(unet, guidance)}
     fx = load_feature_classifier(args.classifier)
     labels = lambda seeds: torch.tensor([classes[s % len(classes)] for s in seeds])  # noqa: E731
@@ -97,8 +89,7 @@ def run(args) -> int:
     from ..io import atomic_write_json
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.solver, args.signals = args.solver or "ddpm", args.signals or "feature"
-    args.outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
+    args.signals = args.signals or "feature"
     try:
         calibrate_pipelines.check_args(args)
         if args.evaluate and not args.heldout:

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-from ..core.flow_registry import flow_solver_names
 from ..core.schedules import schedule_names
 from .argtypes import inner_eta_for, int_at_least as _int, nonneg_float as _float, solver_choices
 from . import eval_pipelines as cp
@@ -45,7 +44,7 @@ def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
                    help="sample i uses seed + i and label i %% classes (or prompt i %% prompts) under every "
                         "configuration (default: %(default)s)")
     e.add_argument("--model", default=None, help="a TinyUNet from_pretrained folder (default: the bundled model)")
-    e.add_argument("--solver", choices=solver_choices() + flow_solver_names(), default=None,
+    e.add_argument("--solver", choices=solver_choices(None), default=None,
                    help="inner solver (default: ddpm, learned-variance ancestral, the paper's DiT setting; ddim "
                         "with η 0.85 for --pipeline sd/sdxl; euler for sd3/flux, which take euler or heun)")
     e.add_argument("--inner-eta", type=_float("--inner-eta"), default=None, help="η of a DDIM inner (default 0.85)")

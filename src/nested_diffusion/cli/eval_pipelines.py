@@ -128,12 +128,8 @@ def pipeline_factory(args, pipe=None):
     pipe = load_pipeline(args) if pipe is None else pipe
     if args.pipeline in ("sdxl", "sd3", "flux"):
         from ..pipelines.factories_modern import modern_factory
-        flow = args.pipeline != "sdxl"
-        if flow and args.grid != "clean":
-            raise ValueError(f"--grid: {args.grid!r} is a VP grid; --pipeline {args.pipeline} uses its own flow grid")
         return modern_factory(pipe, args.prompts, args.guidance, args.solver, args.inner_eta, args.outer_eta,
-                              None if flow else args.grid, args.negative_prompt, args.height, args.width,
-                              args.decode_batch)
+                              args.grid, args.negative_prompt, args.height, args.width, args.decode_batch)
     common = dict(inner_solver=args.solver or ("ddim" if args.pipeline == "sd" else "ddpm"),
                   inner_eta=args.inner_eta, outer_eta=args.outer_eta, grid=args.grid,
                   decode_batch=args.decode_batch, model_id=None)

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from ..bundled.data import CLASS_NAMES
-from .argtypes import inner_eta_for, nonneg_float, positive_int, solver_choices, writable_dir
+from .argtypes import positive_int, writable_dir
 from .progress import Progress
-from .schedule_args import add_schedule_args, describe, resolve_schedule
+from .run_args import add_schedule_args, add_solver_args, add_stop_args, build_checked, run_from_args
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,18 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"comma-separated class indices or names, or 'all' ({', '.join(CLASS_NAMES)})")
     g.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (same seed, same image)")
     add_schedule_args(g)
-    g.add_argument("--solver", choices=solver_choices(), default="ddpm",
-                   help="inner solver (ddpm = learned-variance ancestral sampling, the paper's DiT setting)")
-    g.add_argument("--inner-eta", type=nonneg_float("--inner-eta"), default=None,
-                   help="η of a DDIM inner solver (default 0.85, as in the paper's SD setting)")
-    g.add_argument("--outer-eta", type=nonneg_float("--outer-eta"), default=0.0,
-                   help="η of the outer DDIM step (a number or sqrt_one_minus_alpha_bar)")
-    g.add_argument("--guidance", type=nonneg_float("--guidance"), default=None,
-                   help="classifier-free guidance scale, inner process only (default: 1.25, the FD-best for nested and "
-                        "vanilla sampling of the bundled model at 100 NFE; docs/RESULTS.md)")
-    g.add_argument("--budget", type=positive_int("--budget"), default=None, help="max NFE; best result within it")
-    g.add_argument("--deadline", type=float, default=None, help="wall-clock seconds; best result before it")
-    g.add_argument("--grid", choices=("clean", "authors"), default="clean", help="grid convention (README)")
+    add_solver_args(g)
+    add_stop_args(g)
     g.add_argument("--vanilla", action="store_true",
                    help="also run vanilla sampling at the same NFE (outer=1) and write it to OUT/vanilla/")
     g.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
@@ -51,31 +41,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def build_samplers(args) -> tuple[list, dict, list[int]]:
     """[(name, NestedSampler)] for the nested run and, with --vanilla, vanilla at the same NFE; the settings
     record; the class of each sample. Raises ValueError/TypeError/FileNotFoundError with a message naming the option."""
-    from ..bundled import DEMO_GUIDANCE, load_unet, make_denoiser, parse_classes
-    from ..core.nested import NestedSampler
+    from ..bundled import RUN_DEFAULTS, load_unet, make_denoiser, parse_classes
+    from ..bundled.expected_change import resolve_calibration
+    from ..core.nested import NestedSampler, calibration_settings
 
     classes = parse_classes(args.classes)
-    if args.deadline is not None and not args.deadline > 0:
-        raise ValueError(f"--deadline: must be a positive number of seconds, got {args.deadline}")
-    inner_eta = inner_eta_for(args.solver, args.inner_eta)
+    run = run_from_args(args, RUN_DEFAULTS)                      # every run option, resolved once
     model = load_unet(args.model)
-    guidance = DEMO_GUIDANCE if args.guidance is None else args.guidance
-    den = make_denoiser(model, guidance)
-    schedule = resolve_schedule(args, den.schedule.num_train_timesteps - 1)
-    nested = NestedSampler.from_schedule(den, schedule, inner_solver=args.solver, inner_eta=inner_eta,
-                                         outer_eta=args.outer_eta, grid=args.grid)
-    samplers = [("nested", nested)] + ([("vanilla", NestedSampler(den, 1, schedule.inner_total, args.solver,
-                                                                  inner_eta, args.outer_eta, args.grid))]
-                                       if args.vanilla else [])
-    settings = dict(classes=[CLASS_NAMES[c] for c in classes],
-                    seeds=[args.seed + i for i in range(len(classes))], schedule=schedule.name,
-                    outer=schedule.outer_steps, inner=list(schedule.inner_steps),
-                    outer_times=None if schedule.outer_times is None else list(schedule.outer_times),
-                    solver=args.solver, inner_eta=inner_eta, outer_eta=args.outer_eta, guidance=guidance,
-                    budget=args.budget, deadline=args.deadline, grid=args.grid, model=args.model or "bundled")
-    from ..bundled.expected_change import resolve_calibration
-    samplers[0][1].calibration = resolve_calibration(args.calibration, samplers[0][1], model, guidance)
-    settings["calibration"] = getattr(samplers[0][1].calibration, "hash", None)
+    den = make_denoiser(model, run.guidance)
+    T = den.schedule.num_train_timesteps
+    run = run.replace(calibration=resolve_calibration(args.calibration, calibration_settings(run, T), model,
+                                                      run.guidance))
+    samplers = [("nested", build_checked(NestedSampler.from_run, den, run))]
+    if args.vanilla:
+        samplers.append(("vanilla", build_checked(NestedSampler.from_run, den, run.vanilla())))
+    settings = dict(classes=[CLASS_NAMES[c] for c in classes], seeds=[args.seed + i for i in range(len(classes))],
+                    **run.record(), model=args.model or "bundled",
+                    calibration=getattr(run.calibration, "hash", None))
     return samplers, settings, classes
 
 
@@ -106,15 +88,14 @@ def sample_one(name: str, sampler, settings: dict, classes: list[int], out: Path
     out.mkdir(parents=True, exist_ok=True)
     rec = AnytimeRecorder(out, {**settings, "method": name, "outer": sampler.outer_steps,
                                 "inner": list(sampler.inner_steps)}, scale=args.scale)
-    total = sampler.total_nfe if args.budget is None else min(args.budget, sampler.total_nfe)
+    run = sampler.config
+    total = sampler.total_nfe if run.max_nfe is None else min(run.max_nfe, sampler.total_nfe)
     progress = Progress(total, quiet=args.quiet)
-    shape = describe(sampler.inner_steps, sampler.solver.outer_times)
-    progress.line(f"[{name}] {shape} ({args.solver}), "
+    progress.line(f"[{name}] {run.describe()} ({run.solver_name}), "
                   f"{sampler.total_nfe} NFE, guidance {settings['guidance']}, classes {', '.join(settings['classes'])}")
     code = 0
     try:
-        for u in sampler.stream(settings["seeds"], (len(classes), 1, 28, 28), torch.tensor(classes),
-                                max_nfe=args.budget, deadline=args.deadline):
+        for u in sampler.stream(settings["seeds"], (len(classes), 1, 28, 28), torch.tensor(classes)):
             rec.add(u)
             progress.update(u.nfe, f"  nfe {u.nfe:4d}/{total}  outer {u.outer_step}/{u.outer_steps}  t={u.t:3d}  "
                                    f"{u.elapsed:6.2f} s  {'final' if u.final else u.source}"

@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.flow_registry import flow_solver_names
 from . import eval_pipelines as cp
 from .argtypes import check_device, int_at_least, nonneg_float, solver_choices
 
@@ -73,7 +72,7 @@ def _sample_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--noise-workers", type=int_at_least("--noise-workers"), default=1,
                    help="bundled, --noise cpu: threads drawing the CPU noise (speed only; default: 1)")
     e.add_argument("--model", default=None, help="a TinyUNet from_pretrained folder (default: the bundled model)")
-    e.add_argument("--solver", choices=solver_choices() + flow_solver_names(), default=None,
+    e.add_argument("--solver", choices=solver_choices(None), default=None,
                    help="inner solver (default: ddpm; ddim for --pipeline sd/sdxl; euler (or heun) for sd3/flux)")
     e.add_argument("--inner-eta", type=nonneg_float("--inner-eta"), default=None, help="η of a DDIM inner")
     e.add_argument("--outer-eta", type=nonneg_float("--outer-eta"), default=None, help="η of the outer step")

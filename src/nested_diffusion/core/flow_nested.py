@@ -11,35 +11,39 @@ from typing import Any, Sequence
 
 import torch
 
-from .eta import EtaSpec, validate_eta
-from .flow_registry import get_flow_solver
-from .flow_schedule import FlowSchedule, check_flow_convention, flow_grid
+from .eta import EtaSpec
+from .flow_schedule import FLOW_CLEAN, FlowSchedule, check_flow_convention, flow_grid
 from .flow_solvers import flow_eta
-from .flow_steps import FRESH_NOISE, flow_ddim_step, flow_noise_scale
-from .grids import check_step_counts
+from .flow_steps import flow_ddim_step, flow_noise_scale
 from .nested import NestedSampler, NestedSolver
+from .registry import FLOW, check_eta, get_solver
 from .solvers import Solver
 
 
 class FlowNestedSolver(NestedSolver):
-    """Outer flow DDIM(η_outer) over n outer steps of ``schedule``; each outer denoising is a full inner run."""
+    """Outer flow DDIM(η_outer) over n outer steps of ``schedule``; each outer denoising is a full inner run.
+    ``outer_times``: explicit outer times u (strictly descending from the run's start), e.g. a named schedule's."""
 
     name = "flow_nested"
 
     def __init__(self, schedule: FlowSchedule, inner: Solver | str = "euler", inner_steps: int | Sequence[int] = 10,
-                 outer_eta: EtaSpec = 0.0, inner_eta: EtaSpec | None = None, convention: str = "clean"):
+                 outer_eta: EtaSpec = 0.0, inner_eta: EtaSpec | None = None, convention: str = "clean",
+                 outer_times: Sequence[float] | None = None):
         if not isinstance(schedule, FlowSchedule):
             raise TypeError(f"schedule: expected a FlowSchedule, got {type(schedule).__name__}")
-        super().__init__(inner, inner_steps, 0.0, inner_eta, None)
+        super().__init__(inner, inner_steps, 0.0, inner_eta, None, None)
+        self.outer_times = None if outer_times is None else [float(u) for u in outer_times]
         self.schedule, self.convention = schedule, check_flow_convention(convention)
-        self.outer_eta = outer_eta if outer_eta == FRESH_NOISE else validate_eta(outer_eta, "outer_eta")
+        self.outer_eta = check_eta(outer_eta, "outer_eta", FLOW)
 
     @staticmethod
     def resolve_inner(inner, inner_eta):
-        return get_flow_solver(inner, inner_eta)
+        return get_solver(inner, inner_eta, inner=True, arg="inner_solver", eta_name="inner_eta", kind=FLOW)
 
     def grid(self, t_start, n, convention, name="outer_steps"):
         self.steps_per_outer(n)  # validates a per-step list
+        if self.outer_times is not None:
+            return self._explicit_times(t_start, n)[:-1] + [FLOW_CLEAN]
         return flow_grid(self.schedule, t_start, n, self.convention or convention, name)
 
     def max_steps(self, t_start, convention):
@@ -53,28 +57,23 @@ class FlowNestedSolver(NestedSolver):
 
 
 class FlowNestedSampler(NestedSampler):
-    """Anytime sampling of a flow-matching denoiser (a ``FlowDenoiser``); same ``stream``/``sample`` as
-    ``NestedSampler``. ``grid``: "clean" or "sigma_min" (see ``flow_schedule``); ``t_start``: u in (0, 1]."""
+    """Anytime sampling of a flow-matching denoiser (a ``FlowDenoiser``); same options, ``stream`` and ``sample``
+    as ``NestedSampler`` (its ``__init__``). ``grid``: "clean" or "sigma_min" (see ``flow_schedule``);
+    ``t_start``: u in (0, 1]; inner solvers: the registry's flow kind ("euler" — also "ddim" —, "heun")."""
 
-    def __init__(self, denoiser: Any, outer_steps: int, inner_steps: int | Sequence[int],
-                 inner_solver: Solver | str = "euler", inner_eta: EtaSpec | None = None,
-                 outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: float | None = None):
-        check_flow_convention(grid)
+    kind = FLOW
+
+    @staticmethod
+    def _check_denoiser(denoiser) -> None:
         if not isinstance(getattr(denoiser, "schedule", None), FlowSchedule):
             raise TypeError("denoiser: must have a .schedule that is a FlowSchedule, e.g. a FlowDenoiser")
-        check_step_counts(inner_steps, "inner_steps")
-        self.denoiser, self.grid_convention = denoiser, grid
-        self.t_start = 1.0 if t_start is None else float(t_start)
-        if not 0.0 < self.t_start <= 1.0:
-            raise ValueError(f"t_start: a flow time must lie in (0, 1], got {t_start}")
-        self.solver = FlowNestedSolver(denoiser.schedule, inner_solver, inner_steps, outer_eta, inner_eta, grid)
-        self.outer_steps = outer_steps
-        self.times = self.solver.grid(self.t_start, outer_steps, grid)
-        self.inner_steps = self.solver.steps_per_outer(outer_steps)
-        self.total_nfe = self.solver.nfe(outer_steps)
+
+    def _solver(self, run) -> FlowNestedSolver:
+        return FlowNestedSolver(self.denoiser.schedule, run.build_inner(), list(run.inner_steps), run.outer_eta,
+                                None, run.grid, run.outer_times)
 
 
-def flow_vanilla_sampler(denoiser: Any, steps: int, solver: Solver | str = "euler", eta: EtaSpec | None = None,
-                         grid: str = "clean") -> FlowNestedSampler:
+def flow_vanilla_sampler(denoiser: Any, steps: int, solver: Solver | str | None = None, eta: EtaSpec | None = None,
+                         grid: str | None = None) -> FlowNestedSampler:
     """Plain flow sampling as the one-outer-step special case."""
-    return FlowNestedSampler(denoiser, 1, steps, solver, eta, 0.0, grid)
+    return FlowNestedSampler(denoiser, 1, steps, solver, eta, None, grid)

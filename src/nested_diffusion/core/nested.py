@@ -18,8 +18,9 @@ from .events import INNER_RESULT, X0_PREVIEW, AnytimeUpdate, SolverEvent
 from .expected_change import Calibration, SignalTracker, VarianceObserver, canonical, mean_var
 from .grids import CLEAN, check_convention, check_step_counts, outer_grid
 from .noise import NoiseSource, as_noise_source
-from .registry import get_solver
-from .schedules import Schedule, make_schedule
+from .registry import VP, get_solver
+from .run import CORE_DEFAULTS, RunConfig, check_budget, resolve_run
+from .schedules import Schedule
 from .solvers import Solver
 from .steps import ddim_sigma, ddim_step
 
@@ -49,8 +50,8 @@ class NestedSolver(Solver):
 
     @staticmethod
     def resolve_inner(inner: Solver | str, inner_eta: EtaSpec | None) -> Solver:
-        """The inner solver from a name or an instance (flow samplers resolve flow solver names)."""
-        return get_solver(inner, inner_eta)
+        """The inner solver from a name (η default: the registry's inner one) or an instance."""
+        return get_solver(inner, inner_eta, inner=True, arg="inner_solver", eta_name="inner_eta")
 
     def steps_per_outer(self, n: int) -> list[int]:
         if isinstance(self.inner_steps, (int, np.integer)):
@@ -69,16 +70,17 @@ class NestedSolver(Solver):
         for k, (t, s) in enumerate(zip(times[:-1], self.steps_per_outer(n))):
             most = self.inner.max_steps(t, convention)
             if s > most:
-                raise ValueError(f"inner_steps: {s} inner steps at outer step {k} (t={t}) exceed the {most} "
-                                 f"distinct timesteps available there; use at most {most} or fewer outer steps")
+                raise ValueError(f"inner_steps: {s} inner steps in outer step {k + 1} of {n} (its inner run starts "
+                                 f"at t={t}) exceed the {most} distinct timesteps below t={t}; give at most {most} "
+                                 f"inner steps there, or fewer outer steps (each outer step starts lower)")
         return times
 
     def _explicit_times(self, t_start: int, n: int) -> list[int]:
         ts = self.outer_times
         if len(ts) != n:
             raise ValueError(f"outer_times: {len(ts)} times for {n} outer steps; give one per outer step")
-        if ts[0] != t_start or any(b >= a for a, b in zip(ts, ts[1:])) or ts[-1] < 1:
-            raise ValueError(f"outer_times: must be strictly descending integers from t_start={t_start} down to "
+        if ts[0] != t_start or any(b >= a for a, b in zip(ts, ts[1:])) or not ts[-1] > 0:
+            raise ValueError(f"outer_times: must be strictly descending from t_start={t_start} down to "
                              f"≥ 1, got {ts}")
         return ts + [CLEAN]
 
@@ -118,15 +120,10 @@ class NestedSolver(Solver):
 PREVIEW_MODES = ("first", "all", "none")
 
 
-def _check_stream_args(shape, max_nfe, deadline, previews) -> tuple[int, ...]:
+def _check_stream_args(shape, previews) -> tuple[int, ...]:
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ValueError(f"shape: expected (batch, channels, ...) with positive sizes, got {shape}")
-    if max_nfe is not None and (isinstance(max_nfe, bool) or not isinstance(max_nfe, (int, np.integer))
-                                or max_nfe < 1):
-        raise ValueError(f"max_nfe: must be an integer ≥ 1 (one NFE is the smallest budget), got {max_nfe}")
-    if deadline is not None and not deadline > 0:
-        raise ValueError(f"deadline: must be a positive number of seconds, got {deadline}")
     if previews not in PREVIEW_MODES:
         raise ValueError(f"previews: {previews!r} is not valid; use one of {PREVIEW_MODES}")
     return shape
@@ -150,43 +147,70 @@ class NestedSampler:
     interface), which is the baseline every comparison uses.
     """
 
-    def __init__(self, denoiser: Denoiser, outer_steps: int, inner_steps: int | Sequence[int],
-                 inner_solver: Solver | str = "ddim", inner_eta: EtaSpec | None = None,
-                 outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: int | None = None,
-                 outer_times: Sequence[int] | None = None, calibration: Calibration | None = None):
-        check_convention(grid)
+    kind = VP
+
+    def __init__(self, denoiser: Denoiser, outer_steps: int | None = None,
+                 inner_steps: int | Sequence[int] | None = None, inner_solver: Solver | str | None = None,
+                 inner_eta: EtaSpec | None = None, outer_eta: EtaSpec | None = None, grid: str | None = None,
+                 t_start: int | None = None, outer_times: Sequence[int] | None = None,
+                 calibration: Calibration | None = None, *, run: RunConfig | None = None, **options):
+        """Either the run's options (resolved by ``core.run.resolve_run`` with the core defaults: DDIM inner
+        with η 0.85, deterministic DDIM outer, the "clean" grid; ``options``: ``schedule``, ``nfe``, ``first``,
+        ``max_nfe``, ``deadline``, the authors' names …) or a resolved ``run``."""
+        self._check_denoiser(denoiser)
+        given = dict(outer_steps=outer_steps, inner_steps=inner_steps, inner_solver=inner_solver,
+                     inner_eta=inner_eta, outer_eta=outer_eta, grid=grid, t_start=t_start, outer_times=outer_times,
+                     calibration=calibration, **options)
+        given = {k: v for k, v in given.items() if v is not None}
+        if run is None:
+            run = resolve_run(defaults=CORE_DEFAULTS[self.kind], num_train_timesteps=self._num_train_timesteps(
+                denoiser), **given)
+        elif given:
+            raise ValueError(f"run: pass a resolved RunConfig or the run's options ({', '.join(given)}), not both")
+        elif not isinstance(run, RunConfig) or run.kind != self.kind:
+            raise TypeError(f"run: expected a {self.kind} RunConfig (core.run.resolve_run), got {run!r}")
+        self.config, self.denoiser, self.grid_convention = run, denoiser, run.grid
+        self.t_start, self.outer_steps = run.t_start, run.outer_steps
+        self.solver = self._solver(run)
+        self.times = self.solver.grid(self.t_start, self.outer_steps, run.grid)  # validates every step count
+        self.inner_steps = self.solver.steps_per_outer(self.outer_steps)
+        self.total_nfe = self.solver.nfe(self.outer_steps)
+        self.calibration = run.calibration if hasattr(run.calibration, "check") else None
+        if self.calibration is not None:  # the default of stream(calibration=): expected change on every update
+            self.calibration.check(self.calibration_settings())
+
+    @staticmethod
+    def _check_denoiser(denoiser) -> None:
         if not hasattr(denoiser, "schedule"):
             raise TypeError("denoiser: must have a .schedule (a NoiseSchedule), e.g. a ModelDenoiser")
-        self.denoiser, self.grid_convention = denoiser, grid
-        T = denoiser.schedule.num_train_timesteps
-        self.t_start = T - 1 if t_start is None else int(t_start)
-        if not 0 < self.t_start < T:
-            raise ValueError(f"t_start: must lie in [1, {T - 1}], got {t_start}")
-        self.solver = NestedSolver(inner_solver, inner_steps, outer_eta, inner_eta, grid, outer_times)
-        self.outer_steps = outer_steps
-        self.times = self.solver.grid(self.t_start, outer_steps, grid)  # validates every step count up front
-        self.inner_steps = self.solver.steps_per_outer(outer_steps)
-        self.total_nfe = self.solver.nfe(outer_steps)
-        self.calibration = calibration  # the default of stream(calibration=): expected change on every update
-        if calibration is not None:
-            calibration.check(self.calibration_settings())
+
+    @staticmethod
+    def _num_train_timesteps(denoiser) -> int:
+        return getattr(denoiser.schedule, "num_train_timesteps", 1000)
+
+    def _solver(self, run: RunConfig) -> "NestedSolver":
+        return NestedSolver(run.build_inner(), list(run.inner_steps), run.outer_eta, None, run.grid,
+                            None if run.outer_times is None else list(run.outer_times))
+
+    @classmethod
+    def from_run(cls, denoiser: Denoiser, run: RunConfig) -> "NestedSampler":
+        return cls(denoiser, run=run)
 
     @classmethod
     def from_schedule(cls, denoiser: Denoiser, schedule: Schedule | str, budget: int | None = None,
-                      inner_solver: Solver | str = "ddim", inner_eta: EtaSpec | None = None,
-                      outer_eta: EtaSpec = 0.0, grid: str = "clean", t_start: int | None = None,
+                      inner_solver: Solver | str | None = None, inner_eta: EtaSpec | None = None,
+                      outer_eta: EtaSpec | None = None, grid: str | None = None, t_start: int | None = None,
                       calibration: Calibration | None = None, **options) -> "NestedSampler":
         """A sampler with a named schedule (``core.schedules``: "progressive", "uniform") for ``budget`` inner
         steps, or with a ``Schedule``; ``options`` go to the schedule's builder (e.g. ``first=10``)."""
-        if isinstance(schedule, str):
-            if budget is None:
-                raise ValueError(f"budget: schedule {schedule!r} needs a budget (inner steps in total)")
-            T = denoiser.schedule.num_train_timesteps
-            schedule = make_schedule(schedule, budget, T - 1 if t_start is None else int(t_start), **options)
-        elif budget is not None or options:
-            raise ValueError("budget/options: only for a schedule given by name")
-        return cls(denoiser, inner_solver=inner_solver, inner_eta=inner_eta, outer_eta=outer_eta, grid=grid,
-                   t_start=t_start, calibration=calibration, **schedule.sampler_args())
+        if isinstance(schedule, str) and budget is None:
+            raise ValueError(f"budget: schedule {schedule!r} needs a budget (inner steps in total)")
+        cls._check_denoiser(denoiser)
+        run = resolve_run(defaults=CORE_DEFAULTS[cls.kind], names={"nfe": "budget", "schedule_options": "options"},
+                          num_train_timesteps=cls._num_train_timesteps(denoiser), inner_solver=inner_solver,
+                          inner_eta=inner_eta, outer_eta=outer_eta, grid=grid, t_start=t_start,
+                          calibration=calibration, schedule=schedule, nfe=budget, schedule_options=options or None)
+        return cls(denoiser, run=run)
 
     def stream(self, seeds: NoiseSource | Sequence[int] | int, shape: Sequence[int], cond: Any = None,
                max_nfe: int | None = None, deadline: float | None = None, previews: str = "first",
@@ -203,11 +227,14 @@ class NestedSampler:
         this run only (timers, call counters); the sampler itself is not changed. ``calibration`` (for this
         configuration, else ValueError) attaches an ``ExpectedChange`` to every update, from signals the run
         already has (no extra NFE)."""
-        shape = _check_stream_args(shape, max_nfe, deadline, previews)
-        tracker, calibration = None, calibration if calibration is not None else getattr(self, "calibration", None)
-        if calibration is not None:
+        shape = _check_stream_args(shape, previews)
+        max_nfe, deadline = check_budget(self.config.max_nfe if max_nfe is None else max_nfe,
+                                         self.config.deadline if deadline is None else deadline)
+        own = calibration is None   # the run's own calibration was checked once, when the sampler was built
+        calibration = self.calibration if own else calibration
+        if calibration is not None and (not own or previews != "first"):
             calibration.check(self.calibration_settings(previews))
-            tracker = calibration.tracker()
+        tracker = None if calibration is None else calibration.tracker()
         should_stop = stop_check(stop)
         noise = as_noise_source(seeds, shape[0], device, dtype)
         if noise.batch_size != shape[0]:
@@ -250,14 +277,8 @@ class NestedSampler:
 
     def calibration_settings(self, previews: str = "first") -> dict:
         """The sampler settings a calibration is made for (the denoiser's identity is the caller's part)."""
-        inner = self.solver.inner
-        settings = dict(outer_steps=self.outer_steps, inner_steps=self.inner_steps, inner_solver=inner.name,
-                        inner_eta=getattr(inner, "eta", None), outer_eta=self.solver.outer_eta,
-                        grid=self.grid_convention, t_start=self.t_start, previews=previews,
-                        num_train_timesteps=getattr(self.denoiser.schedule, "num_train_timesteps", None))
-        if self.solver.outer_times is not None:  # a custom outer grid (the default grid follows from the above)
-            settings["outer_times"] = self.solver.outer_times
-        return canonical(settings)
+        return calibration_settings(self.config, getattr(self.denoiser.schedule, "num_train_timesteps", None),
+                                    previews)
 
     @staticmethod
     def _shown(ev: SolverEvent, previews: str) -> bool:
@@ -282,6 +303,18 @@ class NestedSampler:
         return last
 
 
+def calibration_settings(run: RunConfig, num_train_timesteps: int | None, previews: str = "first") -> dict:
+    """The settings of ``run`` a calibration is made for (its hash input; the model's identity is the caller's
+    part), known before any sampler is built."""
+    inner = run.build_inner()
+    settings = dict(outer_steps=run.outer_steps, inner_steps=list(run.inner_steps), inner_solver=inner.name,
+                    inner_eta=getattr(inner, "eta", None), outer_eta=run.outer_eta, grid=run.grid,
+                    t_start=run.t_start, previews=previews, num_train_timesteps=num_train_timesteps)
+    if run.outer_times is not None:  # a custom outer grid (the default grid follows from the above)
+        settings["outer_times"] = list(run.outer_times)
+    return canonical(settings)
+
+
 def track(tracker: SignalTracker, ev: SolverEvent, var_values: torch.Tensor | None, batch: int) -> None:
     """Feed one event of a nested run to a SignalTracker (in the order its docstring asks)."""
     tracker.call(mean_var(var_values, batch))
@@ -291,7 +324,7 @@ def track(tracker: SignalTracker, ev: SolverEvent, var_values: torch.Tensor | No
         tracker.run_finished(ev.x0)
 
 
-def vanilla_sampler(denoiser: Denoiser, steps: int, solver: Solver | str = "ddim", eta: EtaSpec | None = None,
-                    grid: str = "clean") -> NestedSampler:
+def vanilla_sampler(denoiser: Denoiser, steps: int, solver: Solver | str | None = None, eta: EtaSpec | None = None,
+                    grid: str | None = None) -> NestedSampler:
     """Plain sampling as the one-outer-step special case (the baseline of every comparison)."""
-    return NestedSampler(denoiser, 1, steps, solver, eta, 0.0, grid)
+    return NestedSampler(denoiser, 1, steps, solver, eta, None, grid)

@@ -60,7 +60,8 @@ def uniform(budget: int, t_start: int, outer: int = 5) -> Schedule:
 
 def progressive(budget: int, t_start: int, first: int = 20, quick: int = 2, gap: float = 0.1) -> Schedule:
     """``quick`` runs of ``first`` inner steps from t_start·(1 − k·gap), k = 0 … quick−1, then one run of the
-    remaining budget from t_start·(1 − quick·gap) (times rounded to integers)."""
+    remaining budget from t_start·(1 − quick·gap) (VP times, integer ``t_start``, rounded to integers; flow times,
+    a float ``t_start`` in (0, 1], kept as they are)."""
     budget, first, quick = _positive(budget, "budget"), _positive(first, "first"), _positive(quick, "quick")
     if not (0 < gap and quick * gap < 1):
         raise ValueError(f"gap: the outer times t_start·(1 − k·gap) must stay above 0 for k ≤ quick={quick}; "
@@ -68,9 +69,12 @@ def progressive(budget: int, t_start: int, first: int = 20, quick: int = 2, gap:
     rest = budget - quick * first
     if rest < 1:
         raise ValueError(f"budget: {budget} NFE leave nothing for the final run after {quick} quick runs of "
-                         f"{first} steps; give a budget > {quick * first} or a smaller first/quick")
-    times = [round(t_start * (1 - k * gap)) for k in range(quick + 1)]
-    if len(set(times)) != len(times) or times[-1] < 1:
+                         f"{first} steps; give a budget > {quick * first} or fewer steps per quick run (first)")
+    if isinstance(t_start, float):  # a flow time u ∈ (0, 1]: no rounding
+        times = [t_start * (1 - k * gap) for k in range(quick + 1)]
+    else:
+        times = [round(t_start * (1 - k * gap)) for k in range(quick + 1)]
+    if len(set(times)) != len(times) or not times[-1] > 0:
         raise ValueError(f"t_start: {t_start} is too small for {quick + 1} distinct outer times at gap {gap}")
     return Schedule("progressive", (first,) * quick + (rest,), tuple(times))
 

@@ -3,27 +3,24 @@
 * ``SchedulerSolver``: any diffusers scheduler that accepts ``set_timesteps(timesteps=...)`` used as the inner
   solver of the core ``NestedSolver``. A fresh instance is built from the config for every inner run (diffusers
   schedulers are stateful; reuse without reset raises or silently mixes runs).
-* ``resolve_nested_args``: our argument names and the authors' (num_inference_steps, num_inner_steps,
-  inner_scheduler, eta) → one validated set, before any model is called.
-* ``resolve_schedule``: a named nested schedule (``schedule="progressive"``, ``total_nfe=100``) or a
-  ``core.schedules.Schedule`` instead of explicit outer/inner step counts.
+* ``pipeline_run``: a call's arguments (ours and the authors': num_inference_steps, num_inner_steps,
+  inner_scheduler, eta; a named ``schedule`` with ``total_nfe``) → the ``core.run.RunConfig`` of the call, with the
+  family's defaults, before any model is called.
 """
 from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from ..core.events import SolverEvent, step_event
-from ..core.grids import check_step_counts, check_steps, step_grid, zero_ending_grid
-from ..core.eta import SQRT_ONE_MINUS_ALPHA_BAR, validate_eta
-from ..core.registry import eta_solvers, solver_names, solver_spec, spec_of
+from ..core.grids import step_grid, zero_ending_grid
+from ..core.registry import FLOW, VP, eta_solvers, solver_names
+from ..core.run import RunConfig, RunDefaults, resolve_run
 from ..core.schedule import NoiseSchedule
-from ..core.schedules import Schedule, make_schedule, schedule_names
 from ..core.solvers import Solver
 from .noise import step_generator
 _ENDS_AT_ZERO = ("DDPMScheduler", "DDPMParallelScheduler")  # add noise whenever t > 0: their grid must end at 0
@@ -118,127 +115,54 @@ class SchedulerSolver(Solver):
             yield step_event(i, n, state, out.x0, pts[i])
 
 
-def resolve_inner_solver(spec: Any, inner_eta: Any) -> Solver:
-    """A registered name (``core.registry``: 'ddim', 'dpmpp_2s', 'dpmpp_2m', 'ddpm', …, also the authors' 'DDIM' /
-    'DPMSolver'), a core Solver, or a diffusers scheduler instance (wrapped in SchedulerSolver). ``inner_eta``
-    applies to solvers that take η; a DDIM inner run defaults to the registry's inner η (0.85)."""
+def resolve_inner_solver(spec: Any, inner_eta: Any, kind: str = VP) -> Any:
+    """The pipelines' translation of an inner-solver argument: a diffusers scheduler instance becomes a
+    ``SchedulerSolver`` (it carries no η); a name or a core Solver passes through to ``core.run.resolve_run``."""
     if is_diffusers_scheduler(spec):
+        if kind == FLOW:
+            raise ValueError(f"inner_solver: diffusers scheduler instances ({type(spec).__name__}) are not supported "
+                             f"by the flow pipelines; use {' or '.join(repr(n) for n in solver_names(FLOW))}")
         if inner_eta is not None:
             raise ValueError(f"inner_eta: only the {_eta_names()} inner solver takes η, got inner_eta={inner_eta} "
                              f"with {type(spec).__name__}")
         return SchedulerSolver(spec)
-    if isinstance(spec, Solver):
-        if inner_eta is not None:
-            raise ValueError("inner_eta: pass η to the Solver instance itself, not as inner_eta")
-        return spec
-    if not isinstance(spec, str):
-        raise TypeError(f"inner_solver: expected a name ({', '.join(solver_names())}), a core Solver or a diffusers "
-                        f"scheduler instance, got {type(spec).__name__}")
-    try:
-        entry = solver_spec(spec, "inner_solver")
-    except ValueError:
-        raise ValueError(f"inner_solver: unknown solver {spec!r}; valid: {', '.join(solver_names())} "
-                         f"(or the authors' 'DDIM', 'DPMSolver'), or a diffusers scheduler instance") from None
-    if inner_eta is not None and not entry.takes_eta:
-        raise ValueError(f"inner_eta: only the {_eta_names()} inner solver takes η, got inner_eta={inner_eta} "
-                         f"with {spec!r}")
-    return entry.build(inner_eta, inner=True, eta_name="inner_eta")
+    if spec is not None and not isinstance(spec, (str, Solver)):
+        raise TypeError(f"inner_solver: expected a name ({', '.join(solver_names(kind))}), a core Solver or a "
+                        f"diffusers scheduler instance, got {type(spec).__name__}")
+    return spec
 
 
 def _eta_names() -> str:
     return "/".join(f"'{n}'" for n in eta_solvers())
 
 
-def implied_outer_eta(solver: Solver) -> Any:
-    """The outer η an inner solver implies: its registry entry's, or √(1−ᾱ_t) for a diffusers DPM-Solver."""
-    entry = spec_of(solver)
-    if entry is not None:
-        return entry.outer_eta_default
-    return SQRT_ONE_MINUS_ALPHA_BAR if getattr(solver, "is_dpm_solver", False) else 0.0
+PIPELINE_NAMES = {"nfe": "total_nfe", "first": None}  # a call's names for run options (None: not offered)
+RUN_ARGS = ("outer_steps", "num_inference_steps", "inner_steps", "num_inner_steps", "inner_eta", "outer_eta", "eta",
+            "schedule", "total_nfe", "grid")
 
 
-def step_counts(outer: Any, inner: Any, default_outer: int, default_inner: int) -> tuple[int, Any]:
-    """Outer and inner step counts with their defaults applied, validated (inner: an int or one per outer step)."""
-    outer = default_outer if outer is None else outer
-    inner = default_inner if inner is None else inner
-    check_steps(outer, 10 ** 9, 10 ** 9, "outer_steps")
-    if isinstance(inner, (list, tuple)) and len(inner) != outer:
-        raise ValueError(f"inner_steps: a list needs one entry per outer step ({outer}), got {len(inner)}")
-    check_step_counts(inner, "inner_steps")
-    return int(outer), inner
+def pipeline_run(a: dict, defaults: RunDefaults, num_train_timesteps: int = 1000) -> RunConfig:
+    """The run of one pipeline call: its bound arguments ``a`` (our names and the authors':
+    num_inference_steps, num_inner_steps, inner_scheduler, eta) resolved by ``core.run.resolve_run`` with the
+    pipeline family's ``defaults`` (the class attribute ``run_defaults``)."""
+    solver = a.get("inner_solver")
+    if a.get("inner_scheduler") is not None:
+        if solver is not None and solver is not a["inner_scheduler"]:
+            raise ValueError(f"inner_solver={solver!r} and inner_scheduler={a['inner_scheduler']!r} name the same "
+                             f"setting with different values; pass only one")
+        solver = a["inner_scheduler"]
+    solver = resolve_inner_solver(solver, a.get("inner_eta"), defaults.kind)
+    try:
+        return resolve_run(defaults=defaults, names=PIPELINE_NAMES, num_train_timesteps=num_train_timesteps,
+                           inner_solver=solver, **{k: a.get(k) for k in RUN_ARGS})
+    except ValueError as e:
+        if "unknown solver" in str(e) and defaults.kind == VP:
+            raise ValueError(f"{e} (or the authors' 'DDIM', 'DPMSolver'), or a diffusers scheduler instance") from None
+        raise
 
 
-def merge_names(ours: Any, ours_name: str, theirs: Any, theirs_name: str) -> Any:
-    """Our argument name and the authors' for one setting: at most one value (or equal values)."""
-    if ours is not None and theirs is not None and ours != theirs:
-        raise ValueError(f"{ours_name}={ours!r} and {theirs_name}={theirs!r} name the same setting with different "
-                         f"values; pass only one")
-    return ours if ours is not None else theirs
-
-
-@dataclass
-class NestedArgs:
-    outer_steps: int
-    inner_steps: Any
-    solver: Solver
-    outer_eta: Any
-    outer_times: list[int] | None = None   # explicit outer grid (a schedule's); None: the evenly spaced one
-
-
-STEP_ARGS = ("outer_steps", "num_inference_steps", "inner_steps", "num_inner_steps")
-
-
-def resolve_schedule(schedule: Any, total_nfe: Any, steps: dict, default_budget: int,
-                     t_start: int) -> Schedule | None:
-    """The call's nested schedule, or None for explicit step counts. ``schedule``: a name from
-    ``core.schedules`` ("progressive", "uniform") built for ``total_nfe`` inner steps in total (default
-    ``default_budget``, the pipeline's default outer × inner) from ``t_start``, or a ``Schedule``. ``steps``: the
-    explicit step arguments of the call (name → value); any of them given together with a schedule is an error."""
-    if schedule is None:
-        if total_nfe is not None:
-            raise ValueError(f"total_nfe: the NFE budget of a named schedule; pass it with schedule= (one of "
-                             f"{schedule_names()}), or give outer_steps/inner_steps instead")
-        return None
-    given = [name for name, value in steps.items() if value is not None]
-    if given:
-        raise ValueError(f"schedule and {'/'.join(given)}: a schedule sets the outer and inner steps itself; pass "
-                         f"either schedule= (with total_nfe=) or explicit step counts, not both")
-    if isinstance(schedule, Schedule):
-        if total_nfe is not None:
-            raise ValueError(f"total_nfe: only with a schedule given by name; this Schedule already spends "
-                             f"{schedule.inner_total} inner steps")
-        return schedule
-    if not isinstance(schedule, str):
-        raise TypeError(f"schedule: expected a name ({', '.join(schedule_names())}) or a Schedule, got "
-                        f"{type(schedule).__name__}")
-    budget = default_budget if total_nfe is None else total_nfe
-    check_steps(budget, 10 ** 9, 10 ** 9, "total_nfe")
-    if t_start is None:
-        raise ValueError(f"t_start: schedule {schedule!r} needs the sampler's start time for its outer times")
-    return make_schedule(schedule, int(budget), int(t_start))
-
-
-def resolve_nested_args(outer_steps, num_inference_steps, inner_steps, num_inner_steps, inner_solver,
-                        inner_scheduler, inner_eta, outer_eta, eta, *, default_outer: int, default_inner: int,
-                        default_solver: str, auto_outer_eta_for_dpm: bool, schedule: Any = None,
-                        total_nfe: Any = None, t_start: int | None = None) -> NestedArgs:
-    """Merge both naming schemes and apply the defaults. Outer η default: √(1−ᾱ_t) when the inner solver is
-    DPM-Solver++ and ``auto_outer_eta_for_dpm`` (the paper's high-order setting, §C.2), else 0 (DDIM).
-    ``schedule``/``total_nfe`` (see ``resolve_schedule``; ``t_start``: the sampler's start time) replace the
-    step counts: then ``outer_times`` is the schedule's outer grid."""
-    named = resolve_schedule(schedule, total_nfe, dict(zip(STEP_ARGS, (outer_steps, num_inference_steps,
-                                                                        inner_steps, num_inner_steps))),
-                             default_outer * default_inner, t_start)
-    if named is not None:
-        outer_steps, inner_steps = named.outer_steps, list(named.inner_steps)
-    outer, inner = step_counts(merge_names(outer_steps, "outer_steps", num_inference_steps, "num_inference_steps"),
-                               merge_names(inner_steps, "inner_steps", num_inner_steps, "num_inner_steps"),
-                               default_outer, default_inner)
-    chosen = merge_names(inner_solver, "inner_solver", inner_scheduler, "inner_scheduler")
-    o_eta = merge_names(outer_eta, "outer_eta", eta, "eta")
-    solver = resolve_inner_solver(default_solver if chosen is None else chosen, inner_eta)
-    if o_eta is None:
-        o_eta = implied_outer_eta(solver) if auto_outer_eta_for_dpm else 0.0
-    validate_eta(o_eta, "outer_eta")
-    times = None if named is None or named.outer_times is None else list(named.outer_times)
-    return NestedArgs(int(outer), inner, solver, o_eta, times)
+def checked_solver(run: RunConfig, schedule: NoiseSchedule) -> RunConfig:
+    """A diffusers scheduler used as the inner solver must describe the pipeline's ᾱ_t."""
+    if isinstance(run.inner_solver, SchedulerSolver):
+        run.inner_solver.check_schedule(schedule)
+    return run

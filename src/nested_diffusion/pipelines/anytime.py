@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..core.events import INNER_RESULT, AnytimeInfo, AnytimeUpdate
-from ..core.grids import CONVENTIONS
+from ..core.run import check_budget
 from ..core.nested import PREVIEW_MODES, NestedSampler
 from ..core.noise import NoiseSource
 
@@ -45,20 +45,15 @@ def anytime_fields(update: AnytimeInfo) -> dict[str, Any]:
     return {f.name: getattr(update, f.name) for f in dataclasses.fields(AnytimeInfo)}
 
 
-def check_common(max_nfe: Any, deadline: Any, previews: Any, output_type: Any, grid: Any,
-                 tensor_inputs: Sequence[str] | None, allowed_inputs: Sequence[str], guidance_scale: Any) -> None:
-    """Argument checks shared by the pipelines; all run before any model call."""
-    if max_nfe is not None and (isinstance(max_nfe, bool) or not isinstance(max_nfe, int) or max_nfe < 1):
-        raise ValueError(f"max_nfe: must be an integer ≥ 1 (the NFE budget), got {max_nfe!r}")
-    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
-                                 or not deadline > 0):
-        raise ValueError(f"deadline: must be a positive number of seconds, got {deadline!r}")
+def check_call_args(max_nfe: Any, deadline: Any, previews: Any, output_type: Any,
+                    tensor_inputs: Sequence[str] | None, allowed_inputs: Sequence[str], guidance_scale: Any) -> None:
+    """Argument checks shared by the pipelines (the run options themselves — steps, solvers, grid — are
+    ``core.run``'s); all run before any model call."""
+    check_budget(max_nfe, deadline)
     if previews not in PREVIEW_MODES:
         raise ValueError(f"previews: {previews!r} is not valid; use one of {PREVIEW_MODES}")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type: {output_type!r} is not valid; use one of {OUTPUT_TYPES}")
-    if grid not in CONVENTIONS:
-        raise ValueError(f"grid: {grid!r} is not valid; use one of {CONVENTIONS}")
     bad = [k for k in (tensor_inputs or []) if k not in allowed_inputs]
     if bad:
         raise ValueError(f"callback_on_step_end_tensor_inputs: {bad} not allowed; valid: {list(allowed_inputs)}")

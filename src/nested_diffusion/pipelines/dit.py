@@ -16,9 +16,10 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from ..core.denoisers import ClassifierFreeGuidance, ModelDenoiser
 from ..core.nested import NestedSampler
 from ..core.schedule import NoiseSchedule
-from .adapters import SchedulerSolver, resolve_nested_args
+from ..core.run import RunDefaults
+from .adapters import checked_solver, pipeline_run
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_fields, anytime_pairs, callback_inputs,
-                      check_common, with_anytime_fields)
+                      check_call_args, with_anytime_fields)
 from .expected_change import dit_identity, resolve_calibration
 from .noise import make_noise
 
@@ -39,7 +40,9 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
     """
 
     _callback_tensor_inputs = ["latents"]
-    _auto_outer_eta_for_dpm = False  # §C.1: the outer process stays deterministic DDIM
+    # the run options a call leaves out (core.run): 4 × 50 learned-variance DDPM inner; the outer process stays
+    # deterministic DDIM whatever the inner solver (§C.1)
+    run_defaults = RunDefaults(outer_steps=4, inner_steps=50, nfe=200, inner_solver="ddpm", outer_eta=0.0)
 
     def __init__(self, transformer: DiTTransformer2DModel, vae: AutoencoderKL, scheduler: KarrasDiffusionSchedulers,
                  id2label: dict[int, str] | dict[str, str] | None = None):
@@ -77,7 +80,7 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         max_nfe: int | None = None,
         deadline: float | None = None,
         previews: str = "first",
-        grid: str = "clean",
+        grid: str | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         denoiser_hook: Callable | None = None,
@@ -144,7 +147,7 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         ids = self._label_ids(a["class_labels"])
         tensor_inputs = callback_inputs(a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"]
                                         if a["callback_on_step_end_tensor_inputs"] is not None else ["latents"])
-        check_common(a["max_nfe"], a["deadline"], a["previews"], a["output_type"], a["grid"], tensor_inputs,
+        check_call_args(a["max_nfe"], a["deadline"], a["previews"], a["output_type"], tensor_inputs,
                      self._callback_tensor_inputs, a["guidance_scale"])
         cfg_ = self.transformer.config
         channels, k = int(cfg_.in_channels), a["guided_channels"]
@@ -158,14 +161,7 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         if a["latents"] is not None and tuple(a["latents"].shape) != shape:
             raise ValueError(f"latents: expected shape {shape}, got {tuple(a['latents'].shape)}")
         schedule = NoiseSchedule.from_diffusers_config(dict(self.scheduler.config))
-        args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
-                                   a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
-                                   a["outer_eta"], a["eta"], default_outer=4, default_inner=50,
-                                   default_solver="ddpm", auto_outer_eta_for_dpm=self._auto_outer_eta_for_dpm,
-                                   schedule=a["schedule"], total_nfe=a["total_nfe"],
-                                   t_start=schedule.num_train_timesteps - 1)
-        if isinstance(args.solver, SchedulerSolver):
-            args.solver.check_schedule(schedule)
+        run = checked_solver(pipeline_run(a, self.run_defaults, schedule.num_train_timesteps), schedule)
         self._guidance_scale, self._interrupt = float(a["guidance_scale"]), False
         model = self._dit_fn
         if self._guidance_scale > 1:  # [cond, null] batch, guided on the first k channels (see class docstring)
@@ -175,8 +171,7 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
                 lambda b, dev: torch.full((b,), null, dtype=torch.long, device=dev), channels=k or channels)
         learned = int(cfg_.out_channels) == 2 * channels
         denoiser = ModelDenoiser(model, schedule, self.scheduler.config.get("prediction_type", "epsilon"), learned)
-        sampler = NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
-                                a["grid"], outer_times=args.outer_times)
+        sampler = NestedSampler.from_run(denoiser, run)
         self.nested_sampler = sampler
         calibration = resolve_calibration(a["calibration"], sampler.calibration_settings(a["previews"]),
                                           lambda: dit_identity(self, a["guidance_scale"], k))

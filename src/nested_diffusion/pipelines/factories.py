@@ -150,16 +150,16 @@ class PipelineSampler(NestedSampler):
     (SD / DiT only) is passed to the pipeline call, so the updates carry its ``expected_change``."""
 
     def __init__(self, pipe: Any, cond_arg: str, latent_shape: tuple, outer: int | None, inner: int | None,
-                 options: dict, defaults: dict, decode_batch: int = 8, schedule: Any = None,
+                 options: dict, decode_batch: int = 8, schedule: Any = None,
                  total_nfe: int | None = None):
-        from .adapters import resolve_nested_args
+        from .adapters import checked_solver, pipeline_run
         noise_schedule = NoiseSchedule.from_diffusers_config(dict(pipe.scheduler.config))
-        args = resolve_nested_args(outer, None, inner, None, options.get("inner_solver"), None,
-                                   options.get("inner_eta"), options.get("outer_eta"), None, **defaults,
-                                   schedule=schedule, total_nfe=total_nfe,
-                                   t_start=noise_schedule.num_train_timesteps - 1)
-        super().__init__(_ScheduleOnly(noise_schedule), args.outer_steps, args.inner_steps, args.solver, None,
-                         args.outer_eta, options.get("grid", "clean"), outer_times=args.outer_times)
+        a = dict(outer_steps=outer, inner_steps=inner, inner_solver=options.get("inner_solver"),
+                 inner_eta=options.get("inner_eta"), outer_eta=options.get("outer_eta"), grid=options.get("grid"),
+                 schedule=schedule, total_nfe=total_nfe)
+        run = checked_solver(pipeline_run(a, type(pipe).run_defaults, noise_schedule.num_train_timesteps),
+                             noise_schedule)
+        super().__init__(_ScheduleOnly(noise_schedule), run=run)
         self.pipe, self.cond_arg, self.latent_shape = pipe, cond_arg, tuple(latent_shape)
         self.options, self.outer_arg, self.inner_arg = dict(options), outer, inner
         self.steps = step_arguments(outer, inner, schedule, total_nfe)
@@ -217,12 +217,12 @@ def _check_decode_batch(decode_batch: Any) -> None:
         raise ValueError(f"decode_batch: must be an integer ≥ 1, got {decode_batch!r}")
 
 
-def _make(pipe, cond_arg, latent_shape, options, defaults, decode_batch, conds, info) -> SamplerFactory:
+def _make(pipe, cond_arg, latent_shape, options, decode_batch, conds, info) -> SamplerFactory:
     def build(outer: int, inner: int) -> PipelineSampler:
-        return PipelineSampler(pipe, cond_arg, latent_shape, outer, inner, options, defaults, decode_batch)
+        return PipelineSampler(pipe, cond_arg, latent_shape, outer, inner, options, decode_batch)
 
     def build_schedule(name: str, total_nfe: int) -> PipelineSampler:
-        return PipelineSampler(pipe, cond_arg, latent_shape, None, None, options, defaults, decode_batch,
+        return PipelineSampler(pipe, cond_arg, latent_shape, None, None, options, decode_batch,
                                schedule=name, total_nfe=total_nfe)
 
     def cond_for(indices: Sequence[int]) -> list:
@@ -234,7 +234,7 @@ def _make(pipe, cond_arg, latent_shape, options, defaults, decode_batch, conds, 
 
 def sd_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guidance_scale: float = 7.5,
                inner_solver: Any = "ddim", inner_eta: float | None = None, outer_eta: Any = None,
-               grid: str = "clean", negative_prompt: str | None = None, height: int | None = None,
+               grid: str | None = None, negative_prompt: str | None = None, height: int | None = None,
                width: int | None = None, decode_batch: int = 8, model_id: str | None = None) -> SamplerFactory:
     """Runners on a ``NestedStableDiffusionPipeline``; sample i is generated from prompt ``prompts[i % P]``.
     ``prompts``: a list or a prompt file (see ``read_prompts``). The other arguments are the pipeline's."""
@@ -256,8 +256,6 @@ def sd_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guidance
     latent = (int(pipe.unet.config.in_channels), height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
     options = dict(guidance_scale=guidance_scale, inner_solver=inner_solver, inner_eta=inner_eta,
                    outer_eta=outer_eta, grid=grid, negative_prompt=negative_prompt, height=height, width=width)
-    defaults = dict(default_outer=5, default_inner=20, default_solver="ddim",
-                    auto_outer_eta_for_dpm=bool(getattr(type(pipe), "_auto_outer_eta_for_dpm", True)))
     info = dict(pipeline="sd", model=model_id or f"{type(pipe).__name__}-"
                 f"{weights_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder)}",
                 **{k: _jsonable(v) for k, v in options.items()}, solver=_jsonable(inner_solver),
@@ -265,12 +263,12 @@ def sd_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guidance
                 conditioning="sample i: seed + i, prompt i % count", dtype=str(pipe.unet.dtype),
                 device=pipe._execution_device.type,
                 decode="VAE decode of the x̂0 latent, clamp [-1, 1], uint8; safety checker not applied")
-    return _make(pipe, "prompt", latent, options, defaults, decode_batch, prompts, info)
+    return _make(pipe, "prompt", latent, options, decode_batch, prompts, info)
 
 
 def dit_factory(pipe: Any, class_labels: "str | Sequence[int | str]" = "all", guidance_scale: float = 1.5,
                 inner_solver: Any = "ddpm", inner_eta: float | None = None, outer_eta: Any = None,
-                guided_channels: int | None = 3, grid: str = "clean", decode_batch: int = 8,
+                guided_channels: int | None = 3, grid: str | None = None, decode_batch: int = 8,
                 model_id: str | None = None) -> SamplerFactory:
     """Runners on a ``NestedDiTPipeline``; sample i gets class ``labels[i % L]`` ('all': i % num_classes, a
     class-balanced set). Label names are resolved through the pipeline's id2label."""
@@ -290,15 +288,13 @@ def dit_factory(pipe: Any, class_labels: "str | Sequence[int | str]" = "all", gu
     latent = (int(cfg.in_channels), int(cfg.sample_size), int(cfg.sample_size))
     options = dict(guidance_scale=guidance_scale, inner_solver=inner_solver, inner_eta=inner_eta,
                    outer_eta=outer_eta, grid=grid, guided_channels=guided_channels)
-    defaults = dict(default_outer=4, default_inner=50, default_solver="ddpm",
-                    auto_outer_eta_for_dpm=bool(getattr(type(pipe), "_auto_outer_eta_for_dpm", False)))
     info = dict(pipeline="dit", model=model_id or f"{type(pipe).__name__}-"
                 f"{weights_fingerprint(pipe.transformer, pipe.vae)}",
                 **{k: _jsonable(v) for k, v in options.items()}, solver=_jsonable(inner_solver),
                 labels=dict(count=len(ids), sha256=_list_hash(ids), first=ids[:8]),
                 conditioning="sample i: seed + i, class labels[i % count]", dtype=str(pipe.transformer.dtype),
                 device=pipe._execution_device.type, decode="VAE decode of the x̂0 latent, clamp [-1, 1], uint8")
-    return _make(pipe, "class_labels", latent, options, defaults, decode_batch, ids, info)
+    return _make(pipe, "class_labels", latent, options, decode_batch, ids, info)
 
 
 # ----------------------------------------------------------------------------------------------- prompt scores

@@ -1,5 +1,5 @@
-"""Pieces shared by the SDXL, SD3 and FLUX nested pipelines: argument resolution for the flow samplers, the
-flow schedule of a diffusers FlowMatch scheduler, and decoding an update with the full VAE or a cheap preview."""
+"""Pieces shared by the SDXL, SD3 and FLUX nested pipelines: the flow schedule of a diffusers FlowMatch
+scheduler, and decoding an update with the full VAE or a cheap preview."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,11 +7,7 @@ from typing import Any
 
 import torch
 
-from ..core.eta import validate_eta
-from ..core.flow_registry import get_flow_solver
 from ..core.flow_schedule import FlowSchedule
-from ..core.flow_steps import FRESH_NOISE
-from .adapters import NestedArgs, is_diffusers_scheduler, merge_names, step_counts
 from .anytime import with_anytime_fields
 from .previews import PreviewDecoder, kl_encoder
 
@@ -35,34 +31,6 @@ def output_class(base: type, name: str, module: str) -> type:
     return with_anytime_fields(base, name, f"{base.__name__} plus where in the nested run the images come from (the "
                                "AnytimeInfo fields), the x̂0 latent they were decoded from, and the decoder used "
                                "(\"vae\", \"tiny\" or \"latent_rgb\").", module, DECODER_FIELD)
-
-
-def merged(a: dict, ours: str, theirs: str) -> Any:
-    return merge_names(a.get(ours), ours, a.get(theirs), theirs)
-
-
-def resolve_flow_args(a: dict, default_outer: int, default_inner: int, default_outer_eta: Any) -> NestedArgs:
-    """outer_steps/num_inference_steps, inner_steps/num_inner_steps, inner_solver/inner_scheduler (a flow
-    solver name: "euler", "heun", or a core FlowSolver), inner_eta, outer_eta/eta ("fresh" allowed).
-
-    Named schedules (``schedule=``, ``total_nfe=``) are VP-only for now: the flow outer grid has no explicit outer
-    times (``FlowNestedSolver`` always spaces them evenly in u ∈ (0, 1]), and a ``Schedule``'s outer times are
-    integer VP timesteps; a ValueError says so. A per-outer-step ``inner_steps`` list works."""
-    if a.get("schedule") is not None or a.get("total_nfe") is not None:
-        raise ValueError("schedule/total_nfe: named nested schedules are VP-only for now (Nested SD, SDXL, DiT); "
-                         "for SD3/FLUX pass outer_steps and inner_steps (a list gives one count per outer step)")
-    outer, inner = step_counts(merged(a, "outer_steps", "num_inference_steps"),
-                               merged(a, "inner_steps", "num_inner_steps"), default_outer, default_inner)
-    solver = merged(a, "inner_solver", "inner_scheduler")
-    o_eta = merged(a, "outer_eta", "eta")
-    if is_diffusers_scheduler(solver):
-        raise ValueError(f"inner_solver: diffusers scheduler instances ({type(solver).__name__}) are not supported "
-                         f"by the flow pipelines; use 'euler' or 'heun'")
-    solver = get_flow_solver("euler" if solver is None else solver, a.get("inner_eta"))
-    o_eta = default_outer_eta if o_eta is None else o_eta
-    if o_eta != FRESH_NOISE:
-        validate_eta(o_eta, "outer_eta")
-    return NestedArgs(int(outer), inner, solver, o_eta)
 
 
 def flow_schedule_of(scheduler: Any, mu: float | None) -> FlowSchedule:

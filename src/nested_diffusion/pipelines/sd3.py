@@ -16,10 +16,13 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import c
 
 from ..core.flow_nested import FlowNestedSampler
 from ..core.flow_solvers import FlowDenoiser
+from ..core.registry import FLOW
+from ..core.run import RunDefaults
+from .adapters import pipeline_run
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,
-                      check_common)
+                      check_call_args)
 from .modern import (check_generators, decode_update, execution_device, flow_schedule_of, output_class,
-                     preview_decoder, resolve_flow_args, vae_dtype)
+                     preview_decoder, vae_dtype)
 from .noise import make_noise
 from .previews import check_preview
 
@@ -43,6 +46,9 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
     images; ``pipe.iter_anytime(...)`` (same arguments) yields one output per anytime update."""
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds"]
+    # the run options a call leaves out (core.run): 4 × 7 flow Euler inner, outer flow DDIM with fresh noise
+    run_defaults = RunDefaults(kind=FLOW, outer_steps=4, inner_steps=7, nfe=28, inner_solver="euler",
+                               outer_eta="fresh")
 
     @torch.no_grad()
     def __call__(
@@ -96,8 +102,8 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         SD3 arguments as in ``StableDiffusion3Pipeline``; nested and preview arguments as ``NestedFluxPipeline``
         (outer_steps default 4, inner_steps 7, inner_solver "euler"/"heun", outer_eta default "fresh"), except
         grid defaults to "sigma_min" (the stock SD3 grid) and CFG (guidance_scale > 1) runs in the inner process.
-        ``schedule``/``total_nfe``: named schedules are VP-only for now (SD, SDXL, DiT): a ValueError here; an
-        uneven split is still possible with a per-outer-step ``inner_steps`` list.
+        ``schedule`` ("progressive", "uniform" or a ``Schedule``) with ``total_nfe``: a named split of the budget
+        instead of outer/inner steps; the progressive schedule's outer times are flow times u (1.0, 0.9, 0.8).
         """
         return self._final_output(locals())
 
@@ -115,9 +121,8 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
             mu = calculate_shift((a["height"] // f // p) * (a["width"] // f // p), cfg.get("base_image_seq_len", 256),
                                  cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
                                  cfg.get("max_shift", 1.16))
-        args = resolve_flow_args(a, 4, 7, "fresh")
-        return FlowNestedSampler(FlowDenoiser(self._transformer_fn, flow_schedule_of(self.scheduler, mu)),
-                                 args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta, a["grid"])
+        return FlowNestedSampler.from_run(FlowDenoiser(self._transformer_fn, flow_schedule_of(self.scheduler, mu)),
+                                          pipeline_run(a, self.run_defaults))
 
     def decode_x0(self, x0: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
         """An x̂0 latent → image in [−1, 1] through the full VAE (as the final image)."""
@@ -139,7 +144,7 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
             raise ValueError(f"num_images_per_prompt: must be an integer ≥ 1, got {n_img!r}")
         inputs = callback_inputs(a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"]
                                  if a["callback_on_step_end_tensor_inputs"] is not None else ["latents"])
-        check_common(a["max_nfe"], a["deadline"], a["previews"], a["output_type"], "clean", inputs,
+        check_call_args(a["max_nfe"], a["deadline"], a["previews"], a["output_type"], inputs,
                      self._callback_tensor_inputs, a["guidance_scale"])
         self.check_inputs(a["prompt"], a["prompt_2"], a["prompt_3"], a["height"], a["width"],
                           negative_prompt=a["negative_prompt"], negative_prompt_2=a["negative_prompt_2"],

@@ -17,9 +17,10 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffus
 from ..core.denoisers import ModelDenoiser
 from ..core.nested import NestedSampler
 from ..core.schedule import NoiseSchedule
-from .adapters import SchedulerSolver, resolve_nested_args
+from ..core.run import RunDefaults
+from .adapters import checked_solver, pipeline_run
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,
-                      check_common)
+                      check_call_args)
 from .modern import check_generators, decode_update, execution_device, output_class, preview_decoder, vae_dtype
 from .noise import make_noise
 from .previews import check_preview
@@ -47,6 +48,8 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "add_text_embeds",
                                "add_time_ids"]
+    # the run options a call leaves out (core.run): as Nested SD (5 × 20, DDIM inner η 0.85, outer η implied)
+    run_defaults = RunDefaults(outer_steps=5, inner_steps=20, inner_solver="ddim", outer_eta=None)
 
     @torch.no_grad()
     def __call__(
@@ -84,7 +87,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         max_nfe: int | None = None,
         deadline: float | None = None,
         previews: str = "first",
-        grid: str = "clean",
+        grid: str | None = None,
         preview: str | None = None,
         preview_vae: Any = None,
         preview_results: bool = False,
@@ -121,16 +124,9 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
             raise ValueError("scheduler: rescale_betas_zero_snr=True (ᾱ_T = 0) is not supported by the nested "
                              "sampler; use a scheduler config without it")
         schedule = NoiseSchedule.from_diffusers_config(config)
-        args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
-                                   a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
-                                   a["outer_eta"], a["eta"], default_outer=5, default_inner=20,
-                                   default_solver="ddim", auto_outer_eta_for_dpm=True, schedule=a["schedule"],
-                                   total_nfe=a["total_nfe"], t_start=schedule.num_train_timesteps - 1)
-        if isinstance(args.solver, SchedulerSolver):
-            args.solver.check_schedule(schedule)
+        run = checked_solver(pipeline_run(a, self.run_defaults, schedule.num_train_timesteps), schedule)
         denoiser = ModelDenoiser(self._unet_fn, schedule, config.get("prediction_type", "epsilon"))
-        return NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
-                             a["grid"], outer_times=args.outer_times)
+        return NestedSampler.from_run(denoiser, run)
 
     def decode_x0(self, x0: torch.Tensor, height: int | None = None, width: int | None = None) -> torch.Tensor:
         """An x̂0 latent → image in [−1, 1] through the full VAE (as the final image)."""
@@ -149,7 +145,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
             raise ValueError(f"num_images_per_prompt: must be an integer ≥ 1, got {n_img!r}")
         inputs = callback_inputs(a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"]
                                  if a["callback_on_step_end_tensor_inputs"] is not None else ["latents"])
-        check_common(a["max_nfe"], a["deadline"], a["previews"], a["output_type"], a["grid"], inputs,
+        check_call_args(a["max_nfe"], a["deadline"], a["previews"], a["output_type"], inputs,
                      self._callback_tensor_inputs, a["guidance_scale"])
         self.check_inputs(a["prompt"], a["prompt_2"], a["height"], a["width"], 1, a["negative_prompt"],
                           a["negative_prompt_2"], a["prompt_embeds"], a["negative_prompt_embeds"],

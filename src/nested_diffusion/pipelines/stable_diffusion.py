@@ -17,9 +17,10 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 from ..core.denoisers import ModelDenoiser
 from ..core.nested import NestedSampler
 from ..core.schedule import NoiseSchedule
-from .adapters import SchedulerSolver, resolve_nested_args
+from ..core.run import RunDefaults
+from .adapters import checked_solver, pipeline_run
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_fields, anytime_pairs, callback_inputs,
-                      check_common, with_anytime_fields)
+                      check_call_args, with_anytime_fields)
 from .expected_change import resolve_calibration, sd_identity
 from .noise import make_noise
 
@@ -56,7 +57,9 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
     """
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
-    _auto_outer_eta_for_dpm = True
+    # the run options a call leaves out (core.run): 5 × 20, DDIM inner (η 0.85), outer η implied by the inner
+    # solver (√(1−ᾱ_t) for DPM-Solver++, the paper's §C.2)
+    run_defaults = RunDefaults(outer_steps=5, inner_steps=20, inner_solver="ddim", outer_eta=None)
 
     @torch.no_grad()
     def __call__(
@@ -81,7 +84,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         max_nfe: int | None = None,
         deadline: float | None = None,
         previews: str = "first",
-        grid: str = "clean",
+        grid: str | None = None,
         guidance_rescale: float = 0.0,
         cross_attention_kwargs: dict[str, Any] | None = None,
         clip_skip: int | None = None,
@@ -180,7 +183,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
             raise ValueError(f"num_images_per_prompt: must be an integer ≥ 1, got {n_img!r}")
         tensor_inputs = callback_inputs(a["callback_on_step_end"], a["callback_on_step_end_tensor_inputs"]
                                         if a["callback_on_step_end_tensor_inputs"] is not None else ["latents"])
-        check_common(a["max_nfe"], a["deadline"], a["previews"], a["output_type"], a["grid"], tensor_inputs,
+        check_call_args(a["max_nfe"], a["deadline"], a["previews"], a["output_type"], tensor_inputs,
                      self._callback_tensor_inputs, a["guidance_scale"])
         prompts = self._check_prompts(a["prompt"], a["negative_prompt"], a["prompt_embeds"],
                                       a["negative_prompt_embeds"])
@@ -202,21 +205,13 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
             raise ValueError("scheduler: rescale_betas_zero_snr=True (ᾱ_T = 0) is not supported by the nested "
                              "sampler; use a scheduler config without it")
         schedule = NoiseSchedule.from_diffusers_config(config)
-        args = resolve_nested_args(a["outer_steps"], a["num_inference_steps"], a["inner_steps"],
-                                   a["num_inner_steps"], a["inner_solver"], a["inner_scheduler"], a["inner_eta"],
-                                   a["outer_eta"], a["eta"], default_outer=5, default_inner=20,
-                                   default_solver="ddim", auto_outer_eta_for_dpm=self._auto_outer_eta_for_dpm,
-                                   schedule=a["schedule"], total_nfe=a["total_nfe"],
-                                   t_start=schedule.num_train_timesteps - 1)
-        if isinstance(args.solver, SchedulerSolver):
-            args.solver.check_schedule(schedule)
+        run = checked_solver(pipeline_run(a, self.run_defaults, schedule.num_train_timesteps), schedule)
         self._guidance_scale, self._guidance_rescale = float(a["guidance_scale"]), float(a["guidance_rescale"])
         self._clip_skip, self._cross_attention_kwargs = a["clip_skip"], a["cross_attention_kwargs"]
         self._interrupt = False
         learned = self.unet.config.out_channels == 2 * self.unet.config.in_channels
         denoiser = ModelDenoiser(self._unet_fn, schedule, config.get("prediction_type", "epsilon"), learned)
-        return NestedSampler(denoiser, args.outer_steps, args.inner_steps, args.solver, None, args.outer_eta,
-                             a["grid"], outer_times=args.outer_times)
+        return NestedSampler.from_run(denoiser, run)
 
     def _prepare(self, **a):
         tensor_inputs, prompts, batch, shape = self._check_call(a)  # 1. every check before any model call
