@@ -195,7 +195,8 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path):
 # ------------------------------------------------------------------------------------------ 2. the layers
 LAYERS = {"core": set(), "io": set(), "imaging": {"io"}, "inverse": {"core", "io"},
           "evaluation": {"core", "io", "imaging"}, "pipelines": {"core", "io", "evaluation"},
-          "bundled": {"core", "io", "imaging", "evaluation", "inverse"}}
+          "bundled": {"core", "io", "imaging", "evaluation", "inverse"},
+          "families": {"core", "io", "imaging", "evaluation", "inverse", "pipelines", "bundled"}}
 
 
 def _imports_of(path: Path) -> set[str]:

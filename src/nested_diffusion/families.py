@@ -1,0 +1,169 @@
+"""The one table of model families, read by every surface (``generate``, ``sample``, ``eval``, ``calibrate``,
+``serve``, the Python helpers): how to load a family, how it is conditioned, its run defaults, its preview
+decoders and how its calibrations are found.
+
+A family's *run defaults* live with its code (``bundled.RUN_DEFAULTS``; a pipeline class's ``run_defaults``) and
+are read from there, so this table never repeats a number. Adding a family = its pipeline class (a subclass of a
+diffusers pipeline with ``iter_anytime`` and ``run_defaults``) and one ``register_family(Family(...))``;
+``tests/test_families.py`` registers a toy family and reaches it from every surface.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .core.run import RunDefaults
+
+PROMPT, CLASS_LABELS = "prompt", "class_labels"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family.
+
+    ``pipeline``: the class name in ``nested_diffusion.pipelines`` (None: the bundled Fashion-MNIST model) or a
+    class. ``conditioning``: "prompt" (text, ``--prompt``, negative prompt, size) or "class_labels".
+    ``factory``: which evaluation sampler factory drives it ("sd", "dit" or "modern", see ``pipelines.factories``).
+    ``previews``: the cheap decoders its pipeline offers besides the full VAE. ``calibrations``: "shipped"
+    (calibrations ship with the package and "auto" finds them) or "file" (made by ``nested-diffusion calibrate``,
+    passed as a file). ``example``: what a user has to pass (docs and errors)."""
+
+    name: str
+    description: str
+    conditioning: str
+    pipeline: Any = None
+    factory: str = "sd"
+    previews: tuple[str, ...] = ("vae", "tiny", "latent_rgb")
+    calibrations: str = "file"
+    example: str = ""
+
+    @property
+    def is_bundled(self) -> bool:
+        return self.pipeline is None
+
+    @property
+    def takes_prompt(self) -> bool:
+        return self.conditioning == PROMPT
+
+    def pipeline_class(self) -> type:
+        if self.pipeline is None:
+            raise ValueError(f"family {self.name!r}: the bundled model has no diffusers pipeline")
+        if isinstance(self.pipeline, type):
+            return self.pipeline
+        from . import pipelines
+        return getattr(pipelines, self.pipeline)
+
+    def run_defaults(self) -> RunDefaults:
+        """The family's defaults for every run option (from its code: one place)."""
+        if self.is_bundled:
+            from .bundled import RUN_DEFAULTS
+            return RUN_DEFAULTS
+        return self.pipeline_class().run_defaults
+
+    def guidance_default(self) -> float:
+        """The guidance scale a run uses when none is given (bundled: 1.25; a pipeline: its ``guidance_scale``)."""
+        d = self.run_defaults()
+        if d.guidance is not None:
+            return d.guidance
+        return float(inspect.signature(self.pipeline_class().__call__).parameters["guidance_scale"].default)
+
+    @property
+    def kind(self) -> str:
+        return self.run_defaults().kind
+
+    def load(self, path: str | os.PathLike | None, device: str = "cpu", dtype: Any = None,
+             option: str = "--model-path") -> Any:
+        """The bundled UNet (``path`` None: the shipped weights) or the family's pipeline from a local folder
+        (``from_pretrained``, local files only), on ``device`` in ``dtype``; errors name ``option``."""
+        if self.is_bundled:
+            from .bundled import load_unet
+            return load_unet(path, device=device)
+        if path is None:
+            raise ValueError(f"{option}: required with --pipeline {self.name} (a local diffusers folder, "
+                             f"{self.example or 'saved with save_pretrained'})")
+        folder = Path(path)
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(f"{option}: no diffusers pipeline at {str(folder)!r} (model_index.json missing)")
+        extra = dict(safety_checker=None, requires_safety_checker=False) if self.pipeline == \
+            "NestedStableDiffusionPipeline" else {}
+        try:
+            with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older ones lack dtype
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+                kw = {} if dtype is None else {"torch_dtype": dtype}
+                pipe = self.pipeline_class().from_pretrained(folder, local_files_only=True, **kw, **extra)
+        except (OSError, ValueError, TypeError) as e:
+            raise FileNotFoundError(f"{option}: could not load a {self.name} pipeline from {str(folder)!r}: "
+                                    f"{e}") from e
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device)
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family, replace: bool = False) -> Family:
+    if family.conditioning not in (PROMPT, CLASS_LABELS):
+        raise ValueError(f"conditioning: {family.conditioning!r} is not one of {(PROMPT, CLASS_LABELS)}")
+    if family.name in _FAMILIES and not replace:
+        raise ValueError(f"family: {family.name!r} is already registered; pass replace=True to override")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def unregister_family(name: str) -> None:
+    _FAMILIES.pop(name, None)
+
+
+def family_names() -> tuple[str, ...]:
+    """Registered family names in registration order (the choices of every ``--pipeline`` option)."""
+    return tuple(_FAMILIES)
+
+
+def get_family(name: "str | Family", option: str = "--pipeline") -> Family:
+    if isinstance(name, Family):
+        return name
+    if name not in _FAMILIES:
+        raise ValueError(f"{option}: unknown model family {name!r}; valid: {', '.join(_FAMILIES)}")
+    return _FAMILIES[name]
+
+
+def family_of_pipeline(pipe: Any) -> Family | None:
+    """The family whose pipeline class ``pipe`` is an instance of (the most derived match)."""
+    best = None
+    for fam in _FAMILIES.values():
+        if fam.pipeline is None:
+            continue
+        try:
+            cls = fam.pipeline_class()
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(pipe, cls) and (best is None or issubclass(cls, best.pipeline_class())):
+            best = fam
+    return best
+
+
+for _f in (
+    Family("bundled", "the bundled Fashion-MNIST model (class-conditional, 28 × 28, ships with the package)",
+           CLASS_LABELS, None, factory="bundled", previews=(), calibrations="shipped"),
+    Family("sd", "Stable Diffusion 1.x / 2.x", PROMPT, "NestedStableDiffusionPipeline", "sd",
+           example="e.g. a stable-diffusion-v1-5 folder"),
+    Family("dit", "DiT (class-conditional ImageNet, learned variance)", CLASS_LABELS, "NestedDiTPipeline", "dit",
+           previews=("vae",), example="e.g. a DiT-XL-2-256 folder"),
+    Family("sdxl", "Stable Diffusion XL", PROMPT, "NestedStableDiffusionXLPipeline", "modern",
+           example="e.g. a stable-diffusion-xl-base-1.0 folder"),
+    Family("sd3", "Stable Diffusion 3 / 3.5 (rectified flow)", PROMPT, "NestedStableDiffusion3Pipeline", "modern",
+           example="e.g. a stable-diffusion-3.5-medium folder"),
+    Family("flux", "FLUX.1 (rectified flow, guidance-distilled)", PROMPT, "NestedFluxPipeline", "modern",
+           example="e.g. a FLUX.1-dev folder"),
+):
+    register_family(_f)
+
+
+def describe_families(lines: Callable[[Family], str] | None = None) -> str:
+    """One line per family (help texts)."""
+    fmt = lines or (lambda f: f"{f.name}: {f.description}")
+    return "; ".join(fmt(f) for f in _FAMILIES.values())
