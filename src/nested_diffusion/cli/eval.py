@@ -148,7 +148,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _defaults(args) -> None:
     """Per-pipeline defaults of --configs and --total-nfe (SD: the COCO protocol's 60 NFE)."""
-    sd = args.pipeline in cp.TEXT_PIPELINES
+    sd = cp.text_family(args.pipeline)
     if getattr(args, "total_nfe", 0) is None:
         args.total_nfe = 60 if sd else 200
     if getattr(args, "configs", 0) is None:

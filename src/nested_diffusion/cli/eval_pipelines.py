@@ -16,17 +16,15 @@ from pathlib import Path
 
 from .argtypes import check_device, int_at_least as _int
 
-PIPELINES = ("bundled", "sd", "dit", "sdxl", "sd3", "flux")
-TEXT_PIPELINES = ("sd", "sdxl", "sd3", "flux")   # prompts, --height/--width, CLIP score
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 SD_RND_DEFAULT = "1x60,2x30,3x20,4x15,6x10"   # the COCO protocol's 60 NFE
 
 
 def add_pipeline_args(e: argparse.ArgumentParser) -> None:
-    g = e.add_argument_group("diffusers pipelines (--pipeline sd|dit)")
-    g.add_argument("--pipeline", choices=PIPELINES, default="bundled",
-                   help="bundled Fashion-MNIST UNet (default), Nested Stable Diffusion, Nested DiT, or Nested "
-                        "SDXL / SD3 / FLUX")
+    from ..families import describe_families, family_names
+    g = e.add_argument_group("model family (--pipeline) and diffusers pipelines")
+    g.add_argument("--pipeline", choices=family_names(), default="bundled",
+                   help=f"the model family (default: bundled): {describe_families()}")
     g.add_argument("--model-path", default=None, help="local diffusers pipeline folder (sd, dit)")
     g.add_argument("--prompts", default=None,
                    help="sd: prompt file, one per line, a JSON list, or COCO captions JSON; sample i gets prompt "
@@ -75,13 +73,15 @@ def check_pipeline_args(args) -> None:
                          f"--pipeline {args.pipeline}")
     if args.model_path is None:
         raise ValueError(f"--model-path: required with --pipeline {args.pipeline} (a local diffusers folder)")
-    if args.pipeline in TEXT_PIPELINES and args.prompts is None:
+    if text_family(args.pipeline) and args.prompts is None:
         raise ValueError(f"--prompts: required with --pipeline {args.pipeline} (a prompt file or COCO captions JSON)")
-    if args.pipeline == "dit" and (args.prompts is not None or args.negative_prompt is not None):
-        raise ValueError("--prompts/--negative-prompt: only for --pipeline sd (dit takes --class-labels)")
-    if args.pipeline == "dit" and (args.height is not None or args.width is not None):
-        raise ValueError("--height/--width: only for --pipeline sd (DiT has a fixed sample size)")
-    if getattr(args, "clip_model", None) is not None and args.pipeline not in TEXT_PIPELINES:
+    if not text_family(args.pipeline) and (args.prompts is not None or args.negative_prompt is not None):
+        raise ValueError(f"--prompts/--negative-prompt: only for prompt-conditioned families ({text_families()}); "
+                         f"{args.pipeline} takes --class-labels")
+    if not text_family(args.pipeline) and (args.height is not None or args.width is not None):
+        raise ValueError(f"--height/--width: only for prompt-conditioned families ({text_families()}); "
+                         f"{args.pipeline} has a fixed sample size")
+    if getattr(args, "clip_model", None) is not None and not text_family(args.pipeline):
         raise ValueError("--clip-model: the CLIP score needs prompts (--pipeline sd)")
     if not (Path(args.model_path) / "model_index.json").is_file():
         raise FileNotFoundError(f"--model-path: no diffusers pipeline at {args.model_path!r} (model_index.json "
@@ -102,40 +102,38 @@ def check_pipeline_args(args) -> None:
 
 
 def load_pipeline(args):
-    """The Nested pipeline from ``--model-path`` on ``--device`` / ``--dtype`` (local files only)."""
-    path = Path(args.model_path)
-    if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"--model-path: no diffusers pipeline at {str(path)!r} (model_index.json missing)")
+    """The family's Nested pipeline from ``--model-path`` on ``--device`` / ``--dtype`` (local files only)."""
+    from ..families import get_family
     device, dtype = device_dtype(args)
-    from .. import pipelines
-    extra = dict(safety_checker=None, requires_safety_checker=False) if args.pipeline == "sd" else {}
-    cls = getattr(pipelines, {"sd": "NestedStableDiffusionPipeline", "dit": "NestedDiTPipeline",
-                              "sdxl": "NestedStableDiffusionXLPipeline", "sd3": "NestedStableDiffusion3Pipeline",
-                              "flux": "NestedFluxPipeline"}[args.pipeline])
-    try:
-        with warnings.catch_warnings():  # newer diffusers renamed torch_dtype to dtype; older ones lack dtype
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
-            pipe = cls.from_pretrained(path, torch_dtype=dtype, local_files_only=True, **extra)
-    except OSError as e:
-        raise FileNotFoundError(f"--model-path: could not load {str(path)!r}: {e}") from e
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return get_family(args.pipeline).load(args.model_path, device, dtype)
+
+
+def text_family(name: str) -> bool:
+    from ..families import get_family
+    return get_family(name).takes_prompt
+
+
+def text_families() -> str:
+    from ..families import family_names
+    return ", ".join(n for n in family_names() if text_family(n))
 
 
 def pipeline_factory(args, pipe=None):
-    """The SamplerFactory of ``--pipeline sd|dit`` with the sampling options of the command line."""
+    """The SamplerFactory of ``--pipeline`` (a pipeline family) with the sampling options of the command line."""
+    from ..families import get_family
     from ..pipelines.factories import dit_factory, sd_factory
     pipe = load_pipeline(args) if pipe is None else pipe
-    if args.pipeline in ("sdxl", "sd3", "flux"):
+    factory = get_family(args.pipeline).factory
+    if factory == "modern":
         from ..pipelines.factories_modern import modern_factory
         return modern_factory(pipe, args.prompts, args.guidance, args.solver, args.inner_eta, args.outer_eta,
                               args.grid, args.negative_prompt, args.height, args.width, args.decode_batch)
-    common = dict(inner_solver=args.solver or ("ddim" if args.pipeline == "sd" else "ddpm"),
+    common = dict(inner_solver=args.solver,
                   inner_eta=args.inner_eta, outer_eta=args.outer_eta, grid=args.grid,
                   decode_batch=args.decode_batch, model_id=None)
     if args.guidance is not None:
         common["guidance_scale"] = args.guidance
-    if args.pipeline == "sd":
+    if factory == "sd":
         return sd_factory(pipe, args.prompts, negative_prompt=args.negative_prompt, height=args.height,
                           width=args.width, **common)
     return dit_factory(pipe, args.class_labels, **common)

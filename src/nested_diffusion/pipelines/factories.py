@@ -258,7 +258,7 @@ def sd_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guidance
                    outer_eta=outer_eta, grid=grid, negative_prompt=negative_prompt, height=height, width=width)
     info = dict(pipeline="sd", model=model_id or f"{type(pipe).__name__}-"
                 f"{weights_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder)}",
-                **{k: _jsonable(v) for k, v in options.items()}, solver=_jsonable(inner_solver),
+                **{k: _jsonable(v) for k, v in options.items()}, solver=_jsonable(type(pipe).run_defaults.inner_solver if inner_solver is None else inner_solver),
                 prompts=dict(count=len(prompts), sha256=_list_hash(prompts), first=prompts[0]),
                 conditioning="sample i: seed + i, prompt i % count", dtype=str(pipe.unet.dtype),
                 device=pipe._execution_device.type,
@@ -290,7 +290,7 @@ def dit_factory(pipe: Any, class_labels: "str | Sequence[int | str]" = "all", gu
                    outer_eta=outer_eta, grid=grid, guided_channels=guided_channels)
     info = dict(pipeline="dit", model=model_id or f"{type(pipe).__name__}-"
                 f"{weights_fingerprint(pipe.transformer, pipe.vae)}",
-                **{k: _jsonable(v) for k, v in options.items()}, solver=_jsonable(inner_solver),
+                **{k: _jsonable(v) for k, v in options.items()}, solver=_jsonable(type(pipe).run_defaults.inner_solver if inner_solver is None else inner_solver),
                 labels=dict(count=len(ids), sha256=_list_hash(ids), first=ids[:8]),
                 conditioning="sample i: seed + i, class labels[i % count]", dtype=str(pipe.transformer.dtype),
                 device=pipe._execution_device.type, decode="VAE decode of the x̂0 latent, clamp [-1, 1], uint8")

@@ -101,7 +101,7 @@ def modern_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guid
     identity = model_id or f"{type(pipe).__name__}-{weights_fingerprint(model, pipe.vae, *encoders)}"
     info = dict(pipeline=family, model=identity,
                 **{k: v if isinstance(v, (int, float, str)) else type(v).__name__ for k, v in options.items()},
-                solver=str(inner_solver or ("ddim" if family == "sdxl" else "euler")),
+                solver=str(inner_solver or type(pipe).run_defaults.inner_solver),
                 prompts=dict(count=len(prompts), first=prompts[0],
                              sha256=hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:12]),
                 conditioning="sample i: seed + i, prompt i % count", dtype=str(model.dtype),
