@@ -31,7 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--vanilla", action="store_true",
                    help="also run vanilla sampling at the same NFE (outer=1) and write it to OUT/vanilla/")
     g.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
-    g.add_argument("--scale", type=positive_int("--scale"), default=4, help="pixel upscaling in pictures")
+    g.add_argument("--scale", type=positive_int("--scale"), default=None,
+                   help="pixel upscaling in pictures (default: 4 for the bundled 28-px model, 1 for pipelines)")
     g.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads")
     g.add_argument("--quiet", action="store_true", help="no per-update lines or progress bar")
     g.add_argument("--calibration", default="auto", help="expected change: 'auto' (the shipped pixel-signal "
@@ -104,7 +105,8 @@ def sample_one(name: str, run, total_nfe: int, stream, settings: dict, out: Path
 
     out.mkdir(parents=True, exist_ok=True)
     rec = AnytimeRecorder(out, {**settings, "method": name, "outer": run.outer_steps,
-                                "inner": list(run.inner_steps)}, scale=args.scale)
+                                "inner": list(run.inner_steps)},
+                          scale=args.scale or (4 if settings["family"] == "bundled" else 1))
     total = total_nfe if run.max_nfe is None else min(run.max_nfe, total_nfe)
     progress = Progress(total, quiet=args.quiet)
     progress.line(f"[{name}] {run.describe()} ({run.solver_name}), {total_nfe} NFE, guidance {settings['guidance']}, "

@@ -48,7 +48,7 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds"]
     # the run options a call leaves out (core.run): 4 × 7 flow Euler inner, outer flow DDIM with fresh noise
     run_defaults = RunDefaults(kind=FLOW, outer_steps=4, inner_steps=7, nfe=28, inner_solver="euler",
-                               outer_eta="fresh")
+                               outer_eta="fresh", grid="sigma_min")   # the stock SD3 grid
 
     @torch.no_grad()
     def __call__(
@@ -81,7 +81,7 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         max_nfe: int | None = None,
         deadline: float | None = None,
         previews: str = "first",
-        grid: str = "sigma_min",
+        grid: str | None = None,
         preview: str | None = None,
         preview_vae: Any = None,
         preview_results: bool = False,
