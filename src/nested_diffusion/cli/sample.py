@@ -114,6 +114,7 @@ def build_job(args, local_rank: int = 0) -> "SampleJob":
     args.experiment = "sample"                       # read by the pipeline option checks
     cp.check_pipeline_args(args)
     device = _device(args, local_rank)
+    from ..core.schedules import Schedule
     from ..families import get_family
     family = get_family(args.pipeline)
     run = run_from_args(args, family.run_defaults(), names=SAMPLE_OPTION_NAMES)  # the family's unless given
@@ -123,7 +124,8 @@ def build_job(args, local_rank: int = 0) -> "SampleJob":
     else:
         factory = cp.pipeline_factory(args)
     steps = dict(outer=run.outer_steps, inner=run.inner_steps[0]) if run.schedule == "uniform" else \
-        dict(outer=run.outer_steps, inner=max(run.inner_steps), schedule=run.schedule, nfe=run.inner_total)
+        dict(outer=run.outer_steps, inner=max(run.inner_steps), nfe=run.inner_total,
+             schedule=Schedule(run.schedule, run.inner_steps, run.outer_times))   # the resolved split, whole
     return build_checked(SampleJob, factory, **steps, names=SAMPLE_OPTION_NAMES, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
                      step=args.step, noise=args.noise, noise_prefetch=args.noise_prefetch, device=device)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -39,7 +39,7 @@ class SampleJob:
     noise: str = "cpu"
     noise_prefetch: int = 20
     device: str = "cpu"
-    schedule: str | None = None   # a named schedule (core.schedules) spending ``nfe`` instead of outer × inner
+    schedule: Any = None          # a resolved core.schedules.Schedule (or a name spending ``nfe``) instead of outer × inner
     nfe: int | None = None
 
     def __post_init__(self):
@@ -67,8 +67,9 @@ class SampleJob:
         noise = dict(mode=self.noise)
         if self.noise == "device":
             noise.update(prefetch=self.noise_prefetch, device_type=torch.device(self.device).type)
-        named = {} if self.schedule is None else dict(schedule=self.schedule, nfe=self.nfe,
-                                                      inner_steps=list(self.sampler.inner_steps))
+        named = {} if self.schedule is None else dict(
+            schedule=getattr(self.schedule, "name", self.schedule), nfe=self.nfe,
+            inner_steps=list(self.sampler.inner_steps), outer_times=[float(t) for t in self.sampler.times[:-1]])
         return dict(sampler=self.factory.info, outer=self.outer, inner=self.inner, **named,
                     total_nfe=self.sampler.total_nfe, marks=self.marks, num_samples=self.num_samples,
                     seed=self.seed, batch_size=self.batch_size, sample_shape=list(self.factory.sample_shape),

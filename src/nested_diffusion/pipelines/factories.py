@@ -129,7 +129,7 @@ def step_arguments(outer: int | None, inner: int | None, schedule: Any, total_nf
     budget (``schedule="progressive", total_nfe=N``)."""
     if schedule is None:
         return dict(outer_steps=outer, inner_steps=inner)
-    return dict(schedule=schedule, total_nfe=total_nfe)
+    return dict(schedule=schedule) if total_nfe is None else dict(schedule=schedule, total_nfe=total_nfe)
 
 
 class _ScheduleOnly:
