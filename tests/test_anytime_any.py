@@ -136,3 +136,20 @@ def test_bad_arguments_are_refused_before_any_model_call(flux):
         rec.close()
     assert rec.calls == []
     assert type(img2img.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+
+
+def test_family_table_entries_load_stock_pipelines_and_read_their_defaults(tmp_path):
+    from nested_diffusion.families import family_of_pipeline, get_family
+    from nested_diffusion.pipelines.any_pipeline import GENERIC_FAMILIES
+    for name in BUILDERS:
+        fam = get_family(name)
+        assert fam.generic and fam.run_defaults() is GENERIC_FAMILIES[name].defaults()
+        assert fam.pipeline_class().__name__ in GENERIC_FAMILIES[name].pipelines and fam.guidance_default() > 0
+    BUILDERS["flux2"]().save_pretrained(tmp_path / "flux2")          # saved and loaded for real
+    # the fixture has no text encoder (embeddings are passed), so it is loaded with them left out explicitly
+    pipe = get_family("flux2").pipeline_class().from_pretrained(tmp_path / "flux2", text_encoder=None, tokenizer=None)
+    pipe.set_progress_bar_config(disable=True)
+    assert family_of_pipeline(pipe).name == "flux2"
+    ups = list(nested_diffusion.anytime(pipe, **call_kw("flux2"), generator=torch.Generator().manual_seed(0)))
+    d = get_family("flux2").run_defaults()                           # the family's defaults decide the run
+    assert ups[-1].final and ups[-1].nfe == d.outer_steps * d.inner_steps and ups[-1].outer_steps == d.outer_steps

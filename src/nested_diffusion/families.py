@@ -30,7 +30,9 @@ class Family:
     ``factory``: which evaluation sampler factory drives it ("sd", "dit" or "modern", see ``pipelines.factories``).
     ``previews``: the cheap decoders its pipeline offers besides the full VAE. ``calibrations``: "shipped"
     (calibrations ship with the package and "auto" finds them) or "file" (made by ``nested-diffusion calibrate``,
-    passed as a file). ``example``: what a user has to pass (docs and errors)."""
+    passed as a file). ``example``: what a user has to pass (docs and errors). ``generic``: ``pipeline`` names a
+    stock diffusers pipeline class run through ``pipelines.NestedScheduler`` / ``nested_diffusion.anytime``; its
+    run defaults live in ``pipelines.any_pipeline.GENERIC_FAMILIES``."""
 
     name: str
     description: str
@@ -40,6 +42,7 @@ class Family:
     previews: tuple[str, ...] = ("vae", "tiny", "latent_rgb")
     calibrations: str = "file"
     example: str = ""
+    generic: bool = False
 
     @property
     def is_bundled(self) -> bool:
@@ -54,6 +57,9 @@ class Family:
             raise ValueError(f"family {self.name!r}: the bundled model has no diffusers pipeline")
         if isinstance(self.pipeline, type):
             return self.pipeline
+        if self.generic:
+            import diffusers
+            return getattr(diffusers, self.pipeline)
         from . import pipelines
         return getattr(pipelines, self.pipeline)
 
@@ -62,6 +68,9 @@ class Family:
         if self.is_bundled:
             from .bundled import RUN_DEFAULTS
             return RUN_DEFAULTS
+        if self.generic:
+            from .pipelines.any_pipeline import run_defaults_of
+            return run_defaults_of(self.name)
         return self.pipeline_class().run_defaults
 
     def guidance_default(self) -> float:
@@ -69,7 +78,11 @@ class Family:
         d = self.run_defaults()
         if d.guidance is not None:
             return d.guidance
-        return float(inspect.signature(self.pipeline_class().__call__).parameters["guidance_scale"].default)
+        params = inspect.signature(self.pipeline_class().__call__).parameters
+        for name in ("guidance_scale", "true_cfg_scale"):   # Qwen-Image guides with true_cfg_scale only
+            if name in params and params[name].default is not None:
+                return float(params[name].default)
+        raise ValueError(f"family {self.name!r}: its pipeline has no guidance scale default")
 
     @property
     def kind(self) -> str:
@@ -159,6 +172,19 @@ for _f in (
            example="e.g. a stable-diffusion-3.5-medium folder"),
     Family("flux", "FLUX.1 (rectified flow, guidance-distilled)", PROMPT, "NestedFluxPipeline", "modern",
            example="e.g. a FLUX.1-dev folder"),
+    # stock diffusers pipelines run through NestedScheduler (Python: nested_diffusion.anytime)
+    Family("flux2", "FLUX.2 [dev] (rectified flow, guidance-distilled)", PROMPT, "Flux2Pipeline", "generic",
+           previews=("vae", "tiny"), example="e.g. a FLUX.2-dev folder", generic=True),
+    Family("flux2-klein", "FLUX.2 [klein] (rectified flow, CFG)", PROMPT, "Flux2KleinPipeline", "generic",
+           previews=("vae", "tiny"), example="e.g. a FLUX.2-klein folder", generic=True),
+    Family("qwen-image", "Qwen-Image (rectified flow, true CFG)", PROMPT, "QwenImagePipeline", "generic",
+           previews=("vae",), example="e.g. a Qwen-Image folder", generic=True),
+    Family("z-image", "Z-Image (rectified flow)", PROMPT, "ZImagePipeline", "generic", previews=("vae", "tiny"),
+           example="e.g. a Z-Image folder", generic=True),
+    Family("chroma", "Chroma (rectified flow, FLUX-based, CFG)", PROMPT, "ChromaPipeline", "generic",
+           previews=("vae", "tiny"), example="e.g. a Chroma folder", generic=True),
+    Family("wan", "Wan 2.x text-to-video (rectified flow)", PROMPT, "WanPipeline", "generic", previews=("vae",),
+           example="e.g. a Wan2.1-T2V-1.3B folder", generic=True),
 ):
     register_family(_f)
 
