@@ -72,7 +72,16 @@ def test_unwritable_output_dir(tmp_path, capsys):
     blocker.write_text("x")
     with pytest.raises(SystemExit) as e:
         cli.main(["generate", "--out", str(blocker / "sub"), "--quiet"])
-    assert e.value.code == 2 and "--out: cannot write into" in capsys.readouterr().err
+    assert e.value.code == 2 and "which is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--out", str(blocker), "--quiet"])
+    assert e.value.code == 2 and "--out: " in capsys.readouterr().err
+
+
+def test_a_rejected_generate_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    assert cli.main(["generate", "--out", str(out), "--classes", "hat", "--quiet"]) == 2
+    assert "classes: unknown class 'hat'" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_ctrl_c_keeps_and_writes_the_latest_result(tmp_path, capsys, monkeypatch):

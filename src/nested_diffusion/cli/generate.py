@@ -103,7 +103,6 @@ def sample_one(name: str, run, total_nfe: int, stream, settings: dict, out: Path
     (the latest result is kept)."""
     from .recorder import AnytimeRecorder
 
-    out.mkdir(parents=True, exist_ok=True)
     rec = AnytimeRecorder(out, {**settings, "method": name, "outer": run.outer_steps,
                                 "inner": list(run.inner_steps)},
                           scale=args.scale or (4 if settings["family"] == "bundled" else 1))
