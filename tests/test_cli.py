@@ -128,3 +128,20 @@ def test_help_lists_every_option(capsys):
     for flag in ("--classes", "--seed", "--schedule", "--nfe", "--first", "--outer", "--inner", "--solver", "--inner-eta", "--outer-eta", "--guidance",
                  "--budget", "--deadline", "--grid", "--vanilla", "--model", "--out"):
         assert flag in text
+
+
+def test_a_second_ctrl_c_while_writing_still_writes_every_file(tmp_path, monkeypatch):
+    import os
+    import signal
+    from nested_diffusion import imaging
+    real, calls = imaging.save_png, []
+
+    def interrupting(arr, path):  # Ctrl+C arrives while the first file is being written
+        if not calls:
+            os.kill(os.getpid(), signal.SIGINT)
+        calls.append(path)
+        return real(arr, path)
+    monkeypatch.setattr("nested_diffusion.cli.recorder.save_png", interrupting)
+    code = cli.main(["generate", "--out", str(tmp_path), "--classes", "1", "--outer", "1", "--inner", "2", "--quiet"])
+    assert code == 130
+    assert {p.name for p in tmp_path.iterdir()} == {"final.png", "progression.png", "progression.gif", "updates.json"}
