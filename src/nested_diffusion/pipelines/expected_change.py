@@ -46,13 +46,27 @@ def dit_identity(pipe: Any, guidance_scale: float, guided_channels: int | None) 
     return model_identity(pipe, guidance_scale, guided_channels=guided_channels)
 
 
+def call_identity(pipe: Any, guidance_scale: float, height: int | None = None, width: int | None = None,
+                  guidance_rescale: float = 0.0, guided_channels: int | None = 3) -> dict:
+    """``model_identity`` of a call of ``pipe`` with these settings (the dict its ``calibration=`` check uses):
+    SD-type pipelines are identified with their size and guidance rescale, DiT with its guided channels. Image
+    sizes left None are the pipeline's default. TypeError for a pipeline whose calls take no calibration."""
+    if getattr(pipe, "unet", None) is not None and getattr(pipe, "text_encoder_2", None) is None:
+        size = pipe.unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        native = int(size) * int(pipe.vae_scale_factor)
+        return sd_identity(pipe, guidance_scale, guidance_rescale, height or native, width or native)
+    if getattr(pipe, "transformer", None) is not None and hasattr(pipe, "labels"):
+        return dit_identity(pipe, guidance_scale, guided_channels)
+    raise TypeError(f"pipe: {type(pipe).__name__} calls take no calibration= (expected change at run time is "
+                    f"implemented for Nested SD and Nested DiT)")
+
+
 def sampler_identity(sampler: Any) -> dict:
     """``model_identity`` of a ``factories.PipelineSampler`` (the same dict the pipeline call computes)."""
     o = sampler.options
-    if sampler.cond_arg == "prompt":
-        return sd_identity(sampler.pipe, o["guidance_scale"], o.get("guidance_rescale", 0.0), o["height"],
-                           o["width"])
-    return dit_identity(sampler.pipe, o["guidance_scale"], o.get("guided_channels", 3))
+    return call_identity(sampler.pipe, o["guidance_scale"], o.get("height"), o.get("width"),
+                         o.get("guidance_rescale", 0.0), o.get("guided_channels", 3))
 
 
 def resolve_calibration(calibration: Any, sampler_settings: dict, model: Callable[[], dict]) -> Calibration | None:
