@@ -23,6 +23,7 @@ from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind
                       check_call_args)
 from .modern import (check_generators, decode_update, execution_device, flow_schedule_of, output_class,
                      preview_decoder, vae_dtype)
+from .expected_change import call_identity, resolve_calibration
 from .noise import make_noise
 from .previews import check_preview
 
@@ -46,9 +47,10 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
     images; ``pipe.iter_anytime(...)`` (same arguments) yields one output per anytime update."""
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds"]
-    # the run options a call leaves out (core.run): 4 × 7 flow Euler inner, outer flow DDIM with fresh noise
+    # the run options a call leaves out (core.run): 4 × 7 flow Euler inner, outer flow DDIM with fresh noise, on
+    # the stock SD3 grid (sigma_min)
     run_defaults = RunDefaults(kind=FLOW, outer_steps=4, inner_steps=7, nfe=28, inner_solver="euler",
-                               outer_eta="fresh")
+                               outer_eta="fresh", grid="sigma_min")
 
     @torch.no_grad()
     def __call__(
@@ -81,13 +83,14 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         max_nfe: int | None = None,
         deadline: float | None = None,
         previews: str = "first",
-        grid: str = "sigma_min",
+        grid: str | None = None,
         preview: str | None = None,
         preview_vae: Any = None,
         preview_results: bool = False,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         denoiser_hook: Callable | None = None,
+        calibration: Any = None,
         max_sequence_length: int = 256,
         mu: float | None = None,
         num_inference_steps: int | None = None,
@@ -169,6 +172,9 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         self._guidance_scale, self._clip_skip = a["guidance_scale"], a["clip_skip"]
         self._joint_attention_kwargs, self._interrupt = a["joint_attention_kwargs"], False
         self.nested_sampler = sampler
+        calibration = resolve_calibration(a["calibration"], sampler.calibration_settings(a["previews"]),
+                                          lambda: call_identity(self, a["guidance_scale"], a["height"], a["width"],
+                                                                a.get("guidance_rescale", 0.0)))
         cond = self._encode(a)
         noise = make_noise(gen, batch, cond.device, cond.positive.dtype)
         x_T = noise.randn(shape[1:]) if a["latents"] is None else a["latents"].to(cond.device, cond.positive.dtype)
@@ -180,7 +186,8 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
 
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
                               a["callback_on_step_end"], tensor_inputs,
-                              lambda: {k: getattr(cond, v) for k, v in names.items()}, apply, a["denoiser_hook"])
+                              lambda: {k: getattr(cond, v) for k, v in names.items()}, apply, a["denoiser_hook"],
+                              calibration)
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], spatial=lambda x0: x0,
                    output_cls=NestedStableDiffusion3PipelineOutput, full=self._full_decode,
                    preview=preview_decoder(self, a, preview, self.vae.config.shift_factor))

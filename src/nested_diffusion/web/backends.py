@@ -280,7 +280,11 @@ class BundledBackend:
         self.kind = self.family.name
         self.model = load_unet(None) if model is None else model
         self.scale, self.device, self.calibration = int(scale), device, calibration or "none"
+        if self.calibration not in ("auto", "feature", "none") and not os.path.isfile(self.calibration):
+            raise ValueError(f"--calibration: no such file {self.calibration!r}; give a file written by "
+                             f"`nested-diffusion calibrate`, 'auto', 'feature' or 'none'")
         self.lock = threading.Lock()
+        self._calibrations: dict[str, Any] = {}    # configuration hash → calibration or None (found once)
 
     @property
     def num_train_timesteps(self) -> int:
@@ -303,13 +307,17 @@ class BundledBackend:
         from ..bundled.expected_change import resolve_calibration
         if self.calibration == "none" or not isinstance(self.model, torch.nn.Module):
             return None            # a stand-in model has no weights to identify it by
+        from ..core.expected_change import config_hash
         settings = calibration_settings(run, self.num_train_timesteps)
-        try:
-            return resolve_calibration(self.calibration, settings, self.model, run.guidance)
-        except ValueError:
-            if self.calibration in ("auto", "feature"):
-                raise
-            return None            # a file made for another configuration: this job has none
+        key = config_hash({"sampler": settings, "guidance": run.guidance})
+        if key not in self._calibrations:
+            try:
+                self._calibrations[key] = resolve_calibration(self.calibration, settings, self.model, run.guidance)
+            except ValueError:
+                if self.calibration in ("auto", "feature"):
+                    raise
+                self._calibrations[key] = None   # a file made for another configuration: this job has none
+        return self._calibrations[key]
 
     def _sampler(self, run: RunConfig) -> NestedSampler:
         """The library sampler of this run (what ``nested-diffusion generate`` builds for the same settings)."""
