@@ -461,17 +461,24 @@ class PipelineBackend:
         except ValueError as e:
             raise option_error(e, FIELD_NAMES) from None
 
+    def configuration(self, prep: Prepared, sampler: Any = None) -> dict:
+        """The job's configuration as a calibration identifies it: {"sampler": the run's calibration settings,
+        "model": the pipeline call's identity} (``pipelines.expected_change.call_identity``)."""
+        from ..pipelines.expected_change import call_identity
+        sampler = self._sampler(prep, prep.run) if sampler is None else sampler
+        size = {k: prep.extra[k] for k in ("height", "width") if k in prep.extra}
+        return {"sampler": sampler.calibration_settings("first"), "model": call_identity(self.pipe, prep.guidance,
+                                                                                         **size)}
+
     def _calibration(self, prep: Prepared, sampler: Any) -> Any:
         """The backend's calibration if it was made for this job's configuration, else None."""
         cal = self.calibration
         if cal is None:
             return None
-        from ..pipelines.expected_change import call_identity
+        config = self.configuration(prep, sampler)
         try:
-            identity = call_identity(self.pipe, prep.guidance, **{k: prep.extra[k] for k in ("height", "width")
-                                                                   if k in prep.extra})
-            cal.check(sampler.calibration_settings("first"), identity)
-        except (ValueError, TypeError):
+            cal.check(config["sampler"], config["model"])
+        except ValueError:
             return None
         return cal
 
