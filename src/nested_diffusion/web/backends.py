@@ -295,7 +295,7 @@ class BundledBackend:
 
         run = resolve_job_run(req, self.family, self.num_train_timesteps)
         seed = check_job(req, run, limits)
-        sampler = self._sampler(run)           # model-dependent checks (steps that fit below t), no model call
+        sampler = self.sampler(run)            # model-dependent checks (steps that fit below t), no model call
         classes = parse_classes(_class_spec(req.classes))
         seeds = _seeds(seed, len(classes), limits, "classes")
         cal = self._calibration(run)
@@ -319,7 +319,7 @@ class BundledBackend:
                 self._calibrations[key] = None   # a file made for another configuration: this job has none
         return self._calibrations[key]
 
-    def _sampler(self, run: RunConfig) -> NestedSampler:
+    def sampler(self, run: RunConfig) -> NestedSampler:
         """The library sampler of this run (what ``nested-diffusion generate`` builds for the same settings)."""
         from ..bundled import make_denoiser
         try:
@@ -329,7 +329,7 @@ class BundledBackend:
 
     def open(self, prep: Prepared, stop: Callable[[], bool], vanilla: bool = False) -> Run:
         run = prep.run.vanilla() if vanilla else prep.run
-        sampler, counter = self._sampler(run), _Counter()
+        sampler, counter = self.sampler(run), _Counter()
         stream = sampler.stream(prep.seeds, (prep.batch, 1, 28, 28), prep.cond.to(self.device), max_nfe=run.max_nfe,
                                 deadline=run.deadline, device=self.device, stop=stop, wrap_denoiser=counter.wrap)
         return Run(((u, model_to_rgb(u.x0)) for u in stream), counter)
