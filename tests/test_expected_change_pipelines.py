@@ -22,7 +22,7 @@ from nested_diffusion.core.expected_change import (SIGNALS, Calibration, Expecte
                                                    load_calibration)
 from nested_diffusion.evaluation.expected_change import replay_signals  # noqa: E402
 from nested_diffusion.pipelines import NestedDiTPipeline, NestedStableDiffusionPipeline  # noqa: E402
-from nested_diffusion.pipelines.factories import weights_fingerprint  # noqa: E402
+from nested_diffusion.pipelines.factories import sampled_fingerprint  # noqa: E402
 
 PROMPTS = ["a photo of a cat", "a red dog", "the blue cat"]
 SEED = 100000
@@ -89,7 +89,7 @@ def test_sd_calibrate_resumes_and_the_pipeline_predicts_per_sample(disk, tmp_pat
     assert path.name.startswith("sd-2x3-ddim-pixel-")
     pipe = load(NestedStableDiffusionPipeline, disk / "sd", safety_checker=None, requires_safety_checker=False)
     model = doc["config"]["model"]
-    assert model == {"pipeline": "sd", "weights": weights_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder),
+    assert model == {"pipeline": "sd", "weights": sampled_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder),
                      "guidance": 7.5, "guidance_rescale": 0, "size": [16, 16]}
     assert doc["config"]["sampler"]["inner_steps"] == [3, 3] and doc["config"]["calibration_set"]["prompts"][
         "count"] == 3
@@ -143,7 +143,7 @@ def test_sd_calibrate_resumes_and_the_pipeline_predicts_per_sample(disk, tmp_pat
     assert text.n == 0 and unet.n == 0
     with pytest.raises(ValueError, match="calibration: no such file"):
         pipe("a cat", calibration=str(tmp_path / "missing.json"))
-    with pytest.raises(TypeError, match="calibration: expected None, a Calibration or a path"):
+    with pytest.raises(TypeError, match="calibration: expected None, auto, feature, none, a file or a Calibration"):
         pipe("a cat", calibration=3)
 
 
@@ -154,7 +154,7 @@ def test_dit_calibrate_with_zero_shot_flip_and_the_pipeline_predicts(disk, tmp_p
                                                  lambda: calibrate(disk, tmp_path, "dit"))
     assert path.name.startswith("dit-2x3-ddpm-pixel-")
     pipe = load(NestedDiTPipeline, disk / "dit")
-    assert doc["config"]["model"] == {"pipeline": "dit", "weights": weights_fingerprint(pipe.transformer, pipe.vae),
+    assert doc["config"]["model"] == {"pipeline": "dit", "weights": sampled_fingerprint(pipe.transformer, pipe.vae),
                                       "guidance": 1.5, "guided_channels": 3}
     assert doc["config"]["calibration_set"]["class_labels"]["count"] == 4
     assert doc["meta"]["flip"].startswith("zero-shot clip-image-") and "4 class names" in doc["meta"]["flip"]

@@ -99,7 +99,9 @@ def test_grids_and_euler_match_diffusers_flow_match_scheduler():
     sd3.set_timesteps(7)
     S = FlowSchedule(shift=3.0)
     ours = np.array([S.sigma(u) for u in flow_grid(S, 1.0, 7, "sigma_min")], dtype=np.float32)
-    assert np.array_equal(ours, sd3.sigmas.numpy())
+    # ours (float64, cast) vs diffusers' float32 grid: a library boundary, so a tolerance, not bit equality
+    # (measured: equal bit for bit today); 1e-7 is about one float32 rounding step of σ near 1
+    assert np.abs(ours - sd3.sigmas.numpy()).max() < 1e-7
     flux = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
     flux.set_timesteps(sigmas=np.linspace(1.0, 1 / 5, 5), mu=0.8)
     F = FlowSchedule.from_diffusers_config(flux.config, mu=0.8)

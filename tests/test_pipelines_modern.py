@@ -231,7 +231,11 @@ def test_from_pretrained_round_trip_and_float64(family, sdxl, sd3, flux, tmp_pat
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded, cls)
     a = loaded(**BASE, outer_steps=2, inner_steps=2, generator=gen()).images
-    assert torch.equal(a, nested(**BASE, outer_steps=2, inner_steps=2, generator=gen()).images)
+    same = nested(**BASE, outer_steps=2, inner_steps=2, generator=gen()).images
+    # Save/load crosses a library boundary: diffusers/transformers rebuild the modules and may cast, re-tie or
+    # re-initialise buffers on load (FLUX differs by ~4.8e-7 of the latent scale under newer transformers), so
+    # not bit equality but 1e-5 of the largest |latent|, the tolerance of the stock-equivalence tests here.
+    assert float((a - same).abs().max() / same.abs().max()) <= 1e-5
     f64 = cls.from_pretrained(tmp_path, torch_dtype=torch.float64, local_files_only=True)
     f64.set_progress_bar_config(disable=True)
     lat = torch.randn(a.shape, generator=gen())  # float64 randn is another stream: share x_T, deterministic steps

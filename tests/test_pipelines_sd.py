@@ -334,7 +334,9 @@ def test_from_pretrained_and_torch_dtype(stock, pipe, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded, NestedStableDiffusionPipeline)
     a = loaded(**BASE, outer_steps=2, inner_steps=2, generator=gen()).images
-    assert torch.equal(a, pipe(**BASE, outer_steps=2, inner_steps=2, generator=gen()).images)
+    # save/load crosses a library boundary (diffusers/transformers rebuild the modules and may cast or re-tie
+    # weights on load): 1e-5 of the largest |latent|, as the stock-equivalence tests, not bit equality
+    assert rel_diff(a, pipe(**BASE, outer_steps=2, inner_steps=2, generator=gen()).images) <= 1e-5
     f64 = NestedStableDiffusionPipeline.from_pretrained(tmp_path, torch_dtype=torch.float64, local_files_only=True)
     f64.set_progress_bar_config(disable=True)
     lat = torch.randn(1, 4, 8, 8, generator=gen())  # float64 randn is another stream: share x_T, use η = 0

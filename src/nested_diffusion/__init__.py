@@ -3,7 +3,7 @@
 Layers (docs/ARCHITECTURE.md): ``core`` (the library core: schedules, steps, solvers, the nested sampler) ←
 ``inverse``, ``evaluation`` ← ``pipelines`` (diffusers) ← ``bundled`` (the Fashion-MNIST model) ← ``cli``.
 """
-from .core.schedule import NoiseSchedule, get_schedule
+from .core.noise_schedule import NoiseSchedule, get_schedule
 from .core.denoisers import (ClassifierFreeGuidance, CountingDenoiser, Denoiser, DenoiserOutput, ModelDenoiser,
                              NonFiniteOutputError)
 from .core.noise import DeviceNoiseSource, NoiseSource

@@ -8,20 +8,16 @@ from pathlib import Path
 import torch
 
 from ..core.expected_change import Calibration, config_hash, load_calibration
+from ..core.expected_change import resolve_calibration as resolve
 from ..core.nested import NestedSampler
 
 CALIBRATIONS_DIR = Path(__file__).parent / "calibrations"
 
 
-def weights_fingerprint(module: torch.nn.Module) -> str:
-    """Short SHA-256 of a module's weights (the same as evaluation.features.state_fingerprint)."""
-    from ..evaluation.features import state_fingerprint
-    return state_fingerprint(module)
-
-
 def model_identity(unet: torch.nn.Module, guidance: float) -> dict:
     """What identifies the denoiser in a calibration's configuration: the UNet's weights and the CFG scale."""
-    return {"weights": weights_fingerprint(unet), "guidance": float(guidance)}
+    from ..evaluation.features import state_fingerprint
+    return {"weights": state_fingerprint(unet), "guidance": float(guidance)}
 
 
 def classifier_feature_function(path: str | os.PathLike | None = None):
@@ -50,22 +46,11 @@ def resolve_calibration(choice: str, sampler: "NestedSampler | dict", unet: torc
     """``choice``: "auto" (the shipped pixel-signal calibration of this configuration, or None when there is
     none: ≈ 1% more time), "feature" (the shipped calibration with classifier signals: better semantic and flip
     predictions, ≈ 7% more time on the demo), "none", or a calibration file (ValueError if it was made for another
-    configuration). ``sampler``: the sampler, or its settings (``core.nested.calibration_settings`` of a run)."""
-    model = model_identity(unet, guidance)
+    configuration) — through the one resolver, ``core.expected_change.resolve_calibration``. ``sampler``: the
+    sampler, or its settings (``core.nested.calibration_settings`` of a run)."""
     settings = sampler if isinstance(sampler, dict) else sampler.calibration_settings("first")
-    if choice == "none":
-        return None
-    if choice in ("auto", "feature"):
-        path = find_shipped(settings, model, "pixel" if choice == "auto" else "feature")
-    else:
-        path = Path(choice)
-    if path is None:
-        return None
-    if not path.is_file():
-        raise ValueError(f"--calibration: no such file {str(path)!r}; give a file written by "
-                         f"`nested-diffusion calibrate`, 'auto', 'feature' or 'none'")
-    cal = load_calibration(path)
-    cal.check(settings, model)
-    if cal.uses_feature_signals():
+    cal = resolve(choice, settings, lambda: model_identity(unet, guidance), find_shipped, option="--calibration")
+    if cal is not None and cal.uses_feature_signals() and cal.features is None:
         cal.features = classifier_feature_function()[0]
     return cal
+

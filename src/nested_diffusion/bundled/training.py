@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from .data import load_fashion_mnist
 from .unet import TinyUNet
-from ..core.schedule import NoiseSchedule
+from ..core.noise_schedule import NoiseSchedule
 from ..io import atomic_torch_save, atomic_write_json
 
 

@@ -36,24 +36,6 @@ def nonneg_float(name: str):
     return parse
 
 
-def inner_eta_for(solver: str, inner_eta, solver_option: str = "--solver", eta_option: str = "--inner-eta"):
-    """The η an inner ``solver`` (a registered name) runs with: ``inner_eta``, else the registry's inner default;
-    None for solvers without η. Giving η to one of those is an error naming both options."""
-    from ..core.registry import solver_spec
-    spec = solver_spec(solver, solver_option)
-    if not spec.takes_eta:
-        if inner_eta is not None:
-            raise ValueError(f"{eta_option}: only the {'/'.join(eta_solvers())} solver takes η, "
-                             f"got {solver_option} {solver}")
-        return None
-    return spec.inner_eta_default if inner_eta is None else inner_eta
-
-
-def eta_solvers() -> tuple[str, ...]:
-    from ..core.registry import eta_solvers as names
-    return names()
-
-
 def solver_choices(kind: str | None = "vp") -> tuple[str, ...]:
     """Registered inner solvers of ``kind`` (None: every kind), read when a parser is built."""
     from ..core.registry import solver_names

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from ..core.schedules import schedule_names
-from .argtypes import inner_eta_for, int_at_least as _int, nonneg_float as _float, solver_choices
+from .argtypes import int_at_least as _int, nonneg_float as _float
+from .run_args import add_solver_args
 from . import eval_pipelines as cp
 
 RND_DEFAULT = "1x200,2x100,4x50,5x40,10x20,20x10"
@@ -44,15 +45,7 @@ def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
                    help="sample i uses seed + i and label i %% classes (or prompt i %% prompts) under every "
                         "configuration (default: %(default)s)")
     e.add_argument("--model", default=None, help="a TinyUNet from_pretrained folder (default: the bundled model)")
-    e.add_argument("--solver", choices=solver_choices(None), default=None,
-                   help="inner solver (default: ddpm, learned-variance ancestral, the paper's DiT setting; ddim "
-                        "with η 0.85 for --pipeline sd/sdxl; euler for sd3/flux, which take euler or heun)")
-    e.add_argument("--inner-eta", type=_float("--inner-eta"), default=None, help="η of a DDIM inner (default 0.85)")
-    e.add_argument("--outer-eta", type=_float("--outer-eta"), default=None,
-                   help="η of the outer DDIM step (default: 0; --pipeline sd with a DPM-Solver++ inner: "
-                        "sqrt_one_minus_alpha_bar, the pipeline's default)")
-    e.add_argument("--guidance", type=_float("--guidance"), default=None, help="CFG scale (default: the model's)")
-    e.add_argument("--grid", choices=("clean", "authors"), default="clean", help="grid convention (default: clean)")
+    add_solver_args(e, kind=None)   # defaults: the family's (families.py); guidance: the evaluation protocol's
     e.add_argument("--threads", type=_int("--threads"), default=1, help="torch CPU threads (default: %(default)s)")
     e.add_argument("--noise-workers", type=_int("--noise-workers"), default=1,
                    help="bundled: threads drawing the per-sample noise (large chunks on a GPU; default: 1)")
@@ -165,16 +158,15 @@ def _factory(args):
 
 def bundled_factory_of(args, device: str):
     """The bundled model's SamplerFactory from the shared sampling options (eval and sample commands)."""
-    from ..bundled import load_unet
+    from ..bundled import RUN_DEFAULTS, load_unet
     from ..bundled.factory import bundled_factory
-    args.solver = args.solver or "ddpm"
-    eta = inner_eta_for(args.solver, args.inner_eta)
-    outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
+    run = RUN_DEFAULTS
+    args.solver = args.solver or run.inner_solver
     if args.dtype not in ("auto", "float32"):
         raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")
     prefetch = 1 if device == "cpu" and args.noise_workers == 1 else 20   # same values, fewer calls (NoiseSource)
-    return bundled_factory(load_unet(args.model, device), args.guidance, args.solver, eta, outer_eta, args.grid,
-                           prefetch, args.noise_workers)
+    return bundled_factory(load_unet(args.model, device), args.guidance, args.solver, args.inner_eta, args.outer_eta,
+                           args.grid, prefetch, args.noise_workers)
 
 
 def _classifier(args, factory):

@@ -1,5 +1,6 @@
-"""``nested-diffusion generate``: anytime sampling on the bundled Fashion-MNIST model; prints every update and
-writes final.png, progression.png/.gif and updates.json (each atomically)."""
+"""``nested-diffusion generate``: anytime sampling on any model family of the family table (the bundled
+Fashion-MNIST model by default; ``--pipeline sd|dit|sdxl|sd3|flux --model-path DIR`` for a diffusers pipeline);
+prints every update and writes final.png, progression.png/.gif and updates.json (each atomically)."""
 from __future__ import annotations
 
 import argparse
@@ -13,14 +14,16 @@ from .run_args import add_schedule_args, add_solver_args, add_stop_args, build_c
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    g = subparsers.add_parser("generate", help="anytime sampling on the bundled Fashion-MNIST model",
+    g = subparsers.add_parser("generate", help="anytime sampling on the bundled model or any model family",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
                            "Sample with nested diffusion, print every anytime update, and write into --out: "
                            "final.png, progression.png (rows: samples, columns: updates), progression.gif and "
                            "updates.json. Ctrl+C stops and writes the latest result."))
     g.add_argument("--out", type=writable_dir("--out"), default=Path("out/generate"), help="output folder")
-    g.add_argument("--classes", default="all",
-                   help=f"comma-separated class indices or names, or 'all' ({', '.join(CLASS_NAMES)})")
+    g.add_argument("--classes", default=None,
+                   help=f"bundled model: comma-separated class indices or names, or 'all' (the default; "
+                        f"{', '.join(CLASS_NAMES)}); class-conditioned pipelines (dit): ids or label names, one "
+                        f"image each")
     g.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (same seed, same image)")
     add_schedule_args(g)
     add_solver_args(g)
@@ -28,12 +31,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--vanilla", action="store_true",
                    help="also run vanilla sampling at the same NFE (outer=1) and write it to OUT/vanilla/")
     g.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
-    g.add_argument("--scale", type=positive_int("--scale"), default=4, help="pixel upscaling in pictures")
+    g.add_argument("--scale", type=positive_int("--scale"), default=None,
+                   help="pixel upscaling in pictures (default: 4 for the bundled 28-px model, 1 for pipelines)")
     g.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads")
     g.add_argument("--quiet", action="store_true", help="no per-update lines or progress bar")
     g.add_argument("--calibration", default="auto", help="expected change: 'auto' (the shipped pixel-signal "
                    "calibration of this configuration, if any), 'feature' (the shipped one with classifier signals), "
                    "'none', or a file from `nested-diffusion calibrate`")
+    from .generate_pipelines import add_pipeline_options
+    add_pipeline_options(g)
 
     return g
 
@@ -45,7 +51,7 @@ def build_samplers(args) -> tuple[list, dict, list[int]]:
     from ..bundled.expected_change import resolve_calibration
     from ..core.nested import NestedSampler, calibration_settings
 
-    classes = parse_classes(args.classes)
+    classes = parse_classes("all" if args.classes is None else args.classes)
     run = run_from_args(args, RUN_DEFAULTS)                      # every run option, resolved once
     model = load_unet(args.model)
     den = make_denoiser(model, run.guidance)
@@ -55,8 +61,9 @@ def build_samplers(args) -> tuple[list, dict, list[int]]:
     samplers = [("nested", build_checked(NestedSampler.from_run, den, run))]
     if args.vanilla:
         samplers.append(("vanilla", build_checked(NestedSampler.from_run, den, run.vanilla())))
-    settings = dict(classes=[CLASS_NAMES[c] for c in classes], seeds=[args.seed + i for i in range(len(classes))],
-                    **run.record(), model=args.model or "bundled",
+    settings = dict(family="bundled", classes=[CLASS_NAMES[c] for c in classes],
+                    conditioning="classes " + ", ".join(CLASS_NAMES[c] for c in classes),
+                    seeds=[args.seed + i for i in range(len(classes))], **run.record(), model=args.model or "bundled",
                     calibration=getattr(run.calibration, "hash", None))
     return samplers, settings, classes
 
@@ -66,38 +73,49 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from .generate_pipelines import build_pipeline_runs, check_family_options
     try:
-        samplers, settings, classes = build_samplers(args)
+        family = check_family_options(args)
+        if family.is_bundled:
+            samplers, settings, classes = build_samplers(args)
+            runs = [(name, s.config, s.total_nfe, _bundled_stream(s, settings["seeds"], classes))
+                    for name, s in samplers]
+        else:
+            runs, settings = build_pipeline_runs(args, family)
     except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for name, sampler in samplers:
+    for name, run, total_nfe, stream in runs:
         out = args.out if name == "nested" else args.out / "vanilla"
-        code = sample_one(name, sampler, settings, classes, out, args)
+        code = sample_one(name, run, total_nfe, stream, settings, out, args)
         if code:
             return code
     return 0
 
 
-def sample_one(name: str, sampler, settings: dict, classes: list[int], out: Path, args) -> int:
-    """Stream one sampler, print each update, write the files; 130 after Ctrl+C (the latest result is kept)."""
+def _bundled_stream(sampler, seeds: list[int], classes: list[int]):
     import torch
+    return lambda: sampler.stream(seeds, (len(classes), 1, 28, 28), torch.tensor(classes))
 
+
+def sample_one(name: str, run, total_nfe: int, stream, settings: dict, out: Path, args) -> int:
+    """Stream one run (``stream()`` → AnytimeUpdates), print each update, write the files; 130 after Ctrl+C
+    (the latest result is kept)."""
     from .recorder import AnytimeRecorder
 
     out.mkdir(parents=True, exist_ok=True)
-    rec = AnytimeRecorder(out, {**settings, "method": name, "outer": sampler.outer_steps,
-                                "inner": list(sampler.inner_steps)}, scale=args.scale)
-    run = sampler.config
-    total = sampler.total_nfe if run.max_nfe is None else min(run.max_nfe, sampler.total_nfe)
+    rec = AnytimeRecorder(out, {**settings, "method": name, "outer": run.outer_steps,
+                                "inner": list(run.inner_steps)},
+                          scale=args.scale or (4 if settings["family"] == "bundled" else 1))
+    total = total_nfe if run.max_nfe is None else min(run.max_nfe, total_nfe)
     progress = Progress(total, quiet=args.quiet)
-    progress.line(f"[{name}] {run.describe()} ({run.solver_name}), "
-                  f"{sampler.total_nfe} NFE, guidance {settings['guidance']}, classes {', '.join(settings['classes'])}")
+    progress.line(f"[{name}] {run.describe()} ({run.solver_name}), {total_nfe} NFE, guidance {settings['guidance']}, "
+                  f"{settings['conditioning']}")
     code = 0
     try:
-        for u in sampler.stream(settings["seeds"], (len(classes), 1, 28, 28), torch.tensor(classes)):
+        for u in stream():
             rec.add(u)
-            progress.update(u.nfe, f"  nfe {u.nfe:4d}/{total}  outer {u.outer_step}/{u.outer_steps}  t={u.t:3d}  "
+            progress.update(u.nfe, f"  nfe {u.nfe:4d}/{total}  outer {u.outer_step}/{u.outer_steps}  t={u.t:.4g}  "
                                    f"{u.elapsed:6.2f} s  {'final' if u.final else u.source}"
                                    + (f"  {u.expected_change.summary()}" if u.expected_change is not None else ""))
     except KeyboardInterrupt:

@@ -69,17 +69,20 @@ def run_options(args) -> dict:
                 deadline=get("deadline"))
 
 
-def run_from_args(args, defaults, num_train_timesteps: int = 1000, **overrides: Any):
+SAMPLE_OPTION_NAMES = {**RUN_OPTION_NAMES, "outer_steps": "--outer-steps", "inner_steps": "--inner-steps"}
+
+
+def run_from_args(args, defaults, num_train_timesteps: int = 1000, names: dict | None = None, **overrides: Any):
     """The ``RunConfig`` of a command line with the family's ``defaults``; ValueError naming the option."""
     from ..core.run import resolve_run
-    return resolve_run(defaults=defaults, names=RUN_OPTION_NAMES, num_train_timesteps=num_train_timesteps,
+    return resolve_run(defaults=defaults, names=names or RUN_OPTION_NAMES, num_train_timesteps=num_train_timesteps,
                        **{**run_options(args), **overrides})
 
 
-def build_checked(build, *args, **kwargs):
-    """``build(*args, **kwargs)`` (a sampler constructor); its model-dependent errors name the CLI option."""
+def build_checked(build, *args, names: dict | None = None, **kwargs):
+    """``build(*args, **kwargs)`` (a sampler or job constructor); its model-dependent errors name the option."""
     from ..core.run import option_error
     try:
         return build(*args, **kwargs)
     except ValueError as e:
-        raise option_error(e, RUN_OPTION_NAMES) from None
+        raise option_error(e, names or RUN_OPTION_NAMES) from None

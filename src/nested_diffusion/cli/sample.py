@@ -19,12 +19,10 @@ from typing import TYPE_CHECKING
 
 from . import eval_pipelines as cp
 from .argtypes import check_device, int_at_least, nonneg_float, solver_choices
+from .run_args import SAMPLE_OPTION_NAMES, add_schedule_args, build_checked, run_from_args
 
 if TYPE_CHECKING:
     from ..distributed import SampleJob
-
-DEFAULT_STEPS = {"bundled": (5, 20), "dit": (4, 50), "sd": (5, 20), "sdxl": (5, 20), "sd3": (4, 7),
-                 "flux": (4, 7)}
 
 
 def _step(s: str):
@@ -51,10 +49,7 @@ def _shard(s: str) -> str:
 def _sample_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--out-dir", type=Path, required=True, help="sample folder (created; a rerun resumes it)")
     e.add_argument("--num-samples", type=int_at_least("--num-samples"), required=True, help="samples N")
-    e.add_argument("--outer-steps", type=int_at_least("--outer-steps"), default=None,
-                   help="outer steps (default: bundled 5, dit 4, sd 5)")
-    e.add_argument("--inner-steps", type=int_at_least("--inner-steps"), default=None,
-                   help="inner steps per outer step (default: bundled 20, dit 50, sd 20)")
+    add_schedule_args(e, "--outer-steps", "--inner-steps")   # defaults: the family's (families.py)
     e.add_argument("--step", type=_step, default=10,
                    help="record the anytime result every STEP NFE, or 'update' for every update (default: 10)")
     e.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (default: 0)")
@@ -119,15 +114,20 @@ def build_job(args, local_rank: int = 0) -> "SampleJob":
     args.experiment = "sample"                       # read by the pipeline option checks
     cp.check_pipeline_args(args)
     device = _device(args, local_rank)
-    outer, inner = DEFAULT_STEPS[args.pipeline]
-    outer, inner = args.outer_steps or outer, args.inner_steps or inner
-    if args.pipeline == "bundled":
+    from ..core.schedules import Schedule
+    from ..families import get_family
+    family = get_family(args.pipeline)
+    run = run_from_args(args, family.run_defaults(), names=SAMPLE_OPTION_NAMES)  # the family's unless given
+    if family.is_bundled:
         from .eval import bundled_factory_of
         factory = bundled_factory_of(args, device)
     else:
         factory = cp.pipeline_factory(args)
-    return SampleJob(factory, outer, inner, args.num_samples, args.seed, args.batch_size, args.step, args.noise,
-                     args.noise_prefetch, device)
+    steps = dict(outer=run.outer_steps, inner=run.inner_steps[0]) if run.schedule == "uniform" else \
+        dict(outer=run.outer_steps, inner=max(run.inner_steps), nfe=run.inner_total,
+             schedule=Schedule(run.schedule, run.inner_steps, run.outer_times))   # the resolved split, whole
+    return build_checked(SampleJob, factory, **steps, names=SAMPLE_OPTION_NAMES, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
+                     step=args.step, noise=args.noise, noise_prefetch=args.noise_prefetch, device=device)
 
 
 def run_sample(args) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from .denoisers import DenoiserOutput
-from .schedule import NoiseSchedule, get_schedule
+from .noise_schedule import NoiseSchedule, get_schedule
 
 
 class GaussianMixtureDenoiser:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
-from .schedule import NoiseSchedule, get_schedule
+from .noise_schedule import NoiseSchedule, get_schedule
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 _ALIASES = {"eps": "epsilon", "epsilon": "epsilon", "v": "v_prediction", "v_prediction": "v_prediction",

@@ -38,7 +38,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -289,10 +291,14 @@ class Calibration:
 
     def check(self, sampler_settings: dict, model: dict | None = None) -> None:
         """ValueError naming both configurations (and the settings that differ) unless they match."""
-        mine = canonical({part: self.config.get(part, {}) for part in ("sampler", "model")})
         theirs = canonical({"sampler": sampler_settings, "model": model if model is not None
                             else self.config.get("model", {})})
+        key = json.dumps(theirs, sort_keys=True)
+        if key in self.__dict__.setdefault("_matched", set()):
+            return  # already checked for this configuration (the resolver, then the sampler it is attached to)
+        mine = canonical({part: self.config.get(part, {}) for part in ("sampler", "model")})
         if mine == theirs:
+            self._matched.add(key)
             return
         diff = [f"{part}.{k}: calibration {mine[part].get(k)!r}, here {theirs[part].get(k)!r}"
                 for part in ("sampler", "model") for k in sorted(set(mine[part]) | set(theirs[part]))
@@ -346,8 +352,12 @@ def model_parts(entry: dict) -> list[dict]:
 def load_calibration(path, features: Callable | None = None) -> Calibration:
     """Read a calibration JSON file (written by ``nested-diffusion calibrate``); ``features``: the feature function
     its feature signals need (if it uses any)."""
-    with open(path, encoding="utf-8") as f:
-        cal = Calibration.from_dict(json.load(f))
+    try:
+        with open(path, encoding="utf-8") as f:
+            cal = Calibration.from_dict(json.load(f))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"calibration: {str(path)!r} is not a readable calibration file ({type(e).__name__}: "
+                         f"{e}); rewrite it with `nested-diffusion calibrate`") from None
     cal.features = features
     return cal
 
@@ -383,3 +393,37 @@ def predict_logistic(model: dict, signals: torch.Tensor) -> torch.Tensor:
         return torch.zeros(signals.shape[0])
     X = design(model, signals)
     return torch.sigmoid(model["intercept"] + X @ torch.tensor(model["coef"], dtype=torch.float64)).float()
+
+
+CALIBRATION_CHOICES = ("auto", "feature", "none")
+
+
+def resolve_calibration(choice: Any, sampler_settings: dict, model: Callable[[], dict],
+                        shipped: Callable[[dict, dict, str], Any] | None = None,
+                        option: str = "calibration") -> "Calibration | None":
+    """The one resolver of a run's calibration, for every model family: ``choice`` is None or "none" (no
+    expected change), "auto" / "feature" (the calibration that ships for this configuration, with pixel or
+    feature signals: ``shipped(settings, model, "pixel"|"feature")`` finds its path or None; families that ship
+    none get None), a calibration file, or a ``Calibration``. It is checked against ``sampler_settings``
+    (``core.nested.calibration_settings``) and ``model()`` (the model's identity, computed only when needed) —
+    once, before any model call; ValueError naming ``option`` otherwise."""
+    if choice is None or (isinstance(choice, str) and choice == "none"):
+        return None
+    if isinstance(choice, str) and choice in ("auto", "feature"):
+        if shipped is None:
+            return None
+        path = shipped(sampler_settings, model(), "pixel" if choice == "auto" else "feature")
+        if path is None:
+            return None
+        choice = path
+    if isinstance(choice, (str, os.PathLike)):
+        path = Path(choice)
+        if not path.is_file():
+            raise ValueError(f"{option}: no such file {str(path)!r}; give a file written by `nested-diffusion "
+                             f"calibrate`, one of {CALIBRATION_CHOICES}, or a Calibration")
+        choice = load_calibration(path)
+    if not isinstance(choice, Calibration):
+        raise TypeError(f"{option}: expected None, {', '.join(CALIBRATION_CHOICES)}, a file or a Calibration, got "
+                        f"{type(choice).__name__}")
+    choice.check(sampler_settings, model())
+    return choice

@@ -32,7 +32,7 @@ from .eta import SQRT_ONE_MINUS_ALPHA_BAR, EtaSpec
 from .flow_schedule import check_flow_convention
 from .grids import check_convention, check_steps
 from .registry import FLOW, VP, check_eta, check_kind, is_solver, solver_spec, spec_of
-from .schedules import SCHEDULES, Schedule, make_schedule, schedule_names
+from .schedules import SCHEDULES, Schedule, StepCounts, make_schedule, schedule_names
 from .solvers import Solver
 
 CUSTOM = "custom"  # the schedule name of explicit outer times or uneven inner steps
@@ -68,7 +68,7 @@ OPTIONS = ("schedule", "nfe", "first", "schedule_options", "outer_steps", "inner
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(StepCounts):
     """A resolved nested run. ``inner_solver`` is a registered name (canonical spelling) or the Solver instance
     the caller built; ``inner_eta`` is the η it runs with (None for solvers without η or for an instance)."""
 
@@ -85,15 +85,6 @@ class RunConfig:
     max_nfe: int | None = None
     deadline: float | None = None
     calibration: Any = field(default=None, compare=False)
-
-    @property
-    def outer_steps(self) -> int:
-        return len(self.inner_steps)
-
-    @property
-    def inner_total(self) -> int:
-        """Inner steps summed over the outer steps (the NFE of one-call-per-step inner solvers)."""
-        return sum(self.inner_steps)
 
     @property
     def solver_name(self) -> str:

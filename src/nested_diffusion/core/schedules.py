@@ -21,13 +21,10 @@ from typing import Callable
 from .grids import check_steps
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """Inner steps per outer step and the outer times (None: the grid convention's evenly spaced points)."""
+class StepCounts:
+    """Derived counts of anything with ``inner_steps`` (one count per outer step): a Schedule, a RunConfig."""
 
-    name: str
     inner_steps: tuple[int, ...]
-    outer_times: tuple[int, ...] | None = None
 
     @property
     def outer_steps(self) -> int:
@@ -37,6 +34,15 @@ class Schedule:
     def inner_total(self) -> int:
         """Inner steps summed over outer steps (the NFE for one-call-per-step inner solvers)."""
         return sum(self.inner_steps)
+
+
+@dataclass(frozen=True)
+class Schedule(StepCounts):
+    """Inner steps per outer step and the outer times (None: the grid convention's evenly spaced points)."""
+
+    name: str
+    inner_steps: tuple[int, ...]
+    outer_times: tuple[int, ...] | None = None
 
     def sampler_args(self) -> dict:
         """Keyword arguments of ``NestedSampler``: outer_steps, inner_steps (a list) and outer_times."""

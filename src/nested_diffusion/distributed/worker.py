@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -39,6 +39,8 @@ class SampleJob:
     noise: str = "cpu"
     noise_prefetch: int = 20
     device: str = "cpu"
+    schedule: Any = None          # a resolved core.schedules.Schedule (or a name spending ``nfe``) instead of outer × inner
+    nfe: int | None = None
 
     def __post_init__(self):
         for name in ("outer", "inner", "num_samples", "batch_size", "noise_prefetch"):
@@ -47,7 +49,11 @@ class SampleJob:
                 raise ValueError(f"{name}: must be an integer ≥ 1, got {v!r}")
         if self.noise not in NOISE_MODES:
             raise ValueError(f"--noise: expected one of {', '.join(NOISE_MODES)}, got {self.noise!r}")
-        self.sampler = self.factory.build(self.outer, self.inner)
+        if self.schedule is None:
+            self.sampler = self.factory.build(self.outer, self.inner)
+        else:
+            self.sampler = self.factory.make(self.schedule, self.nfe)
+            self.outer, self.inner = self.sampler.outer_steps, max(self.sampler.inner_steps)
         schedule = UpdateSchedule.from_sampler(self.sampler)
         if self.step == "update":
             self.marks = schedule.update_nfes()
@@ -61,7 +67,10 @@ class SampleJob:
         noise = dict(mode=self.noise)
         if self.noise == "device":
             noise.update(prefetch=self.noise_prefetch, device_type=torch.device(self.device).type)
-        return dict(sampler=self.factory.info, outer=self.outer, inner=self.inner,
+        named = {} if self.schedule is None else dict(
+            schedule=getattr(self.schedule, "name", self.schedule), nfe=self.nfe,
+            inner_steps=list(self.sampler.inner_steps), outer_times=[float(t) for t in self.sampler.times[:-1]])
+        return dict(sampler=self.factory.info, outer=self.outer, inner=self.inner, **named,
                     total_nfe=self.sampler.total_nfe, marks=self.marks, num_samples=self.num_samples,
                     seed=self.seed, batch_size=self.batch_size, sample_shape=list(self.factory.sample_shape),
                     noise=noise, seed_rule="sample i: seed + i; conditioning a function of i alone")

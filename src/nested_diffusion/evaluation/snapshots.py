@@ -66,14 +66,15 @@ class SamplerFactory:
     noise_workers: int = 1
     build_schedule: Callable[[str, int], NestedSampler] | None = None
 
-    def make(self, config: "tuple[int, int] | str", total_nfe: int) -> NestedSampler:
-        """The sampler of one configuration: (outer, inner) or a schedule name spending ``total_nfe``."""
-        if not isinstance(config, str):
+    def make(self, config: "tuple[int, int] | str | Any", total_nfe: int | None) -> NestedSampler:
+        """The sampler of one configuration: (outer, inner), a schedule name spending ``total_nfe``, or a resolved
+        ``core.schedules.Schedule`` (its own budget)."""
+        if isinstance(config, tuple):
             return self.build(*config)
         if self.build_schedule is None:
             raise ValueError(f"configs: this sampler factory has no named schedules; give OUTERxINNER instead of "
                              f"{config!r}")
-        return self.build_schedule(config, total_nfe)
+        return self.build_schedule(config, total_nfe if isinstance(config, str) else None)
 
     def noise(self, seeds: Sequence[int]):
         """The noise source of one chunk (per-sample generators), or the plain seeds when ``device`` is None."""

@@ -20,7 +20,7 @@ from ..core.events import SolverEvent, step_event
 from ..core.grids import step_grid, zero_ending_grid
 from ..core.registry import FLOW, VP, eta_solvers, solver_names
 from ..core.run import RunConfig, RunDefaults, resolve_run
-from ..core.schedule import NoiseSchedule
+from ..core.noise_schedule import NoiseSchedule
 from ..core.solvers import Solver
 from .noise import step_generator
 _ENDS_AT_ZERO = ("DDPMScheduler", "DDPMParallelScheduler")  # add noise whenever t > 0: their grid must end at 0

@@ -15,7 +15,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from ..core.denoisers import ClassifierFreeGuidance, ModelDenoiser
 from ..core.nested import NestedSampler
-from ..core.schedule import NoiseSchedule
+from ..core.noise_schedule import NoiseSchedule
 from ..core.run import RunDefaults
 from .adapters import checked_solver, pipeline_run
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_fields, anytime_pairs, callback_inputs,

@@ -16,12 +16,11 @@ prompt or label)}.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Callable
 
-from ..core.expected_change import Calibration, canonical, load_calibration
-from .factories import weights_fingerprint
+from ..core.expected_change import Calibration, canonical
+from ..core.expected_change import resolve_calibration as resolve
+from .factories import sampled_fingerprint
 
 
 def model_identity(pipe: Any, guidance_scale: float, **settings: Any) -> dict:
@@ -33,7 +32,7 @@ def model_identity(pipe: Any, guidance_scale: float, **settings: Any) -> dict:
         kind, modules = "dit", (pipe.transformer, pipe.vae)
     else:
         raise TypeError(f"pipe: expected a Nested SD or DiT pipeline, got {type(pipe).__name__}")
-    return canonical({"pipeline": kind, "weights": weights_fingerprint(*modules), "guidance": float(guidance_scale),
+    return canonical({"pipeline": kind, "weights": sampled_fingerprint(*modules), "guidance": float(guidance_scale),
                       **settings})
 
 
@@ -70,7 +69,7 @@ def call_identity(pipe: Any, guidance_scale: float, height: int | None = None, w
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     encoders = [getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")]
     return canonical({"pipeline": fam.name if fam is not None else type(pipe).__name__,
-                      "weights": weights_fingerprint(denoiser, pipe.vae, *encoders), "guidance": float(guidance_scale),
+                      "weights": sampled_fingerprint(denoiser, pipe.vae, *encoders), "guidance": float(guidance_scale),
                       "guidance_rescale": float(guidance_rescale), "size": [int(height), int(width)]})
 
 
@@ -87,19 +86,12 @@ def sampler_identity(sampler: Any) -> dict:
 
 
 def resolve_calibration(calibration: Any, sampler_settings: dict, model: Callable[[], dict]) -> Calibration | None:
-    """A pipeline call's ``calibration=``: None, a ``Calibration`` or a calibration file; checked against this
-    call's configuration (``model()`` is computed only when a calibration is given) before any model call —
-    ValueError naming both configurations when it was made for another one."""
-    if calibration is None:
-        return None
-    if isinstance(calibration, (str, os.PathLike)):
-        path = Path(calibration)
-        if not path.is_file():
-            raise ValueError(f"calibration: no such file {str(path)!r}; pass a Calibration, a file written by "
-                             f"`nested-diffusion calibrate --pipeline FAMILY`, or None")
-        calibration = load_calibration(path)
-    elif not isinstance(calibration, Calibration):
-        raise TypeError(f"calibration: expected None, a Calibration or a path, got {type(calibration).__name__}")
-    calibration.check(sampler_settings, model())
-    calibration.tracker()  # ValueError now if it needs a feature function that is not attached
+    """A pipeline call's ``calibration=``: None, "none", "auto" (pipelines ship no calibrations: None), a
+    ``Calibration`` or a calibration file, through the one resolver (``core.expected_change``); checked against
+    this call's configuration before any model call — ValueError naming both configurations when it was made for
+    another one."""
+    calibration = resolve(calibration, sampler_settings, model)
+    if calibration is not None:
+        calibration.tracker()  # ValueError now if it needs a feature function that is not attached
     return calibration
+

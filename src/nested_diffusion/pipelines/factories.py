@@ -24,11 +24,11 @@ import torch
 from ..core.events import AnytimeUpdate
 from ..core.nested import NestedSampler
 from ..core.noise import as_noise_source
-from ..core.schedule import NoiseSchedule
+from ..core.noise_schedule import NoiseSchedule
 from ..evaluation.snapshots import SamplerFactory
 
 __all__ = ["PipelineSampler", "sd_factory", "dit_factory", "read_prompts", "parse_class_labels", "step_arguments",
-           "weights_fingerprint", "PromptScore", "prompt_score"]
+           "sampled_fingerprint", "PromptScore", "prompt_score"]
 
 
 # ------------------------------------------------------------------------------------------- prompts and labels
@@ -93,7 +93,7 @@ def parse_class_labels(spec: "str | int | Sequence[int | str]", num_classes: int
 
 
 # ---------------------------------------------------------------------------------------------------- identity
-def weights_fingerprint(*modules: torch.nn.Module, samples: int = 1024) -> str:
+def sampled_fingerprint(*modules: torch.nn.Module, samples: int = 1024) -> str:
     """Short hash of names, shapes, dtypes and a strided sample of ≤ ``samples`` values of every tensor: cheap
     enough for billion-parameter models, and changes with any retraining or different checkpoint."""
     h = hashlib.sha256()
@@ -129,7 +129,7 @@ def step_arguments(outer: int | None, inner: int | None, schedule: Any, total_nf
     budget (``schedule="progressive", total_nfe=N``)."""
     if schedule is None:
         return dict(outer_steps=outer, inner_steps=inner)
-    return dict(schedule=schedule, total_nfe=total_nfe)
+    return dict(schedule=schedule) if total_nfe is None else dict(schedule=schedule, total_nfe=total_nfe)
 
 
 class _ScheduleOnly:
@@ -257,7 +257,7 @@ def sd_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guidance
     options = dict(guidance_scale=guidance_scale, inner_solver=inner_solver, inner_eta=inner_eta,
                    outer_eta=outer_eta, grid=grid, negative_prompt=negative_prompt, height=height, width=width)
     info = dict(pipeline="sd", model=model_id or f"{type(pipe).__name__}-"
-                f"{weights_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder)}",
+                f"{sampled_fingerprint(pipe.unet, pipe.vae, pipe.text_encoder)}",
                 **{k: _jsonable(v) for k, v in options.items()}, solver=_jsonable(type(pipe).run_defaults.inner_solver if inner_solver is None else inner_solver),
                 prompts=dict(count=len(prompts), sha256=_list_hash(prompts), first=prompts[0]),
                 conditioning="sample i: seed + i, prompt i % count", dtype=str(pipe.unet.dtype),
@@ -289,7 +289,7 @@ def dit_factory(pipe: Any, class_labels: "str | Sequence[int | str]" = "all", gu
     options = dict(guidance_scale=guidance_scale, inner_solver=inner_solver, inner_eta=inner_eta,
                    outer_eta=outer_eta, grid=grid, guided_channels=guided_channels)
     info = dict(pipeline="dit", model=model_id or f"{type(pipe).__name__}-"
-                f"{weights_fingerprint(pipe.transformer, pipe.vae)}",
+                f"{sampled_fingerprint(pipe.transformer, pipe.vae)}",
                 **{k: _jsonable(v) for k, v in options.items()}, solver=_jsonable(type(pipe).run_defaults.inner_solver if inner_solver is None else inner_solver),
                 labels=dict(count=len(ids), sha256=_list_hash(ids), first=ids[:8]),
                 conditioning="sample i: seed + i, class labels[i % count]", dtype=str(pipe.transformer.dtype),

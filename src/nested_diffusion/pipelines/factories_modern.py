@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from ..evaluation.snapshots import SamplerFactory
-from .factories import PipelineSampler, read_prompts, step_arguments, weights_fingerprint
+from .factories import PipelineSampler, read_prompts, step_arguments, sampled_fingerprint
 
 FAMILIES = {"NestedStableDiffusionXLPipeline": "sdxl", "NestedStableDiffusion3Pipeline": "sd3",
             "NestedFluxPipeline": "flux"}
@@ -99,7 +99,7 @@ def modern_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guid
     def cond_for(indices: Sequence[int]) -> list:
         return [prompts[i % len(prompts)] for i in indices]
     build(1, 1)  # validates the options before any sampling
-    identity = model_id or f"{type(pipe).__name__}-{weights_fingerprint(model, pipe.vae, *encoders)}"
+    identity = model_id or f"{type(pipe).__name__}-{sampled_fingerprint(model, pipe.vae, *encoders)}"
     info = dict(pipeline=family, model=identity,
                 **{k: v if isinstance(v, (int, float, str)) else type(v).__name__ for k, v in options.items()},
                 solver=str(inner_solver or type(pipe).run_defaults.inner_solver),

@@ -47,10 +47,9 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
     images; ``pipe.iter_anytime(...)`` (same arguments) yields one output per anytime update."""
 
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds"]
-    # the run options a call leaves out (core.run): 4 × 7 flow Euler inner, outer flow DDIM with fresh noise, on
-    # the stock SD3 grid (sigma_min)
+    # the run options a call leaves out (core.run): 4 × 7 flow Euler inner, outer flow DDIM with fresh noise
     run_defaults = RunDefaults(kind=FLOW, outer_steps=4, inner_steps=7, nfe=28, inner_solver="euler",
-                               outer_eta="fresh", grid="sigma_min")
+                               outer_eta="fresh", grid="sigma_min")   # the stock SD3 grid
 
     @torch.no_grad()
     def __call__(

@@ -16,7 +16,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffus
 
 from ..core.denoisers import ModelDenoiser
 from ..core.nested import NestedSampler
-from ..core.schedule import NoiseSchedule
+from ..core.noise_schedule import NoiseSchedule
 from ..core.run import RunDefaults
 from .adapters import checked_solver, pipeline_run
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,

@@ -16,7 +16,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import resca
 
 from ..core.denoisers import ModelDenoiser
 from ..core.nested import NestedSampler
-from ..core.schedule import NoiseSchedule
+from ..core.noise_schedule import NoiseSchedule
 from ..core.run import RunDefaults
 from .adapters import checked_solver, pipeline_run
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_fields, anytime_pairs, callback_inputs,

@@ -359,7 +359,9 @@ class PipelineBackend:
     @staticmethod
     def _load_calibration(calibration: Any) -> Any:
         from ..core.expected_change import Calibration, load_calibration
-        if calibration is None or isinstance(calibration, Calibration):
+        if calibration in (None, "none", "auto"):  # "auto": the calibrations shipped for the family — none for
+            return None                            # the pipeline families (core.expected_change.resolve_calibration)
+        if isinstance(calibration, Calibration):
             return calibration
         path = os.fspath(calibration)
         if not os.path.isfile(path):
@@ -453,7 +455,7 @@ class PipelineBackend:
             if hasattr(self.pipe, "core_sampler"):
                 size = {k: prep.extra[k] for k in ("height", "width") if k in prep.extra}
                 return self.pipe.core_sampler(**run_steps(run), **size)
-            from ..core.schedule import NoiseSchedule
+            from ..core.noise_schedule import NoiseSchedule
             from ..pipelines.adapters import checked_solver
             from ..pipelines.factories_modern import ScheduleCarrier
             schedule = NoiseSchedule.from_diffusers_config(dict(self.pipe.scheduler.config))
@@ -471,16 +473,16 @@ class PipelineBackend:
                                                                                          **size)}
 
     def _calibration(self, prep: Prepared, sampler: Any) -> Any:
-        """The backend's calibration if it was made for this job's configuration, else None."""
-        cal = self.calibration
-        if cal is None:
+        """The backend's calibration if it was made for this job's configuration, else None (checked by the one
+        resolver, ``core.expected_change.resolve_calibration``)."""
+        from ..core.expected_change import resolve_calibration
+        if self.calibration is None:
             return None
         config = self.configuration(prep, sampler)
         try:
-            cal.check(config["sampler"], config["model"])
+            return resolve_calibration(self.calibration, config["sampler"], lambda: config["model"])
         except ValueError:
             return None
-        return cal
 
     def open(self, prep: Prepared, stop: Callable[[], bool], vanilla: bool = False) -> Run:
         run = prep.run.vanilla() if vanilla else prep.run
@@ -498,17 +500,14 @@ def load_backend(family: str = "bundled", model_path: str | os.PathLike | None =
                  scale: int | None = None, calibration: Any = None, dtype: Any = None,
                  option: str = "--model-path") -> "BundledBackend | PipelineBackend":
     """The backend ``nested-diffusion serve --pipeline FAMILY --model-path DIR [--calibration ...]`` runs on,
-    loaded from disk only through the family table (``Family.load``). ``calibration``: bundled: "auto" (default),
-    "feature", "none" or a file; pipelines: a file (or None / "none")."""
+    loaded from disk only through the family table (``Family.load``). ``calibration``: "auto" (the default for
+    the bundled model: its shipped calibrations; the pipeline families ship none), "feature" (bundled), "none" or
+    a file."""
     fam = get_family(family)
     if fam.is_bundled:
         return BundledBackend(fam.load(model_path, device, dtype, option), scale=scale or 4, device=device,
                               calibration=calibration or "auto", family=fam)
-    if calibration == "auto":
-        raise ValueError(f"--calibration: 'auto' finds the calibrations shipped with the bundled model; the "
-                         f"{fam.name} family has none shipped: give a file made by `nested-diffusion calibrate "
-                         f"--pipeline {fam.name}` or 'none'")
     pipe = fam.load(model_path, device, dtype, option)
-    backend = PipelineBackend(pipe, fam, None if calibration in (None, "none") else calibration)
+    backend = PipelineBackend(pipe, fam, calibration)
     backend.scale = scale or 1
     return backend
