@@ -106,6 +106,8 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         results. The final image always uses the full VAE.
         ``schedule`` ("progressive", "uniform" or a ``Schedule``) with ``total_nfe``: a named split of the budget
         instead of outer/inner steps; the progressive schedule's outer times are flow times u (1.0, 0.9, 0.8).
+        ``calibration``: a calibration (or file) from ``nested-diffusion calibrate --pipeline flux`` for this
+        configuration (checked before any model call); every output then carries ``expected_change``.
         """
         return self._final_output(locals())
 

@@ -106,6 +106,8 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         grid defaults to "sigma_min" (the stock SD3 grid) and CFG (guidance_scale > 1) runs in the inner process.
         ``schedule`` ("progressive", "uniform" or a ``Schedule``) with ``total_nfe``: a named split of the budget
         instead of outer/inner steps; the progressive schedule's outer times are flow times u (1.0, 0.9, 0.8).
+        ``calibration``: a calibration (or file) from ``nested-diffusion calibrate --pipeline sd3`` for this
+        configuration (checked before any model call); every output then carries ``expected_change``.
         """
         return self._final_output(locals())
 

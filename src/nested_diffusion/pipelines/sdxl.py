@@ -112,6 +112,8 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         preview_results); the final image always uses the full VAE. ``schedule`` ("progressive", "uniform" or a
         ``Schedule``) with ``total_nfe`` (default 100) instead of outer/inner steps, as in
         ``NestedStableDiffusionPipeline``: ``pipe(prompt, schedule="progressive", total_nfe=100)``.
+        ``calibration``: a calibration (or file) from ``nested-diffusion calibrate --pipeline sdxl`` for this
+        configuration (checked before any model call); every output then carries ``expected_change``.
         """
         return self._final_output(locals())
 
