@@ -42,7 +42,7 @@ WATCH = """() => new Promise(resolve => {
 def bare_run(backend, prep) -> tuple[float, float]:
     """The library path: the same sampler the page's job builds, consumed without rendering.
     Returns (wall seconds, CPU seconds of this process)."""
-    sampler = backend.sampler(prep, 5, 20, "progressive")
+    sampler = backend.sampler(prep.run)
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in sampler.stream(prep.seeds, (prep.batch, 1, 28, 28), prep.cond):
         pass
@@ -73,8 +73,7 @@ def main() -> None:
     from nested_diffusion.web.app import build_app, launch_app
 
     backend = BundledBackend()
-    prep = backend.prepare(JobRequest(classes=CLASSES, seed=0, outer_steps=5, inner_steps=20, solver="ddpm",
-                                      guidance=backend.default_guidance, schedule="progressive"), Limits())
+    prep = backend.prepare(JobRequest(classes=CLASSES, seed=0), Limits())   # the family's defaults, as the page
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -72,7 +72,16 @@ def test_unwritable_output_dir(tmp_path, capsys):
     blocker.write_text("x")
     with pytest.raises(SystemExit) as e:
         cli.main(["generate", "--out", str(blocker / "sub"), "--quiet"])
-    assert e.value.code == 2 and "--out: cannot write into" in capsys.readouterr().err
+    assert e.value.code == 2 and "which is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["generate", "--out", str(blocker), "--quiet"])
+    assert e.value.code == 2 and "--out: " in capsys.readouterr().err
+
+
+def test_a_rejected_generate_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    assert cli.main(["generate", "--out", str(out), "--classes", "hat", "--quiet"]) == 2
+    assert "classes: unknown class 'hat'" in capsys.readouterr().err and not (tmp_path / "new").exists()
 
 
 def test_ctrl_c_keeps_and_writes_the_latest_result(tmp_path, capsys, monkeypatch):
@@ -119,3 +128,20 @@ def test_help_lists_every_option(capsys):
     for flag in ("--classes", "--seed", "--schedule", "--nfe", "--first", "--outer", "--inner", "--solver", "--inner-eta", "--outer-eta", "--guidance",
                  "--budget", "--deadline", "--grid", "--vanilla", "--model", "--out"):
         assert flag in text
+
+
+def test_a_second_ctrl_c_while_writing_still_writes_every_file(tmp_path, monkeypatch):
+    import os
+    import signal
+    from nested_diffusion import imaging
+    real, calls = imaging.save_png, []
+
+    def interrupting(arr, path):  # Ctrl+C arrives while the first file is being written
+        if not calls:
+            os.kill(os.getpid(), signal.SIGINT)
+        calls.append(path)
+        return real(arr, path)
+    monkeypatch.setattr("nested_diffusion.cli.recorder.save_png", interrupting)
+    code = cli.main(["generate", "--out", str(tmp_path), "--classes", "1", "--outer", "1", "--inner", "2", "--quiet"])
+    assert code == 130
+    assert {p.name for p in tmp_path.iterdir()} == {"final.png", "progression.png", "progression.gif", "updates.json"}

@@ -421,3 +421,24 @@ def test_ctrl_c_keeps_finished_items_and_exits_130(tmp_path):
     assert 0 < len(done) < n
     assert not list(out.rglob("*.tmp"))                       # the item in flight left no half-written file
     assert main(["sample", *cmd[4:]]) == 0 and store.missing(store.read_manifest()["config"]) == []
+
+
+def test_a_damaged_item_is_recomputed_on_rerun_and_merge_is_byte_identical(tmp_path):
+    """Issue: a rerun over a corrupt item used to count it as done (exit 0) and merge failed with BadZipFile."""
+    from nested_diffusion import cli
+    from nested_diffusion.distributed import SampleStore
+    args = ["--num-samples", "6", "--outer-steps", "2", "--inner-steps", "2", "--step", "2", "--batch-size", "2",
+            "--quiet", "--threads", "1"]
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    for out in (good, bad):
+        assert cli.main(["sample", "--out-dir", str(out), *args]) == 0
+    item = SampleStore(bad).item_path(1)
+    data = bytearray(item.read_bytes())
+    data[len(data) // 2] ^= 0xFF                                    # one flipped byte inside the images
+    item.write_bytes(bytes(data))
+    assert cli.main(["merge", "--out-dir", str(bad), "--quiet"]) == 2   # a clear error, not a traceback
+    assert cli.main(["sample", "--out-dir", str(bad), *args]) == 0      # the rerun recomputes item 1 only
+    assert cli.main(["merge", "--out-dir", str(good), "--quiet"]) == 0
+    assert cli.main(["merge", "--out-dir", str(bad), "--quiet"]) == 0
+    for a in sorted((good / "merged").glob("*.npz")):
+        assert a.read_bytes() == (bad / "merged" / a.name).read_bytes()

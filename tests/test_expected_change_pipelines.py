@@ -216,9 +216,9 @@ def test_bad_calibrate_input_exits_2_with_a_clear_message(disk, tmp_path, capsys
         (["--pipeline", "sd", "--prompts", "p.txt", *fm], "--model-path: required with --pipeline sd"),
         ([*sd, *fm], "--prompts: required with --pipeline sd"),
         ([*sd, "--prompts", str(disk / "prompts.txt"), "--class-labels", "0-3", *fm],
-         "--class-labels: '0-3' is for --pipeline dit"),
+         "--class-labels: '0-3' is for class-conditioned families; --pipeline sd takes --prompts"),
         ([*dit, *fm], "--class-labels: required with --pipeline dit"),
-        ([*dit, "--class-labels", "0-3", "--prompts", str(disk / "prompts.txt"), *fm], "is for --pipeline sd"),
+        ([*dit, "--class-labels", "0-3", "--prompts", str(disk / "prompts.txt"), *fm], "is for prompt families; --pipeline dit takes --class-labels"),
         ([*dit, "--class-labels", "0-3"], "--feature-model: required with --pipeline dit"),
         ([*dit, "--class-labels", "0-3", "--feature-model", str(tmp_path / "nope")],
          "--feature-model: '" + str(tmp_path / "nope") + "' is not a folder"),
@@ -229,7 +229,7 @@ def test_bad_calibrate_input_exits_2_with_a_clear_message(disk, tmp_path, capsys
          "model_index.json missing"),
         ([*sd, "--prompts", str(tmp_path / "none.txt"), *fm], "--prompts: no file at"),
         ([*dit, "--class-labels", "0-3000", *fm], "class_labels: 1000 is not a class id in [0, 999]"),
-        (["--model-path", str(disk / "sd")], "--model-path: '" + str(disk / "sd") + "' is only for --pipeline sd|dit"),
+        (["--model-path", str(disk / "sd")], "--model-path: '" + str(disk / "sd") + "' is only for the pipeline families (sd, dit, sdxl, sd3, flux)"),
     )
     for argv, msg in cases:
         code = main(["calibrate", *argv, *COMMON, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")])

@@ -235,11 +235,12 @@ class Model:
 def test_web_progressive_job_runs_the_schedule_sampler():
     model = Model()
     backend = BundledBackend(model)
-    req = JobRequest(classes="0,3", seed=5, outer_steps=3, inner_steps=15, schedule="progressive")
+    req = JobRequest(classes="0,3", seed=5, nfe=45, schedule="progressive")
     prep = backend.prepare(req, Limits())
-    s = backend.sampler(prep, 3, 15, "progressive")
+    s = backend.sampler(prep.run)
     assert s.inner_steps == [20, 20, 5] and s.times == [999, 899, 799, -1]
-    assert backend.sampler(prep, 3, 15).inner_steps == [15, 15, 15]      # "uniform": the sliders as set
+    uniform = backend.prepare(JobRequest(classes="0", outer_steps=3, inner_steps=15), Limits())
+    assert backend.sampler(uniform.run).inner_steps == [15, 15, 15]      # outer × inner: uniform
     ups = list(stream_updates(backend, req))
     assert ups[-1].state == "done" and ups[-1].total_nfe == 45 and ups[-1].outer_steps == 3
     assert [u.nfe for u in ups[:-1] if u.source == "inner_result"] == [20, 40, 45]
@@ -250,5 +251,5 @@ def test_web_progressive_job_runs_the_schedule_sampler():
     assert np.array_equal(ups[-1].images, model_to_rgb(ref.x0))
     with pytest.raises(ValueError, match="schedule: unknown schedule 'warp'"):
         backend.prepare(JobRequest(classes="0", schedule="warp"), Limits())
-    with pytest.raises(ValueError, match="leave nothing"):                 # 2 × 20 = 40 NFE: checked up front
-        backend.prepare(JobRequest(classes="0", outer_steps=2, inner_steps=20, schedule="progressive"), Limits())
+    with pytest.raises(ValueError, match="nfe: 40 NFE leave nothing"):     # 2 × 20 = 40 NFE: checked up front
+        backend.prepare(JobRequest(classes="0", nfe=40, schedule="progressive"), Limits())

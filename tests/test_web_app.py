@@ -49,7 +49,9 @@ def server():
 
 
 def args(classes, seed, outer, inner, vanilla=False):
-    return ([CLASSES[c] for c in classes], seed, outer, inner, "ddpm", 2.0, 0, 0, vanilla, "uniform")
+    """The page's API inputs: classes, seed, schedule, nfe, first, outer, inner, solver, guidance, budget,
+    deadline, vanilla."""
+    return ([CLASSES[c] for c in classes], seed, "uniform", 0, 0, outer, inner, "ddpm", 2.0, 0, 0, vanilla)
 
 
 def wait_nfe(job, k, timeout=20.0):
@@ -130,7 +132,7 @@ CLIENT_SCRIPT = """
 import sys
 from gradio_client import Client
 c = Client(sys.argv[1], verbose=False)
-job = c.submit(["Bag"], 1, 5, 20, "ddpm", 2.0, 0, 0, False, "uniform", api_name="/generate")
+job = c.submit(["Bag"], 1, "uniform", 0, 0, 5, 20, "ddpm", 2.0, 0, 0, False, api_name="/generate")
 import time
 while True:
     outs = job.outputs()
@@ -161,10 +163,10 @@ def test_bad_input_is_a_message_not_a_traceback(server):
     client = Client(server.url, verbose=False)
     try:
         with pytest.raises(Exception) as e:
-            client.predict([], 0, 5, 20, "ddpm", 2.0, 0, 0, False, "uniform", api_name="/generate")
+            client.predict(*args([], 0, 5, 20), api_name="/generate")
         assert "classes: choose at least one class" in str(e.value) and "Traceback" not in str(e.value)
         with pytest.raises(Exception) as e:
-            client.predict(["Bag"], 0, 50, 50, "ddpm", 2.0, 0, 0, False, "uniform", api_name="/generate")
+            client.predict(*args([8], 0, 50, 50), api_name="/generate")
         assert "50 × 50 = 2500 NFE exceeds this server's limit of 1000" in str(e.value)
     finally:
         client.close()
@@ -191,13 +193,15 @@ def test_sd_pipeline_page_streams_the_library_images():
     _, url, _ = launch_app(demo, port=free_port(), block=False, quiet=True)
     client = Client(url, verbose=False)
     try:
-        out = client.predict("a photo of a cat", "", 0, 0, 4, 2, 3, "ddim", 7.5, 0, 0, True, api_name="/generate")
+        out = client.predict("a photo of a cat", "", 0, 0, 4, "uniform", 0, 0, 2, 3, "ddim", 7.5, 0, 0, True,
+                             api_name="/generate")
         assert out[2].startswith("Done at NFE 6/6") and out[1] is not None      # vanilla shown too
         ref = list(stream_updates(backend, JobRequest(prompt="a photo of a cat", seed=4, outer_steps=2,
                                                       inner_steps=3, solver="ddim", guidance=7.5)))[-1]
         assert np.array_equal(np.asarray(Image.open(out[0]).convert("RGB")), ref.image)
         with pytest.raises(Exception, match="height: must be a multiple of 8 in \\[8, 64\\] pixels, got 72"):
-            client.predict("a cat", "", 72, 0, 4, 2, 3, "ddim", 7.5, 0, 0, False, api_name="/generate")
+            client.predict("a cat", "", 72, 0, 4, "uniform", 0, 0, 2, 3, "ddim", 7.5, 0, 0, False,
+                           api_name="/generate")
     finally:
         client.close()
         demo.close()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io as _io
 import json
 import os
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
@@ -117,3 +119,26 @@ def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class _Deferred:
+    interrupted = False
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[_Deferred]:
+    """Ctrl+C (SIGINT) inside the block is remembered, not raised, so a set of files is written whole; the
+    yielded object's ``interrupted`` says whether one came. Outside the main thread it changes nothing."""
+    state = _Deferred()
+    if threading.current_thread() is not threading.main_thread():
+        yield state
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def remember(signum, frame):
+        state.interrupted = True
+    signal.signal(signal.SIGINT, remember)
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -25,8 +25,8 @@ RUN_DEFAULTS = RunDefaults(schedule="progressive", nfe=100, outer_steps=5, inner
 def parse_classes(spec: "str | Sequence[int | str]") -> list[int]:
     """'0,3,7', 'all', 'sandal,bag' or a list → class indices; clear error for unknown names/indices."""
     items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-    if items == ["all"]:
-        return list(range(len(CLASS_NAMES)))
+    every = [str(i) for i in range(len(CLASS_NAMES))]
+    items = [x for it in items for x in (every if isinstance(it, str) and it.lower() == "all" else [it])]
     lookup = {n.lower(): i for i, n in enumerate(CLASS_NAMES)}
     lookup.update({"tshirt": 0, "t-shirt": 0, "top": 0, "boot": 9, "ankle-boot": 9})
     out = []

@@ -36,24 +36,6 @@ def nonneg_float(name: str):
     return parse
 
 
-def inner_eta_for(solver: str, inner_eta, solver_option: str = "--solver", eta_option: str = "--inner-eta"):
-    """The η an inner ``solver`` (a registered name) runs with: ``inner_eta``, else the registry's inner default;
-    None for solvers without η. Giving η to one of those is an error naming both options."""
-    from ..core.registry import solver_spec
-    spec = solver_spec(solver, solver_option)
-    if not spec.takes_eta:
-        if inner_eta is not None:
-            raise ValueError(f"{eta_option}: only the {'/'.join(eta_solvers())} solver takes η, "
-                             f"got {solver_option} {solver}")
-        return None
-    return spec.inner_eta_default if inner_eta is None else inner_eta
-
-
-def eta_solvers() -> tuple[str, ...]:
-    from ..core.registry import eta_solvers as names
-    return names()
-
-
 def solver_choices(kind: str | None = "vp") -> tuple[str, ...]:
     """Registered inner solvers of ``kind`` (None: every kind), read when a parser is built."""
     from ..core.registry import solver_names
@@ -65,18 +47,32 @@ def positive_int(name: str):
 
 
 def writable_dir(name: str = "--out"):
-    """A folder that exists (created if needed) and can be written into."""
+    """A folder that can be written into: an existing writable folder, or a new one whose nearest existing parent
+    is a writable folder. Nothing is created here (a rejected command leaves no folder behind); the command
+    creates it when it first writes."""
     def parse(s: str) -> Path:
-        p = Path(s)
         try:
-            p.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=p)
-            os.close(fd)
-            os.unlink(tmp)
-        except OSError as e:
-            raise argparse.ArgumentTypeError(f"{name}: cannot write into {s!r} ({e.strerror or e})")
-        return p
+            return check_writable_dir(Path(s), name)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e))
     return parse
+
+
+def check_writable_dir(path: Path, name: str) -> Path:
+    """``path`` is (or may become) a folder this process can write into; ValueError naming ``name`` otherwise."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name}: {str(path)!r} is a file, not a folder; give a folder path")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{name}: {str(path)!r} lies under {str(probe)!r}, which is a file, not a folder")
+    try:  # a real write test (permissions, read-only mounts, /proc): a temp folder, removed at once
+        os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".nd-write-test-"))
+    except OSError as e:
+        raise ValueError(f"{name}: cannot write into {str(probe)!r} ({e.strerror or e}); give a writable folder") \
+            from None
+    return path
 
 
 def check_device(device: str, option: str = "--device") -> str:

@@ -1,20 +1,26 @@
-"""`nested-diffusion calibrate --pipeline sd|dit`: the expected-change calibration of a Nested SD / DiT pipeline
-configuration (used by ``cli/calibrate``).
+"""`nested-diffusion calibrate --pipeline FAMILY`: the expected-change calibration of a pipeline configuration of any
+pipeline family of the model-family table (sd, dit, sdxl, sd3, flux, …; used by ``cli/calibrate``).
 
     nested-diffusion calibrate --pipeline sd --model-path sd-1.5/ --prompts prompts.txt --feature-model clip-l14/ \\
         --outer 5 --inner 20 --samples 500
     nested-diffusion calibrate --pipeline dit --model-path dit-xl-2-256/ --class-labels all --feature-model clip-l14/
+    nested-diffusion calibrate --pipeline sd3 --model-path sd3.5-medium/ --prompts prompts.txt \\
+        --feature-model clip-l14/ --schedule progressive --nfe 28 --first 7
 
-Sample s (seeds ``--seed`` …) gets prompt / label ``s mod count``. The runs are cached in chunks (x̂0 latents) under
-``--cache-dir`` and resume; the targets are on the decoded images: pixel RMSE on [0, 1] and 1 − cos of the
-``--feature-model`` features (a local CLIP folder: its image embeddings; 'inception': the local FID weights;
-'random-rgb': smoke tests only), cached per feature network. The flip target needs a classifier: for DiT with
-a CLIP folder and named classes (id2label), CLIP's zero-shot class among the calibration labels' names; for SD
-(no classes) and otherwise there is none, and the calibration predicts no flip probability (NaN). The run-time
-signals are on the latents (``--signals pixel``, the default; ``none``: the population curve), so a pipeline
-call with ``calibration=`` needs no feature network and no extra decode. Writes
-``<pipeline>-<outer>x<inner>-<solver>-<signals>-<hash>.json``; the hash covers the sampler settings, the
-pipeline's weights fingerprint, guidance (and size / guided channels) and the prompt / label source.
+The run options (``--schedule``/``--nfe``/``--first`` or ``--outer``/``--inner``, ``--solver``, ``--guidance``, …)
+are resolved by ``core.run.resolve_run`` with the family's defaults (``cli.run_args``), as for every command. The
+conditioning follows the family (``Family.conditioning``): ``--prompts`` (and ``--negative-prompt``, ``--height``,
+``--width``) for prompt families, ``--class-labels`` for class-conditioned ones; sample s (seeds ``--seed`` …) gets
+prompt / label ``s mod count``. The runs are cached in chunks (x̂0 latents) under ``--cache-dir`` and resume; the
+targets are on the decoded images: pixel RMSE on [0, 1] and 1 − cos of the ``--feature-model`` features (a local
+CLIP folder: its image embeddings; 'inception': the local FID weights; 'random-rgb': smoke tests only), cached per
+feature network. The flip target needs a classifier: for a class-conditioned family with a CLIP folder and named
+classes (id2label), CLIP's zero-shot class among the calibration labels' names; otherwise there is none, and the
+calibration predicts no flip probability (NaN). The run-time signals are on the latents (``--signals pixel``, the
+default; ``none``: the population curve), so a pipeline call with ``calibration=`` needs no feature network and no
+extra decode. Writes ``<pipeline>-<outer>x<inner>-<solver>-<signals>-<hash>.json`` (named schedules:
+``<pipeline>-<schedule>-<nfe>-…``); the hash covers the sampler settings, the pipeline's weights fingerprint,
+guidance (and size / guided channels) and the prompt / label source.
 """
 from __future__ import annotations
 
@@ -26,19 +32,22 @@ PIPELINE_ONLY = ("model_path", "prompts", "negative_prompt", "class_labels", "he
 
 
 def add_pipeline_args(c) -> None:
+    from ..families import describe_families, family_names
     from .argtypes import int_at_least
-    g = c.add_argument_group("diffusers pipelines (--pipeline sd|dit)")
-    g.add_argument("--pipeline", choices=("bundled", "sd", "dit"), default="bundled",
-                   help="the bundled Fashion-MNIST model (default), Nested Stable Diffusion or Nested DiT")
-    g.add_argument("--model-path", default=None, help="local diffusers pipeline folder (sd, dit)")
-    g.add_argument("--prompts", default=None, help="sd: prompt file (one per line, JSON list or COCO captions)")
-    g.add_argument("--negative-prompt", default=None, help="sd: negative prompt for every sample")
-    g.add_argument("--class-labels", default=None, help="dit: 'all', ids '1,5,9', ranges '0-9', or a file")
-    g.add_argument("--height", type=int_at_least("--height"), default=None, help="sd: image height")
-    g.add_argument("--width", type=int_at_least("--width"), default=None, help="sd: image width")
+    g = c.add_argument_group("model family (--pipeline) and diffusers pipelines")
+    g.add_argument("--pipeline", choices=family_names(), default="bundled",
+                   help=f"the model family (default: bundled): {describe_families()}")
+    g.add_argument("--model-path", default=None, help="local diffusers pipeline folder (pipeline families)")
+    g.add_argument("--prompts", default=None,
+                   help="prompt families: prompt file (one per line, JSON list or COCO captions)")
+    g.add_argument("--negative-prompt", default=None, help="prompt families: negative prompt for every sample")
+    g.add_argument("--class-labels", default=None,
+                   help="class-conditioned families: 'all', ids '1,5,9', ranges '0-9', or a file")
+    g.add_argument("--height", type=int_at_least("--height"), default=None, help="prompt families: image height")
+    g.add_argument("--width", type=int_at_least("--width"), default=None, help="prompt families: image width")
     g.add_argument("--feature-model", default=None,
-                   help="sd/dit: the semantic distance's network: a local CLIP folder, 'inception' (local FID "
-                        "weights) or 'random-rgb' (smoke tests)")
+                   help="pipeline families: the semantic distance's network: a local CLIP folder, 'inception' "
+                        "(local FID weights) or 'random-rgb' (smoke tests)")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     g.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
                    help="model dtype (auto: float16 on cuda)")
@@ -46,38 +55,56 @@ def add_pipeline_args(c) -> None:
                    help="VAE decode batch (default 8)")
 
 
+def pipeline_families() -> str:
+    from ..families import family_names, get_family
+    return ", ".join(n for n in family_names() if not get_family(n).is_bundled)
+
+
+def check_calibratable(family) -> None:
+    """ValueError naming the family and why, for a family whose pipeline calls cannot use a calibration."""
+    import inspect
+    if "calibration" not in inspect.signature(family.pipeline_class().__call__).parameters:
+        raise ValueError(f"--pipeline {family.name}: its pipeline ({family.pipeline_class().__name__}) takes no "
+                         f"calibration= argument, so a calibration could never be used at run time")
+
+
 def check_args(args) -> None:
     """Options that do not fit ``--pipeline``; ValueError / FileNotFoundError before anything is loaded."""
+    from ..families import get_family
     if args.pipeline == "bundled":
         for opt in PIPELINE_ONLY:
             if getattr(args, opt) is not None:
-                raise ValueError(f"--{opt.replace('_', '-')}: {getattr(args, opt)!r} is only for --pipeline sd|dit "
-                                 f"(the bundled model takes --model, --classifier, --classes)")
+                raise ValueError(f"--{opt.replace('_', '-')}: {getattr(args, opt)!r} is only for the pipeline "
+                                 f"families ({pipeline_families()}); the bundled model takes --model, --classifier, "
+                                 f"--classes")
         return
-    p = args.pipeline
+    fam = get_family(args.pipeline)
+    p, prompts = fam.name, fam.takes_prompt
+    check_calibratable(fam)
     for opt, v in (("--model", args.model), ("--classifier", args.classifier),
                    ("--classes", None if args.classes == "all" else args.classes)):
         if v is not None:
             raise ValueError(f"{opt}: {v!r} is for --pipeline bundled; with --pipeline {p} use --model-path, "
-                             f"--feature-model and {'--prompts' if p == 'sd' else '--class-labels'}")
+                             f"--feature-model and {'--prompts' if prompts else '--class-labels'}")
     if args.model_path is None:
         raise ValueError(f"--model-path: required with --pipeline {p} (a local diffusers pipeline folder)")
-    if p == "sd":
+    if prompts:
         if args.prompts is None:
-            raise ValueError("--prompts: required with --pipeline sd (a prompt file: one prompt per line, a JSON "
-                             "list or COCO captions)")
+            raise ValueError(f"--prompts: required with --pipeline {p} (a prompt file: one prompt per line, a JSON "
+                             f"list or COCO captions)")
         if args.class_labels is not None:
-            raise ValueError(f"--class-labels: {args.class_labels!r} is for --pipeline dit; --pipeline sd takes "
-                             f"--prompts only")
+            raise ValueError(f"--class-labels: {args.class_labels!r} is for class-conditioned families; "
+                             f"--pipeline {p} takes --prompts")
     else:
         if args.prompts is not None or args.negative_prompt is not None:
             raise ValueError(f"--prompts/--negative-prompt: {args.prompts or args.negative_prompt!r} is for "
-                             f"--pipeline sd; --pipeline dit takes --class-labels ('all', '1,5,9', '0-9' or a file)")
+                             f"prompt families; --pipeline {p} takes --class-labels ('all', '1,5,9', '0-9' or a "
+                             f"file)")
         if args.class_labels is None:
-            raise ValueError("--class-labels: required with --pipeline dit ('all', ids '1,5,9', ranges '0-9' or a "
-                             "file)")
+            raise ValueError(f"--class-labels: required with --pipeline {p} ('all', ids '1,5,9', ranges '0-9' or "
+                             f"a file)")
         if args.height is not None or args.width is not None:
-            raise ValueError("--height/--width: only for --pipeline sd (DiT has a fixed sample size)")
+            raise ValueError(f"--height/--width: only for prompt families (--pipeline {p} has a fixed sample size)")
     if args.feature_model is None:
         raise ValueError(f"--feature-model: required with --pipeline {p} (the semantic distance's network: a local "
                          f"CLIP folder, 'inception' or 'random-rgb')")
@@ -89,10 +116,6 @@ def check_args(args) -> None:
                          f"at run time); use 'pixel' (latent signals, the default) or 'none'")
     if args.heldout:
         raise ValueError(f"--heldout: {args.heldout} held-out samples are evaluated for --pipeline bundled only")
-    for opt in ("schedule", "nfe", "first"):
-        if getattr(args, opt) is not None:
-            raise ValueError(f"--{opt}: {getattr(args, opt)!r} is for --pipeline bundled; with --pipeline {p} give "
-                             f"--outer and --inner (a uniform split)")
     if args.evaluate:
         raise ValueError(f"--evaluate: {[str(f) for f in args.evaluate]} — measuring existing calibrations is for "
                          f"--pipeline bundled only")
@@ -104,23 +127,34 @@ def check_args(args) -> None:
 
 
 def setup(args):
-    """(sampler, configuration, conditioning of seeds, feature network, classifier or None, classifier id)."""
+    """(sampler, configuration, conditioning of seeds, feature network, classifier or None, classifier id). The run
+    options are resolved with the family's defaults (``cli.run_args.run_from_args``); the sampler is the family's
+    factory sampler of that run."""
+    from ..core.schedules import Schedule
+    from ..families import get_family
     from ..pipelines.expected_change import sampler_identity
     from .eval_pipelines import device_dtype, load_pipeline, pipeline_factory
+    from .run_args import build_checked, run_from_args
     from ..evaluation.rgb_metrics import CLIPImageFeatures, feature_network
+    fam = get_family(args.pipeline)
     args.decode_batch = args.decode_batch or 8
-    args.outer, args.inner = args.outer or 5, args.inner or 20
-    factory = pipeline_factory(args, load_pipeline(args))
-    sampler = factory.build(args.outer, args.inner)
+    pipe = load_pipeline(args)
+    T = int(pipe.scheduler.config.get("num_train_timesteps", 1000))
+    run = run_from_args(args, fam.run_defaults(), T)
+    factory = pipeline_factory(args, pipe)
+    sampler = build_checked(factory.build_schedule, Schedule(run.schedule, tuple(run.inner_steps), run.outer_times),
+                            None)
+    args.tag = (f"{run.outer_steps}x{run.inner_steps[0]}" if run.schedule == "uniform"
+                else f"{run.schedule}-{run.inner_total}")
     info = factory.info
-    source = ({"prompts": info["prompts"], "negative_prompt": info.get("negative_prompt")} if args.pipeline == "sd"
+    source = ({"prompts": info["prompts"], "negative_prompt": info.get("negative_prompt")} if fam.takes_prompt
               else {"class_labels": info["labels"]})
     source["conditioning"] = "seed s: prompt/label s mod count"
     config = {"sampler": sampler.calibration_settings("first"), "model": sampler_identity(sampler),
               "calibration_set": source}
     fx = feature_network(args.feature_model, device_dtype(args)[0])
     classify = classifier_id = None
-    if args.pipeline == "dit" and isinstance(fx, CLIPImageFeatures):
+    if not fam.takes_prompt and isinstance(fx, CLIPImageFeatures):
         names = class_names(sampler.pipe, sorted(set(factory.cond_for(range(info["labels"]["count"])))))
         if names is not None:
             classify = fx.zero_shot(names)
@@ -150,7 +184,7 @@ def run(args) -> int:
         check_args(args)
         sampler, config, cond_for, fx, classify, classifier_id = setup(args)
         h, cache = claimed_cache(config, args.cache_dir)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -162,6 +196,6 @@ def run(args) -> int:
                             fx.extractor_id, classify, classifier_id, args.signals, args.chunk, meta, log)
     args.out.mkdir(parents=True, exist_ok=True)
     solver = sampler.solver.inner.name
-    name = f"{args.pipeline}-{args.outer}x{args.inner}-{solver}-{args.signals}-{h}.json"
+    name = f"{args.pipeline}-{args.tag}-{solver}-{args.signals}-{h}.json"
     log(f"wrote {atomic_write_json(args.out / name, cal.to_dict())} ({args.samples} samples)")
     return 0

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 from ..core.schedules import schedule_names
-from .argtypes import inner_eta_for, int_at_least as _int, nonneg_float as _float, solver_choices
-from . import eval_pipelines as cp
+from .argtypes import int_at_least as _int, nonneg_float as _float, writable_dir
+from .run_args import add_solver_args
+from . import eval_pipelines as pipeline_opts
 
 RND_DEFAULT = "1x200,2x100,4x50,5x40,10x20,20x10"
 CONSISTENCY_DEFAULT = "2x100,4x50,5x40,10x20"
@@ -32,9 +33,9 @@ def _list(name: str, kind):
 
 
 def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
-    e.add_argument("--out", type=Path, default=Path("runs/eval"),
+    e.add_argument("--out", type=writable_dir("--out"), default=Path("runs/eval"),
                    help="folder for the JSON and PNG files (default: %(default)s)")
-    e.add_argument("--cache-dir", type=Path, default=None, help="sample cache (resume); default OUT/cache")
+    e.add_argument("--cache-dir", type=writable_dir("--cache-dir"), default=None, help="sample cache (resume); default OUT/cache")
     if samples:
         e.add_argument("--samples", type=_int("--samples", 2), default=2000,
                        help="samples per configuration (default: %(default)s)")
@@ -44,20 +45,12 @@ def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
                    help="sample i uses seed + i and label i %% classes (or prompt i %% prompts) under every "
                         "configuration (default: %(default)s)")
     e.add_argument("--model", default=None, help="a TinyUNet from_pretrained folder (default: the bundled model)")
-    e.add_argument("--solver", choices=solver_choices(None), default=None,
-                   help="inner solver (default: ddpm, learned-variance ancestral, the paper's DiT setting; ddim "
-                        "with η 0.85 for --pipeline sd/sdxl; euler for sd3/flux, which take euler or heun)")
-    e.add_argument("--inner-eta", type=_float("--inner-eta"), default=None, help="η of a DDIM inner (default 0.85)")
-    e.add_argument("--outer-eta", type=_float("--outer-eta"), default=None,
-                   help="η of the outer DDIM step (default: 0; --pipeline sd with a DPM-Solver++ inner: "
-                        "sqrt_one_minus_alpha_bar, the pipeline's default)")
-    e.add_argument("--guidance", type=_float("--guidance"), default=None, help="CFG scale (default: the model's)")
-    e.add_argument("--grid", choices=("clean", "authors"), default="clean", help="grid convention (default: clean)")
+    add_solver_args(e, kind=None)   # defaults: the family's (families.py); guidance: the evaluation protocol's
     e.add_argument("--threads", type=_int("--threads"), default=1, help="torch CPU threads (default: %(default)s)")
     e.add_argument("--noise-workers", type=_int("--noise-workers"), default=1,
                    help="bundled: threads drawing the per-sample noise (large chunks on a GPU; default: 1)")
     e.add_argument("--quiet", action="store_true")
-    cp.add_pipeline_args(e)
+    pipeline_opts.add_pipeline_args(e)
 
 
 def _metric_args(e: argparse.ArgumentParser) -> None:
@@ -70,7 +63,7 @@ def _metric_args(e: argparse.ArgumentParser) -> None:
                         "that the floor's random subsets differ)")
     e.add_argument("--bootstrap", type=_int("--bootstrap", 0), default=200,
                    help="bootstrap replicates, 0 for none (default: %(default)s)")
-    cp.add_rgb_metric_args(e)
+    pipeline_opts.add_rgb_metric_args(e)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -86,7 +79,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _metric_args(e)
     e.add_argument("--configs", default=None, help=f"OUTERxINNER list; a schedule name ({SCHEDULES}) runs that "
                                                    f"schedule at --total-nfe (default: {RND_DEFAULT}; sd: "
-                                                   f"{cp.SD_RND_DEFAULT})")
+                                                   f"{pipeline_opts.SD_RND_DEFAULT})")
     e.add_argument("--total-nfe", type=_int("--total-nfe"), default=None, help="NFE per run (default: 200; sd: 60)")
     e.add_argument("--step", type=_int("--step"), default=10,
                    help="FD every STEP NFE, the AUC grid (default: %(default)s)")
@@ -107,7 +100,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e = sub.add_parser("consistency", formatter_class=fmt, help="Fig. 11: distance of intermediates to the final")
     _sampling_args(e)
     e.add_argument("--classifier", default=None, help="feature classifier folder (feature_cosine)")
-    cp.add_rgb_metric_args(e, reference=False)
+    pipeline_opts.add_rgb_metric_args(e, reference=False)
     e.add_argument("--configs", default=None, help=f"OUTERxINNER list or schedule names ({SCHEDULES}) "
                                                    f"(default: {CONSISTENCY_DEFAULT}; sd: {SD_CONSISTENCY_DEFAULT})")
     e.add_argument("--total-nfe", type=_int("--total-nfe"), default=None, help="NFE per run (default: 200; sd: 60)")
@@ -128,13 +121,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--classifier", default=None, help="feature classifier folder (default: the bundled one)")
     e.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
-    e.add_argument("--out", type=Path, default=Path("runs/eval"))
+    e.add_argument("--out", type=writable_dir("--out"), default=Path("runs/eval"))
     e.add_argument("--threads", type=_int("--threads"), default=1, help="torch CPU threads (default: %(default)s)")
     e = sub.add_parser("qualitative", formatter_class=fmt, help="Fig. 10: same seeds under each split")
     _sampling_args(e, samples=False)
     e.add_argument("--configs", default=None, help=f"OUTERxINNER list or schedule names ({SCHEDULES}), one column "
                                                    f"each (default: {RND_DEFAULT}; "
-                                                   f"sd: {cp.SD_RND_DEFAULT})")
+                                                   f"sd: {pipeline_opts.SD_RND_DEFAULT})")
     e.add_argument("--total-nfe", type=_int("--total-nfe"), default=None, help="NFE per run (default: 200; sd: 60)")
     e.add_argument("--show", type=_list("--show", int), default=[0, 1, 2, 3],
                    help="sample indices to show (default: 0,1,2,3)")
@@ -148,33 +141,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _defaults(args) -> None:
     """Per-pipeline defaults of --configs and --total-nfe (SD: the COCO protocol's 60 NFE)."""
-    sd = cp.text_family(args.pipeline)
+    sd = pipeline_opts.text_family(args.pipeline)
     if getattr(args, "total_nfe", 0) is None:
         args.total_nfe = 60 if sd else 200
     if getattr(args, "configs", 0) is None:
         consistency = args.experiment == "consistency"
-        args.configs = ((SD_CONSISTENCY_DEFAULT if consistency else cp.SD_RND_DEFAULT) if sd
+        args.configs = ((SD_CONSISTENCY_DEFAULT if consistency else pipeline_opts.SD_RND_DEFAULT) if sd
                         else (CONSISTENCY_DEFAULT if consistency else RND_DEFAULT))
 
 
 def _factory(args):
     if args.pipeline != "bundled":
-        return cp.pipeline_factory(args)
-    return bundled_factory_of(args, cp.device_dtype(args)[0])
+        return pipeline_opts.pipeline_factory(args)
+    return bundled_factory_of(args, pipeline_opts.device_dtype(args)[0])
 
 
 def bundled_factory_of(args, device: str):
     """The bundled model's SamplerFactory from the shared sampling options (eval and sample commands)."""
-    from ..bundled import load_unet
+    from ..bundled import RUN_DEFAULTS, load_unet
     from ..bundled.factory import bundled_factory
-    args.solver = args.solver or "ddpm"
-    eta = inner_eta_for(args.solver, args.inner_eta)
-    outer_eta = 0.0 if args.outer_eta is None else args.outer_eta
+    run = RUN_DEFAULTS
+    args.solver = args.solver or run.inner_solver
     if args.dtype not in ("auto", "float32"):
         raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")
     prefetch = 1 if device == "cpu" and args.noise_workers == 1 else 20   # same values, fewer calls (NoiseSource)
-    return bundled_factory(load_unet(args.model, device), args.guidance, args.solver, eta, outer_eta, args.grid,
-                           prefetch, args.noise_workers)
+    return bundled_factory(load_unet(args.model, device), args.guidance, args.solver, args.inner_eta, args.outer_eta,
+                           args.grid, prefetch, args.noise_workers)
 
 
 def _classifier(args, factory):
@@ -232,7 +224,7 @@ def run(args) -> int:
     cache = args.cache_dir or args.out / "cache"
     try:
         _defaults(args)
-        cp.check_pipeline_args(args)
+        pipeline_opts.check_pipeline_args(args)
         factory = _factory(args)
         pipeline = args.pipeline != "bundled"
         if args.experiment == "qualitative":
@@ -243,7 +235,7 @@ def run(args) -> int:
             names = [m.strip() for m in args.metrics.split(",") if m.strip()]
             ext = None
             if "feature_cosine" in names:
-                ext = cp.pipeline_features(args) if pipeline else _classifier(args, factory)
+                ext = pipeline_opts.pipeline_features(args) if pipeline else _classifier(args, factory)
             metrics = build_consistency_metrics(names, ext, args.lpips_net, args.clip_weights, args.clip_arch,
                                                 args.dreamsim_dir)
             doc = runners.run_consistency(factory, metrics, args.out, args.configs, args.total_nfe, args.step,
@@ -251,9 +243,9 @@ def run(args) -> int:
         else:
             from ..bundled.reference import fashion_reference
             if pipeline:
-                scores = cp.pipeline_scores(args, factory)
-                ext = cp.pipeline_features(args)
-                ref = cp.pipeline_reference(args, factory, ext, cache, log)
+                scores = pipeline_opts.pipeline_scores(args, factory)
+                ext = pipeline_opts.pipeline_features(args)
+                ref = pipeline_opts.pipeline_reference(args, factory, ext, cache, log)
             else:
                 scores = []
                 ext = _classifier(args, factory)

@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import eval_pipelines as cp
-from .argtypes import int_at_least
+from . import eval_pipelines as pipeline_opts
+from .argtypes import int_at_least, writable_dir
 
 
 def _fractions(s: str) -> list[float]:
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
     e = subparsers.add_parser("from-samples", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                               help="FD/AUC/budget/consistency of finished `sample` folders (no sampling)")
     e.add_argument("--samples-from", type=Path, nargs="+", required=True, help="finished sample folder(s)")
-    e.add_argument("--out", type=Path, default=Path("runs/eval-samples"), help="folder for JSON and PNG")
+    e.add_argument("--out", type=writable_dir("--out"), default=Path("runs/eval-samples"), help="folder for JSON and PNG")
     e.add_argument("--step", type=int_at_least("--step"), default=10, help="AUC grid Δ (NFE)")
     e.add_argument("--fractions", type=_fractions, default=[0.2, 0.4, 0.6, 0.8, 1.0],
                    help="fractions of each run's NFE at which FD is reported (Table 3's readout)")
@@ -42,10 +42,10 @@ def add_parser(subparsers) -> None:
     e.add_argument("--heldout", type=int_at_least("--heldout", 0), default=None,
                    help="real images in the noise-floor pool (bundled default: 10000; pipelines: 0)")
     e.add_argument("--device", default=None, help="feature network device (default: cpu)")
-    e.add_argument("--cache-dir", type=Path, default=None, help="reference feature cache (default: OUT/cache)")
+    e.add_argument("--cache-dir", type=writable_dir("--cache-dir"), default=None, help="reference feature cache (default: OUT/cache)")
     e.add_argument("--threads", type=int_at_least("--threads"), default=1)
     e.add_argument("--quiet", action="store_true")
-    cp.add_rgb_metric_args(e)
+    pipeline_opts.add_rgb_metric_args(e)
 
 
 def _sets(folders):

@@ -103,7 +103,6 @@ def sample_one(name: str, run, total_nfe: int, stream, settings: dict, out: Path
     (the latest result is kept)."""
     from .recorder import AnytimeRecorder
 
-    out.mkdir(parents=True, exist_ok=True)
     rec = AnytimeRecorder(out, {**settings, "method": name, "outer": run.outer_steps,
                                 "inner": list(run.inner_steps)},
                           scale=args.scale or (4 if settings["family"] == "bundled" else 1))
@@ -120,10 +119,17 @@ def sample_one(name: str, run, total_nfe: int, stream, settings: dict, out: Path
                                    + (f"  {u.expected_change.summary()}" if u.expected_change is not None else ""))
     except KeyboardInterrupt:
         code = 130
-        print("\ninterrupted: writing the latest result", file=sys.stderr)
-    finally:
+    except BaseException:
         progress.close()
-    paths = rec.write(interrupted=code == 130)
+        raise
+    from ..io import interrupts_deferred
+    with interrupts_deferred() as late:   # the files of a run are written whole, even on a second Ctrl+C
+        progress.close()
+        if code == 130:
+            print("\ninterrupted: writing the latest result", file=sys.stderr)
+        paths = rec.write(interrupted=code == 130)
+    if late.interrupted:
+        code = 130
     if paths:
         print(f"[{name}] wrote {', '.join(str(p) for p in paths)}")
     return code

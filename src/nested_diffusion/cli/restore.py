@@ -10,7 +10,7 @@ import math
 import sys
 from pathlib import Path
 
-from .argtypes import int_at_least as _int_at_least
+from .argtypes import int_at_least as _int_at_least, writable_dir
 from ..inverse.operators import MEASUREMENT_SEED_OFFSET
 from ..inverse.registry import DEGRADATIONS
 
@@ -85,7 +85,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--budget", type=_int_at_least("--budget", 1), default=None, help="max NFE")
     r.add_argument("--deadline", type=_float_in("--deadline", 1e-9), default=None, help="wall-clock seconds")
     r.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
-    r.add_argument("--out", default="out/restore", help="output folder")
+    r.add_argument("--out", type=writable_dir("--out"), default=Path("out/restore"), help="output folder")
     r.add_argument("--scale", type=_int_at_least("--scale", 1), default=4, help="pixel upscaling in pictures")
     r.add_argument("--threads", type=_int_at_least("--threads", 1), default=None, help="torch CPU threads")
     r.add_argument("--quiet", action="store_true", help="no per-update lines")

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .argtypes import int_at_least as _int_at_least
+from .argtypes import int_at_least as _int_at_least, writable_dir
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--lpips-net", choices=("alex", "vgg", "squeeze"), default=None,
                    help="also report LPIPS to the clean image (torchvision backbone weights must be in "
                         "$TORCH_HOME/hub/checkpoints; nothing is downloaded)")
-    r.add_argument("--out", type=Path, default=Path("runs/table2"))
+    r.add_argument("--out", type=writable_dir("--out"), default=Path("runs/table2"))
     r.add_argument("--threads", type=_int_at_least("--threads", 1), default=1, help="torch CPU threads")
     r.add_argument("--quiet", action="store_true")
     return r

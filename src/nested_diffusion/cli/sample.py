@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import eval_pipelines as cp
-from .argtypes import check_device, int_at_least, nonneg_float, solver_choices
+from . import eval_pipelines as pipeline_opts
+from .argtypes import check_device, int_at_least, nonneg_float, solver_choices, writable_dir
 from .run_args import SAMPLE_OPTION_NAMES, add_schedule_args, build_checked, run_from_args
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def _shard(s: str) -> str:
 
 
 def _sample_args(e: argparse.ArgumentParser) -> None:
-    e.add_argument("--out-dir", type=Path, required=True, help="sample folder (created; a rerun resumes it)")
+    e.add_argument("--out-dir", type=writable_dir("--out-dir"), required=True, help="sample folder (created; a rerun resumes it)")
     e.add_argument("--num-samples", type=int_at_least("--num-samples"), required=True, help="samples N")
     add_schedule_args(e, "--outer-steps", "--inner-steps")   # defaults: the family's (families.py)
     e.add_argument("--step", type=_step, default=10,
@@ -80,7 +80,7 @@ def _sample_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--barrier-timeout-min", type=float, default=120.0,
                    help="minutes a finished rank waits for the others (default: 120)")
     e.add_argument("--quiet", action="store_true", help="no per-item lines")
-    cp.add_pipeline_args(e)
+    pipeline_opts.add_pipeline_args(e)
 
 
 def add_parser(subparsers) -> None:
@@ -112,7 +112,7 @@ def build_job(args, local_rank: int = 0) -> "SampleJob":
     """The SampleJob of the command line (loads the model or pipeline on this rank's device)."""
     from ..distributed import SampleJob
     args.experiment = "sample"                       # read by the pipeline option checks
-    cp.check_pipeline_args(args)
+    pipeline_opts.check_pipeline_args(args)
     device = _device(args, local_rank)
     from ..core.schedules import Schedule
     from ..families import get_family
@@ -122,7 +122,7 @@ def build_job(args, local_rank: int = 0) -> "SampleJob":
         from .eval import bundled_factory_of
         factory = bundled_factory_of(args, device)
     else:
-        factory = cp.pipeline_factory(args)
+        factory = pipeline_opts.pipeline_factory(args)
     steps = dict(outer=run.outer_steps, inner=run.inner_steps[0]) if run.schedule == "uniform" else \
         dict(outer=run.outer_steps, inner=max(run.inner_steps), nfe=run.inner_total,
              schedule=Schedule(run.schedule, run.inner_steps, run.outer_times))   # the resolved split, whole

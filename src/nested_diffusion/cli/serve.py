@@ -15,12 +15,19 @@ def add_parser(sub) -> argparse.ArgumentParser:
                            "progression strip and a GIF. Needs: pip install 'nested-diffusion[demo]'."))
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the page on the network)")
     s.add_argument("--port", type=int_at_least("--port", 1), default=7860, help="TCP port")
-    s.add_argument("--pipeline", choices=("bundled", "sd", "dit"), default="bundled",
-                   help="bundled Fashion-MNIST model, Nested Stable Diffusion or Nested DiT")
+    from ..families import describe_families, family_names
+    s.add_argument("--pipeline", choices=family_names(), default="bundled",
+                   help=f"the model family: {describe_families()}")
     s.add_argument("--model-path", default=None,
                    help="model folder: a TinyUNet folder (bundled; default: the shipped weights) or a saved "
-                        "diffusers pipeline (sd, dit; required)")
+                        "diffusers pipeline (every other family; required)")
+    s.add_argument("--calibration", default=None, metavar="FILE|auto|none",
+                   help="expected change: a calibration file made by `nested-diffusion calibrate` (shown for the "
+                        "jobs whose configuration it matches), 'auto' (bundled only, the default there: the "
+                        "calibrations shipped with the package) or 'none'")
     s.add_argument("--device", default="cpu", help="torch device")
+    s.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="pipeline weights dtype (default: as saved / float32)")
     s.add_argument("--concurrency", type=int_at_least("--concurrency", 1), default=2,
                    help="jobs computed at once (pipelines run one at a time); the others wait in the queue")
     s.add_argument("--queue-size", type=int_at_least("--queue-size", 1), default=32,
@@ -53,7 +60,9 @@ def run(args) -> int:
     try:
         limits = Limits(args.max_batch, args.max_outer_steps, args.max_inner_steps, args.max_nfe, args.max_size,
                         args.max_deadline)
-        backend = load_backend(args.pipeline, args.model_path, args.device)
+        dtype = None if args.dtype is None else getattr(torch, args.dtype)
+        backend = load_backend(args.pipeline, args.model_path, args.device, calibration=args.calibration,
+                               dtype=dtype)
     except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

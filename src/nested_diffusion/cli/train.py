@@ -6,16 +6,17 @@ import argparse
 import json
 import sys
 
-from .argtypes import nonneg_float, positive_int, solver_choices
+from .argtypes import nonneg_float, positive_float, positive_int, solver_choices, writable_dir
+from pathlib import Path
 
 
 def add_parsers(subparsers) -> None:
     t = subparsers.add_parser("train", help="train (or resume) the Fashion-MNIST denoiser",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--out", default="runs/fashion-unet", help="run folder (checkpoint.pt, ema/)")
+    t.add_argument("--out", type=writable_dir("--out"), default=Path("runs/fashion-unet"), help="run folder (checkpoint.pt, ema/)")
     t.add_argument("--steps", type=positive_int("--steps"), default=12000, help="total optimizer steps")
     t.add_argument("--batch-size", type=positive_int("--batch-size"), default=128)
-    t.add_argument("--max-minutes", type=float, default=None, help="stop (checkpointed) after this long")
+    t.add_argument("--max-minutes", type=positive_float("--max-minutes"), default=None, help="stop (checkpointed) after this long")
     t.add_argument("--checkpoint-minutes", type=float, default=5.0)
     t.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     t.add_argument("--threads", type=positive_int("--threads"), default=None)
@@ -29,13 +30,13 @@ def add_parsers(subparsers) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
     q.add_argument("--classifier", default=None, help="classifier folder (default: the bundled one)")
-    q.add_argument("--cache-dir", default="runs/quality-cache", help="generated chunks (resume)")
+    q.add_argument("--cache-dir", type=writable_dir("--cache-dir"), default=Path("runs/quality-cache"), help="generated chunks (resume)")
     q.add_argument("--data-dir", default=None)
     q.add_argument("--threads", type=positive_int("--threads"), default=None)
 
     c = subparsers.add_parser("train-classifier", help="train the Fashion-MNIST feature classifier",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    c.add_argument("--out", default="runs/fashion-classifier")
+    c.add_argument("--out", type=writable_dir("--out"), default=Path("runs/fashion-classifier"))
     c.add_argument("--epochs", type=positive_int("--epochs"), default=3)
     c.add_argument("--data-dir", default=None)
 

@@ -71,8 +71,8 @@ class NestedSolver(Solver):
             most = self.inner.max_steps(t, convention)
             if s > most:
                 raise ValueError(f"inner_steps: {s} inner steps in outer step {k + 1} of {n} (its inner run starts "
-                                 f"at t={t}) exceed the {most} distinct timesteps below t={t}; give at most {most} "
-                                 f"inner steps there, or fewer outer steps (each outer step starts lower)")
+                                 f"at t={t}) exceed the {most} distinct timesteps below t={t}: at most {most} inner "
+                                 f"steps fit there")
         return times
 
     def _explicit_times(self, t_start: int, n: int) -> list[int]:

@@ -12,6 +12,7 @@ Nothing is ever deleted: a rerun skips done items. An item holds the distinct an
 from __future__ import annotations
 
 import hashlib
+import zipfile
 import json
 import os
 import socket
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from ..evaluation.snapshots import Snapshots
-from ..io import atomic_save_npz, atomic_write_json
+from ..io import atomic_save_npz, atomic_write_bytes, atomic_write_json
 
 FORMAT = 1
 
@@ -34,6 +35,14 @@ class ConfigMismatchError(ValueError):
 
 class IncompleteRunError(RuntimeError):
     """Some work items are missing."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def config_hash(config: dict) -> str:
@@ -67,7 +76,11 @@ class SampleStore:
         if not self.manifest_path.is_file():
             raise FileNotFoundError(f"--out-dir: {str(self.root)!r} holds no manifest.json; it is not a sample "
                                     f"folder made by `nested-diffusion sample`")
-        return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        try:
+            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"--out-dir: {str(self.manifest_path)!r} is damaged ({e}); restore it or sample into a "
+                             f"new --out-dir") from None
 
     def open(self, config: dict, extra: dict | None = None) -> dict:
         """Create the folder and its manifest, or check that an existing one has the same configuration."""
@@ -105,8 +118,25 @@ class SampleStore:
     def item_path(self, item: int) -> Path:
         return self.root / "items" / f"{item // 1000:03d}" / f"{item:06d}.npz"
 
+    def checksum_path(self, item: int) -> Path:
+        return self.item_path(item).with_suffix(".sha256")
+
     def is_done(self, item: int) -> bool:
-        return self.item_path(item).is_file()
+        """The item's file exists and its bytes still have the SHA-256 written beside it (a damaged or truncated
+        item, or one without its checksum, counts as not done: a rerun recomputes it)."""
+        path, check = self.item_path(item), self.checksum_path(item)
+        if not path.is_file():
+            return False
+        if not check.is_file():  # a folder from before checksums: accept an item that reads whole, and stamp it
+            try:
+                with np.load(path) as z:
+                    for k in z.files:
+                        z[k]  # reading a member checks its CRC-32
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+                return False
+            atomic_write_bytes(check, (file_sha256(path) + "\n").encode())
+            return True
+        return file_sha256(path) == check.read_text(encoding="utf-8").strip()
 
     def missing(self, config: dict) -> list[int]:
         return [b for b in range(self.num_items(config)) if not self.is_done(b)]
@@ -120,11 +150,21 @@ class SampleStore:
                       seeds=np.asarray(snaps.seeds, np.int64))
         if labels is not None:
             arrays["labels"] = np.asarray(labels, np.int64)
-        return atomic_save_npz(path, **arrays)
+        atomic_save_npz(path, **arrays)
+        atomic_write_bytes(self.checksum_path(item), (file_sha256(path) + "\n").encode())  # after the item: a
+        return path                                          # crash between the two leaves it "not done"
 
     def read_item(self, item: int) -> dict:
-        with np.load(self.item_path(item)) as z:
-            return {k: z[k] for k in z.files}
+        path = self.item_path(item)
+        if not self.is_done(item):
+            raise ValueError(f"{str(path)!r}: the item is damaged or incomplete (its bytes do not match the checksum "
+                             f"written with it); rerun the sample command to recompute it")
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{str(path)!r}: cannot read the item ({e}); rerun the sample command to recompute "
+                             f"it") from None
 
     # ----------------------------------------------------------------------------------------------- logs
     def log_path(self, rank: int, world: int) -> Path:

@@ -70,7 +70,13 @@ class SampleJob:
         named = {} if self.schedule is None else dict(
             schedule=getattr(self.schedule, "name", self.schedule), nfe=self.nfe,
             inner_steps=list(self.sampler.inner_steps), outer_times=[float(t) for t in self.sampler.times[:-1]])
-        return dict(sampler=self.factory.info, outer=self.outer, inner=self.inner, **named,
+        # where the bytes come from: a CPU float32 folder is not resumed on CUDA or in another dtype (absent = the
+        # CPU float32 default, so folders made before this key existed still resume)
+        model_dtype = str(getattr(self.sampler, "pipe_dtype", torch.float32)).replace("torch.", "")
+        device_type = torch.device(self.factory.device or self.device).type
+        where = {k: v for k, v in (("device_type", device_type), ("model_dtype", model_dtype))
+                 if v not in ("cpu", "float32")}
+        return dict(sampler=self.factory.info, outer=self.outer, inner=self.inner, **named, **where,
                     total_nfe=self.sampler.total_nfe, marks=self.marks, num_samples=self.num_samples,
                     seed=self.seed, batch_size=self.batch_size, sample_shape=list(self.factory.sample_shape),
                     noise=noise, seed_rule="sample i: seed + i; conditioning a function of i alone")

@@ -45,13 +45,44 @@ def dit_identity(pipe: Any, guidance_scale: float, guided_channels: int | None) 
     return model_identity(pipe, guidance_scale, guided_channels=guided_channels)
 
 
+def _is(pipe: Any, cls_name: str) -> bool:
+    return any(c.__name__ == cls_name for c in type(pipe).__mro__)
+
+
+def call_identity(pipe: Any, guidance_scale: float, height: int | None = None, width: int | None = None,
+                  guidance_rescale: float = 0.0, guided_channels: int | None = 3) -> dict:
+    """``model_identity`` of a call of ``pipe`` with these settings (the dict its ``calibration=`` check uses):
+    Nested SD with its size and guidance rescale, Nested DiT with its guided channels, the other families (SDXL,
+    SD3, FLUX, …) with their family name, the weights of the denoiser, VAE and every text encoder, the guidance and
+    the size. Sizes left None are the pipeline's default."""
+    if _is(pipe, "NestedDiTPipeline"):
+        return dit_identity(pipe, guidance_scale, guided_channels)
+    size = getattr(pipe, "default_sample_size", None)
+    if size is None:
+        size = pipe.unet.config.sample_size
+    size = int(size if isinstance(size, int) else size[0]) * int(pipe.vae_scale_factor)
+    height, width = height or size, width or size
+    if _is(pipe, "NestedStableDiffusionPipeline"):
+        return sd_identity(pipe, guidance_scale, guidance_rescale, height, width)
+    from ..families import family_of_pipeline
+    fam = family_of_pipeline(pipe)
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    encoders = [getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")]
+    return canonical({"pipeline": fam.name if fam is not None else type(pipe).__name__,
+                      "weights": sampled_fingerprint(denoiser, pipe.vae, *encoders), "guidance": float(guidance_scale),
+                      "guidance_rescale": float(guidance_rescale), "size": [int(height), int(width)]})
+
+
 def sampler_identity(sampler: Any) -> dict:
-    """``model_identity`` of a ``factories.PipelineSampler`` (the same dict the pipeline call computes)."""
+    """``model_identity`` of a ``factories.PipelineSampler`` (the same dict the pipeline call computes); a
+    guidance the sampler leaves out is the family's default."""
     o = sampler.options
-    if sampler.cond_arg == "prompt":
-        return sd_identity(sampler.pipe, o["guidance_scale"], o.get("guidance_rescale", 0.0), o["height"],
-                           o["width"])
-    return dit_identity(sampler.pipe, o["guidance_scale"], o.get("guided_channels", 3))
+    guidance = o.get("guidance_scale")
+    if guidance is None:
+        from ..families import family_of_pipeline
+        guidance = family_of_pipeline(sampler.pipe).guidance_default()
+    return call_identity(sampler.pipe, guidance, o.get("height"), o.get("width"), o.get("guidance_rescale", 0.0),
+                         o.get("guided_channels", 3))
 
 
 def resolve_calibration(calibration: Any, sampler_settings: dict, model: Callable[[], dict]) -> Calibration | None:

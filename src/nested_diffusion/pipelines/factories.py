@@ -147,7 +147,7 @@ class PipelineSampler(NestedSampler):
     """A NestedSampler (same grids, NFE schedule and ``stream`` interface) whose stream is one
     ``pipe.iter_anytime(..., output_type="latent")`` run; ``cond`` is the batch's prompts (SD) or class labels
     (DiT). Updates carry the x̂0 *latent*; ``decode`` turns kept ones into images in [−1, 1]. ``calibration=``
-    (SD / DiT only) is passed to the pipeline call, so the updates carry its ``expected_change``."""
+    is passed to the pipeline call, so the updates carry its ``expected_change``."""
 
     def __init__(self, pipe: Any, cond_arg: str, latent_shape: tuple, outer: int | None, inner: int | None,
                  options: dict, decode_batch: int = 8, schedule: Any = None,
@@ -177,7 +177,7 @@ class PipelineSampler(NestedSampler):
         if grad:
             raise ValueError("grad: the diffusers pipelines always run without autograd")
         calibration = calibration if calibration is not None else self.calibration
-        extra = {} if calibration is None else {"calibration": calibration}  # SDXL/SD3/FLUX take none
+        extra = {} if calibration is None else {"calibration": calibration}
         outs = self.pipe.iter_anytime(**{self.cond_arg: list(cond)}, **self.options, **self.steps,
                                       generator=noise, latents=x_T, max_nfe=max_nfe,
                                       deadline=deadline, previews=previews, output_type="latent",

@@ -43,10 +43,11 @@ class ModernPipelineSampler(PipelineSampler):
         self.t_start, self.solver, self.outer_steps, self.times = core.t_start, core.solver, core.outer_steps, \
             core.times
         self.inner_steps, self.total_nfe = core.inner_steps, core.total_nfe
+        self.config = core.config  # the resolved run (calibration_settings reads it)
         self.pipe, self.cond_arg, self.latent_shape = pipe, "prompt", tuple(latent_shape)
         self.options, self.outer_arg, self.inner_arg = dict(options), outer, inner
         self.decode_batch = int(decode_batch)
-        self.calibration = None  # SDXL/SD3/FLUX take no calibration= (PipelineSampler.stream reads it)
+        self.calibration = None  # stream(calibration=) passes one to the pipeline call (PipelineSampler.stream)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind
                       check_call_args)
 from .modern import (check_generators, decode_update, execution_device, flow_schedule_of, output_class,
                      preview_decoder, vae_dtype)
+from .expected_change import call_identity, resolve_calibration
 from .noise import make_noise
 from .previews import check_preview
 
@@ -82,6 +83,7 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         denoiser_hook: Callable | None = None,
+        calibration: Any = None,
         max_sequence_length: int = 512,
         mu: float | None = None,
         num_inference_steps: int | None = None,
@@ -104,6 +106,8 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         results. The final image always uses the full VAE.
         ``schedule`` ("progressive", "uniform" or a ``Schedule``) with ``total_nfe``: a named split of the budget
         instead of outer/inner steps; the progressive schedule's outer times are flow times u (1.0, 0.9, 0.8).
+        ``calibration``: a calibration (or file) from ``nested-diffusion calibrate --pipeline flux`` for this
+        configuration (checked before any model call); every output then carries ``expected_change``.
         """
         return self._final_output(locals())
 
@@ -169,6 +173,9 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         self._guidance_scale, self._joint_attention_kwargs = a["guidance_scale"], a["joint_attention_kwargs"]
         self._interrupt, self._current_timestep = False, None
         self.nested_sampler = sampler
+        calibration = resolve_calibration(a["calibration"], sampler.calibration_settings(a["previews"]),
+                                          lambda: call_identity(self, a["guidance_scale"], a["height"], a["width"],
+                                                                a.get("guidance_rescale", 0.0)))
         cond = self._encode(a, batch, h, w)
         noise = make_noise(gen, batch, cond.device, cond.dtype)
         if a["latents"] is None:  # drawn unpacked (B, C, h, w) then packed, as FluxPipeline.prepare_latents
@@ -181,7 +188,8 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
 
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
                               a["callback_on_step_end"], tensor_inputs,
-                              lambda: {"prompt_embeds": cond.prompt_embeds}, apply, a["denoiser_hook"])
+                              lambda: {"prompt_embeds": cond.prompt_embeds}, apply, a["denoiser_hook"],
+                              calibration)
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], output_cls=NestedFluxPipelineOutput,
                    spatial=lambda x0: self._unpack_latents(x0, a["height"], a["width"], self.vae_scale_factor),
                    full=self._full_decode,

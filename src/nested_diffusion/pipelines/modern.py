@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from ..core.flow_schedule import FlowSchedule
-from .anytime import with_anytime_fields
+from .anytime import anytime_fields, with_anytime_fields
 from .previews import PreviewDecoder, kl_encoder
 
 DECODER_FIELD = (("decoder", "str", dataclasses.field(default="vae")),)  # which decoder made the images
@@ -57,7 +57,7 @@ def decode_update(pipe: Any, update: Any, x0: torch.Tensor, ctx: dict) -> Any:
                                                  output_type=output_type)
     if not ctx["return_dict"]:
         return (image,)
-    return ctx["output_cls"](images=image, latents=x0, decoder=decoder, **update.info())
+    return ctx["output_cls"](images=image, latents=x0, decoder=decoder, **anytime_fields(update))
 
 
 def preview_decoder(pipe: Any, a: dict, preview: str, shift: float | None) -> PreviewDecoder:

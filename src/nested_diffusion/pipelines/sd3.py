@@ -23,6 +23,7 @@ from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind
                       check_call_args)
 from .modern import (check_generators, decode_update, execution_device, flow_schedule_of, output_class,
                      preview_decoder, vae_dtype)
+from .expected_change import call_identity, resolve_calibration
 from .noise import make_noise
 from .previews import check_preview
 
@@ -88,6 +89,7 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         denoiser_hook: Callable | None = None,
+        calibration: Any = None,
         max_sequence_length: int = 256,
         mu: float | None = None,
         num_inference_steps: int | None = None,
@@ -104,6 +106,8 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         grid defaults to "sigma_min" (the stock SD3 grid) and CFG (guidance_scale > 1) runs in the inner process.
         ``schedule`` ("progressive", "uniform" or a ``Schedule``) with ``total_nfe``: a named split of the budget
         instead of outer/inner steps; the progressive schedule's outer times are flow times u (1.0, 0.9, 0.8).
+        ``calibration``: a calibration (or file) from ``nested-diffusion calibrate --pipeline sd3`` for this
+        configuration (checked before any model call); every output then carries ``expected_change``.
         """
         return self._final_output(locals())
 
@@ -169,6 +173,9 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         self._guidance_scale, self._clip_skip = a["guidance_scale"], a["clip_skip"]
         self._joint_attention_kwargs, self._interrupt = a["joint_attention_kwargs"], False
         self.nested_sampler = sampler
+        calibration = resolve_calibration(a["calibration"], sampler.calibration_settings(a["previews"]),
+                                          lambda: call_identity(self, a["guidance_scale"], a["height"], a["width"],
+                                                                a.get("guidance_rescale", 0.0)))
         cond = self._encode(a)
         noise = make_noise(gen, batch, cond.device, cond.positive.dtype)
         x_T = noise.randn(shape[1:]) if a["latents"] is None else a["latents"].to(cond.device, cond.positive.dtype)
@@ -180,7 +187,8 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
 
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
                               a["callback_on_step_end"], tensor_inputs,
-                              lambda: {k: getattr(cond, v) for k, v in names.items()}, apply, a["denoiser_hook"])
+                              lambda: {k: getattr(cond, v) for k, v in names.items()}, apply, a["denoiser_hook"],
+                              calibration)
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], spatial=lambda x0: x0,
                    output_cls=NestedStableDiffusion3PipelineOutput, full=self._full_decode,
                    preview=preview_decoder(self, a, preview, self.vae.config.shift_factor))

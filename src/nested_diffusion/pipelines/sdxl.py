@@ -22,6 +22,7 @@ from .adapters import checked_solver, pipeline_run
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,
                       check_call_args)
 from .modern import check_generators, decode_update, execution_device, output_class, preview_decoder, vae_dtype
+from .expected_change import call_identity, resolve_calibration
 from .noise import make_noise
 from .previews import check_preview
 
@@ -94,6 +95,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         denoiser_hook: Callable | None = None,
+        calibration: Any = None,
         num_inference_steps: int | None = None,
         num_inner_steps: int | None = None,
         inner_scheduler: Any = None,
@@ -110,6 +112,8 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         preview_results); the final image always uses the full VAE. ``schedule`` ("progressive", "uniform" or a
         ``Schedule``) with ``total_nfe`` (default 100) instead of outer/inner steps, as in
         ``NestedStableDiffusionPipeline``: ``pipe(prompt, schedule="progressive", total_nfe=100)``.
+        ``calibration``: a calibration (or file) from ``nested-diffusion calibrate --pipeline sdxl`` for this
+        configuration (checked before any model call); every output then carries ``expected_change``.
         """
         return self._final_output(locals())
 
@@ -166,6 +170,9 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         self._clip_skip, self._cross_attention_kwargs = a["clip_skip"], a["cross_attention_kwargs"]
         self._denoising_end, self._interrupt = None, False
         self.nested_sampler = sampler
+        calibration = resolve_calibration(a["calibration"], sampler.calibration_settings(a["previews"]),
+                                          lambda: call_identity(self, a["guidance_scale"], a["height"], a["width"],
+                                                                a.get("guidance_rescale", 0.0)))
         cond = self._encode(a, batch)
         noise = make_noise(a["generator"], batch, cond.device, cond.positive.dtype)
         x_T = noise.randn(shape[1:]) if a["latents"] is None else a["latents"].to(cond.device, cond.positive.dtype)
@@ -178,7 +185,8 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
 
         pairs = anytime_pairs(self, sampler, noise, x_T, cond, a["max_nfe"], a["deadline"], a["previews"],
                               a["callback_on_step_end"], tensor_inputs,
-                              lambda: {k: getattr(cond, v) for k, v in names.items()}, apply, a["denoiser_hook"])
+                              lambda: {k: getattr(cond, v) for k, v in names.items()}, apply, a["denoiser_hook"],
+                              calibration)
         ctx = dict(output_type=a["output_type"], return_dict=a["return_dict"], spatial=lambda x0: x0,
                    output_cls=NestedStableDiffusionXLPipelineOutput, full=self._full_decode,
                    preview=preview_decoder(self, a, preview, None))

@@ -58,14 +58,29 @@ def gif_bytes(frames: Sequence[np.ndarray], scale: int = 1, duration_ms: int = 2
     return buf.getvalue()
 
 
-def expected_change_words(info: Any, batch: int) -> str | None:
-    """The expected-change indicator of an update, if a calibration produced one: ``info.expected_change``
-    with ``wording(i)`` or ``wordings``; None (show nothing) otherwise."""
+NO_CALIBRATION_WORDS = "Expected change: no calibration for this configuration"
+
+
+def _values(ec: Any, i: int) -> str:
+    """' (pixel RMSE ≈ 0.041, semantic ≈ 0.0123, flip 4%)' for sample i of an ``ExpectedChange``, '' otherwise."""
+    sample = getattr(ec, "sample", None)
+    if not callable(sample):
+        return ""
+    s = sample(i)
+    flip = "" if s.get("flip") is None else f", flip {100 * s['flip']:.0f}%"
+    return f" (pixel RMSE ≈ {s['rmse']:.3f}, semantic ≈ {s['semantic']:.4f}{flip})"
+
+
+def expected_change_words(info: Any, batch: int, calibrated: bool = True) -> str | None:
+    """The expected-change line of an update: per shown image its wording and predicted values
+    (``ExpectedChange.wording`` / ``sample``; objects with ``wordings`` give the words only). ``calibrated``
+    False (no calibration matches the job's configuration): ``NO_CALIBRATION_WORDS``; None (show nothing) when
+    a calibration is attached but this update carries no prediction."""
     ec = getattr(info, "expected_change", None)
     if ec is None:
-        return None
+        return None if calibrated else NO_CALIBRATION_WORDS
     if callable(getattr(ec, "wording", None)):
-        words = [str(ec.wording(i)) for i in range(batch)]
+        words = [str(ec.wording(i)) + _values(ec, i) for i in range(batch)]
     elif getattr(ec, "wordings", None) is not None:
         words = [str(w) for w in ec.wordings]
     else:

@@ -79,17 +79,17 @@ def _advance(vanilla: Iterator | None, last: tuple | None, nfe: int) -> tuple | 
     return last
 
 
-def _update(backend: Any, info: Any, images: np.ndarray, run: Any, total: int, budget: int,
+def _update(backend: Any, info: Any, images: np.ndarray, run: Any, prep: Prepared, budget: int,
             van: tuple | None, start: float) -> WebUpdate:
     scale = getattr(backend, "display_scale", backend.scale)
     return WebUpdate(images=images, image=batch_tile(images, scale), nfe=int(info.nfe), spent=run.calls,
-                     total_nfe=total, budget=budget, outer_step=int(info.outer_step),
+                     total_nfe=prep.total_nfe, budget=budget, outer_step=int(info.outer_step),
                      outer_steps=int(info.outer_steps), inner_step=int(info.inner_step),
                      inner_steps=int(info.inner_steps), source=str(info.source), final=bool(info.final),
                      elapsed=time.perf_counter() - start,
                      vanilla=None if van is None else batch_tile(van[1], scale),
                      vanilla_nfe=None if van is None else int(van[0].nfe),
-                     expected_change=expected_change_words(info, images.shape[0]))
+                     expected_change=expected_change_words(info, images.shape[0], prep.calibrated))
 
 
 def _end_state(last: WebUpdate, prep: Prepared, stopped: bool, elapsed: float) -> str:
@@ -108,18 +108,16 @@ def stream_updates(backend: Any, request: JobRequest | Prepared, stop: Any = Non
     ``next()``; nothing is computed before that."""
     prep = request if isinstance(request, Prepared) else backend.prepare(request, limits or Limits())
     should_stop = stop_check(stop)
-    outer, inner = prep.extra["outer"], prep.extra["inner"]
-    named = {} if prep.extra.get("schedule", "uniform") == "uniform" else {"schedule": prep.extra["schedule"]}
-    total = backend.total_nfe(prep, outer, inner, **named)
+    total = prep.total_nfe
     budget = total if prep.max_nfe is None else min(prep.max_nfe, total)
     start = time.perf_counter()
-    nested = backend.open(prep, outer, inner, should_stop, prep.max_nfe, prep.deadline, **named)
-    vanilla = backend.open(prep, 1, outer * inner, should_stop) if prep.request.vanilla else None
+    nested = backend.open(prep, should_stop)
+    vanilla = backend.open(prep, should_stop, vanilla=True) if prep.request.vanilla else None
     van_iter, van, last = (None if vanilla is None else iter(vanilla)), None, None
     try:
         for info, images in nested:
             van = _advance(van_iter, van, int(info.nfe))
-            last = _update(backend, info, images, nested, total, budget, van, start)
+            last = _update(backend, info, images, nested, prep, budget, van, start)
             yield last
         if last is None:
             raise TimeoutError("deadline: passed before the first model call finished; no result (raise it)")
