@@ -38,7 +38,8 @@ CELLS = [(s, f, k, c) for s in SURFACES for f in FAMILIES for k in SCHEDULES for
 
 
 def test_the_matrix_covers_every_family_of_the_table():
-    assert set(FAMILIES) == set(family_names())
+    # generic families are Python-only so far (nested_diffusion.anytime; tests/test_anytime_any.py)
+    assert set(FAMILIES) == {n for n in family_names() if not get_family(n).generic}
 
 
 @pytest.fixture(scope="module")
