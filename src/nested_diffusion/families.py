@@ -9,7 +9,6 @@ diffusers pipeline with ``iter_anytime`` and ``run_defaults``) and one ``registe
 """
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
 from dataclasses import dataclass
@@ -69,7 +68,8 @@ class Family:
         d = self.run_defaults()
         if d.guidance is not None:
             return d.guidance
-        return float(inspect.signature(self.pipeline_class().__call__).parameters["guidance_scale"].default)
+        from .pipelines.anytime import default_guidance
+        return default_guidance(self.pipeline_class())
 
     @property
     def kind(self) -> str:

@@ -151,3 +151,9 @@ class AnytimeIterMixin:
     def _decoded(self, pairs, ctx):
         for update, x0 in pairs:
             yield self._output(update, x0, ctx)
+
+
+def default_guidance(pipeline_class: type) -> float:
+    """The guidance scale a pipeline call uses when none is given: its ``guidance_scale`` default."""
+    import inspect
+    return float(inspect.signature(pipeline_class.__call__).parameters["guidance_scale"].default)
