@@ -9,7 +9,6 @@ diffusers pipeline with ``iter_anytime`` and ``run_defaults``) and one ``registe
 """
 from __future__ import annotations
 
-import inspect
 import os
 import warnings
 from dataclasses import dataclass
@@ -78,11 +77,8 @@ class Family:
         d = self.run_defaults()
         if d.guidance is not None:
             return d.guidance
-        params = inspect.signature(self.pipeline_class().__call__).parameters
-        for name in ("guidance_scale", "true_cfg_scale"):   # Qwen-Image guides with true_cfg_scale only
-            if name in params and params[name].default is not None:
-                return float(params[name].default)
-        raise ValueError(f"family {self.name!r}: its pipeline has no guidance scale default")
+        from .pipelines.anytime import default_guidance
+        return default_guidance(self.pipeline_class())
 
     @property
     def kind(self) -> str:
