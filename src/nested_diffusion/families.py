@@ -18,6 +18,7 @@ from typing import Any, Callable
 from .core.run import RunDefaults
 
 PROMPT, CLASS_LABELS = "prompt", "class_labels"
+SURFACES = ("python", "generate", "sample", "eval", "calibrate", "serve")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,21 @@ class Family:
     @property
     def takes_prompt(self) -> bool:
         return self.conditioning == PROMPT
+
+    @property
+    def surfaces(self) -> tuple[str, ...]:
+        """Where the family runs: every surface, or — a generic family (a stock diffusers pipeline through
+        ``NestedScheduler``) — Python (``nested_diffusion.anytime``) and ``generate`` so far."""
+        return ("python", "generate") if self.generic else SURFACES
+
+    def require(self, surface: str, option: str = "--pipeline") -> "Family":
+        """This family, or one clear error when ``surface`` cannot run it (the README lists these)."""
+        if surface not in self.surfaces:
+            raise ValueError(f"{option}: {self.name} is a generic family (its stock diffusers pipeline through "
+                             f"NestedScheduler); it runs in Python (nested_diffusion.anytime) and `nested-diffusion "
+                             f"generate`, not yet in `{surface}` (families that do: "
+                             f"{', '.join(n for n, f in _FAMILIES.items() if surface in f.surfaces)})")
+        return self
 
     def pipeline_class(self) -> type:
         if self.pipeline is None:
