@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..core.schedules import schedule_names
-from .argtypes import int_at_least as _int, nonneg_float as _float, writable_dir
+from .argtypes import int_at_least as _int, writable_dir
 from .run_args import add_solver_args
 from . import eval_pipelines as pipeline_opts
 

@@ -11,7 +11,6 @@ local weights file (``--features inception``, the default) and a reference given
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 from .argtypes import check_device, int_at_least as _int

@@ -16,13 +16,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
 
 from ..core.events import INNER_RESULT, X0_PREVIEW, AnytimeUpdate
 from ..core.nested import PREVIEW_MODES, stop_check
-from ..core.registry import FLOW, VP
+from ..core.registry import FLOW
 from ..core.run import RunConfig, RunDefaults, resolve_run
 from .nested_scheduler import GENERIC_DEFAULTS, NestedScheduler, NestedSchedulerError, scheduler_kind
 from .previews import tiny_decode, use_cheap
@@ -117,20 +117,8 @@ def vae_decode(layout: str, pipe: Any, z: torch.Tensor) -> torch.Tensor:
     if layout == "flux2":
         return vae.decode(z.to(dtype), return_dict=False)[0]
     if layout == "sdxl":
-        upcast = dtype == torch.float16 and cfg.force_upcast
-        if upcast:
-            vae.to(torch.float32)
-        z = z.to(next(vae.parameters()).dtype)
-        if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
-            mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(z.device, z.dtype)
-            std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(z.device, z.dtype)
-            z = z * std / cfg.scaling_factor + mean
-        else:
-            z = z / cfg.scaling_factor
-        out = vae.decode(z, return_dict=False)[0]
-        if upcast:
-            vae.to(torch.float16)
-        return out
+        from .modern import decode_sdxl_latents
+        return decode_sdxl_latents(vae, z)
     z = z.to(dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
     return vae.decode(z, return_dict=False)[0]
 

@@ -33,13 +33,12 @@ import math
 import re
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from ..core.eta import resolve_eta
-from ..core.events import SolverEvent
 from ..core.flow_schedule import FLOW_CONVENTIONS, FlowSchedule, flow_grid
 from ..core.flow_solvers import flow_eta
 from ..core.flow_steps import FRESH_NOISE, flow_ddim_step, flow_noise_scale, vp_alpha_bar

@@ -32,7 +32,7 @@ from ..core.nested import NestedSampler, calibration_settings
 from ..core.registry import FLOW
 from ..core.run import RunConfig, option_error, resolve_run
 from ..core.schedules import Schedule
-from ..families import CLASS_LABELS, Family, family_names, family_of_pipeline, get_family
+from ..families import Family, family_names, family_of_pipeline, get_family
 from .render import model_to_rgb, unit_to_rgb
 
 # canonical run option → the JobRequest field (errors of the resolver and of the sampler name these)
