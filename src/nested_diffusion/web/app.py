@@ -6,8 +6,13 @@ family's run defaults (``Family.run_defaults()``: bundled progressive at 100 NFE
 …). The schedule control shows the controls that apply to it: an NFE budget (and ``first``) for a named schedule
 such as progressive, outer × inner steps for uniform; the hidden ones are not sent to the run. The generate
 handler is an async generator over a ``Job`` (``web.stream``); Stop is a ``queue=False`` handler keyed by the
-Gradio session hash (soft stop: the image shown is the result, within one model call), Cancel uses ``cancels=``
-and discards the result, closing the tab (the session's unload) cancels the job. Offline by construction:
+Gradio session hash (soft stop: the image shown is the result, within one model call), closing the tab (the
+session's unload) cancels the job. Cancel is a ``queue=False`` handler too: it cancels the session's job — or,
+pressed before the job started (Generate first announces its job to the board, then the queued generate runs),
+the job as it starts — and the generate stream itself then ends with "Cancelled" (no picture). The stream is the
+only writer of the outputs, so nothing of a cancelled run can land after that message; Gradio's ``cancels=``
+(killing the handler task from the page) is not used: it raced the stream's last messages and left stale
+pictures and red error badges. Offline by construction:
 analytics off, no share tunnel, the default theme (bundled fonts), bound to 127.0.0.1 unless told otherwise.
 
 The "Expected change" line shows, per image, the predicted remaining change and its wording when a calibration
@@ -52,6 +57,7 @@ ABOUT = ("**Nested Diffusion** (Elata et al., WACV 2024) runs a complete inner d
          "outer step, so a finished image exists after every inner run. Watch it improve; press **Stop** when it "
          "is good enough (the image shown is kept), **Cancel** to discard.")
 UNIFORM_ONLY, NAMED_ONLY = ("outer_steps", "inner_steps"), ("nfe", "first")
+CANCELLED = "Cancelled: the result was discarded."
 
 
 def image_px(backend: Any) -> int:
@@ -143,6 +149,7 @@ class DemoHandlers:
         try:
             job = Job(self.backend, _request(self.names, list(values[:-1]), values[-1]), self.limits)
         except (ValueError, TypeError) as e:
+            self.board.withdraw(key)
             raise gr.Error(str(e), title="Bad input", print_exception=False)
         self.board.start(key, job)
         seq = 0
@@ -156,6 +163,9 @@ class DemoHandlers:
                     yield self._outputs(u, False)
                     if u.source != INNER_RESULT:   # coalesce fast x̂0 previews; a finished inner run shows at once
                         await asyncio.sleep(PREVIEW_FRAME_S)
+            if job.state == "cancelled":
+                yield None, None, CANCELLED, "", None, None
+                return
             if job.state == "failed":
                 raise gr.Error(f"The job failed: {job.error}", title="Generation failed", print_exception=False)
             if job.result is not None:
@@ -166,9 +176,14 @@ class DemoHandlers:
     def stop(self, request: gr.Request) -> None:
         self.board.stop(request.session_hash)
 
-    def cancel(self, request: gr.Request) -> tuple:
+    def announce(self, request: gr.Request) -> None:
+        """Generate was pressed: a Cancel from now on applies to the job this request makes (even before it
+        starts)."""
+        self.board.announce(request.session_hash)
+
+    def cancel(self, request: gr.Request) -> None:
+        """Cancel the session's job (running or announced); its stream ends with ``CANCELLED``."""
         self.board.cancel(request.session_hash)
-        return None, None, "Cancelled: the result was discarded.", "", None, None
 
     def unload(self, request: gr.Request) -> None:
         self.board.forget(request.session_hash)
@@ -206,10 +221,11 @@ def build_app(backend: Any, limits: Limits | None = None, concurrency: int = 2, 
         demo.nd_gif_dir = gif_dir
         demo.nd_css = PIXELATED if backend.family.is_bundled else FIT
         outputs = [image, van_img, status, change, strip, gif]
-        ev = run.click(h.generate, [c for _, c in fields] + [vanilla], outputs, api_name="generate",
-                       concurrency_limit=concurrency, concurrency_id="generate", show_progress="minimal")
+        run.click(h.announce, None, None, queue=False, api_name=False).then(
+            h.generate, [c for _, c in fields] + [vanilla], outputs, api_name="generate",
+            concurrency_limit=concurrency, concurrency_id="generate", show_progress="minimal")
         stop.click(h.stop, None, None, queue=False, api_name="stop")
-        cancel.click(h.cancel, None, outputs, cancels=[ev], queue=False, api_name="cancel")
+        cancel.click(h.cancel, None, None, queue=False, api_name="cancel")
         vanilla.change(lambda v: gr.update(visible=bool(v)), vanilla, van_img, queue=False, api_name=False)
         by_name = dict(fields)
         toggled = [by_name[n] for n in NAMED_ONLY + UNIFORM_ONLY]
