@@ -69,3 +69,28 @@ def test_cancel_early_ends_cancelled_without_errors(server):
     bad = [o for o in outcomes if "Cancelled" not in o["status"] or o["errors"] or o["image"]]
     assert len(outcomes) == len(DELAYS) and not bad, f"cancel went wrong: {bad} (all: {outcomes})"
     assert all(o["calls"] < 100 for o in outcomes)    # each run was cut short, not finished
+
+
+def test_bad_seed_is_refused_and_strip_label_clear_of_thumbnails(server):
+    url, model, board = server
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(url)
+        page.wait_for_selector("#nd-generate")
+        calls = model.calls
+        page.fill("#nd-seed input", "2.5")                      # not rounded to 2 or 3 silently: refused
+        page.click("#nd-generate")
+        page.wait_for_selector(".toast-body", timeout=10000)
+        toast = page.inner_text(".toast-body")
+        assert "Bad input: seed: 2.5 is not a whole number" in toast, toast
+        assert model.calls == calls and len(board) == 0
+        page.fill("#nd-seed input", "3")
+        page.click("#nd-generate")
+        page.wait_for_selector("#nd-strip img", timeout=30000)
+        page.wait_for_timeout(300)
+        label = page.locator("#nd-strip-label").bounding_box()
+        picture = page.locator("#nd-strip img").bounding_box()
+        assert label and picture and label["y"] + label["height"] <= picture["y"] + 1   # above it, not over it
+        browser.close()
+    wait_idle(board)

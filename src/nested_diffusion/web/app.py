@@ -58,6 +58,7 @@ ABOUT = ("**Nested Diffusion** (Elata et al., WACV 2024) runs a complete inner d
          "is good enough (the image shown is kept), **Cancel** to discard.")
 UNIFORM_ONLY, NAMED_ONLY = ("outer_steps", "inner_steps"), ("nfe", "first")
 CANCELLED = "Cancelled: the result was discarded."
+BAD_INPUT = "Bad input"
 
 
 def image_px(backend: Any) -> int:
@@ -78,6 +79,9 @@ def _inputs(backend: Any, limits: Limits) -> list[tuple[str, Any]]:
     family = backend.family
     d = family.run_defaults()
     uniform = d.schedule == "uniform"
+    outer0 = min(d.outer_steps, slider_max(limits, "outer_steps", 1))
+    inner0 = min(d.inner_steps, slider_max(limits, "inner_steps", outer0))
+    outer_max = slider_max(limits, "outer_steps", inner0)
     fields: list[tuple[str, Any]] = []
     if family.is_bundled:
         from ..bundled.data import CLASS_NAMES
@@ -93,7 +97,8 @@ def _inputs(backend: Any, limits: Limits) -> list[tuple[str, Any]]:
                    ("height", gr.Number(0, precision=0, label=f"Height (0 = model default, ≤ {limits.max_size})")),
                    ("width", gr.Number(0, precision=0, label=f"Width (0 = model default, ≤ {limits.max_size})"))]
     fields += [
-        ("seed", gr.Number(0, precision=0, label="Seed (image i uses seed + i)", elem_id="nd-seed")),
+        ("seed", gr.Number(0, minimum=0, step=1, label="Seed (a whole number; image i uses seed + i)",
+                           elem_id="nd-seed")),    # no precision=0: it would round 2.5 silently; prepare refuses it
         ("schedule", gr.Dropdown(schedule_names(), value=d.schedule, elem_id="nd-schedule",
                                  label="Schedule (progressive: two quick inner runs, then one long one, within the "
                                        "NFE budget; uniform: outer × inner steps)")),
@@ -101,9 +106,9 @@ def _inputs(backend: Any, limits: Limits) -> list[tuple[str, Any]]:
                           label=f"NFE budget of the schedule (inner steps in total, ≤ {limits.max_nfe})")),
         ("first", gr.Number(first_default(), precision=0, visible=not uniform, elem_id="nd-first",
                             label="Steps of each quick inner run (progressive)")),
-        ("outer_steps", gr.Slider(1, limits.max_outer_steps, min(d.outer_steps, limits.max_outer_steps), step=1,
-                                  label="Outer steps", visible=uniform, elem_id="nd-outer")),
-        ("inner_steps", gr.Slider(1, limits.max_inner_steps, min(d.inner_steps, limits.max_inner_steps), step=1,
+        ("outer_steps", gr.Slider(1, outer_max, outer0, step=1, label="Outer steps", visible=uniform,
+                                  elem_id="nd-outer")),
+        ("inner_steps", gr.Slider(1, slider_max(limits, "inner_steps", outer0), inner0, step=1,
                                   label="Inner steps per outer step", visible=uniform, elem_id="nd-inner")),
         ("solver", gr.Dropdown(list(solver_names(family.kind)), value=d.inner_solver, label="Inner solver")),
         ("guidance", gr.Number(family.guidance_default(), label="Guidance scale (inner process)")),
@@ -113,12 +118,20 @@ def _inputs(backend: Any, limits: Limits) -> list[tuple[str, Any]]:
     return fields
 
 
+def slider_max(limits: Limits, name: str, other: int) -> int:
+    """The largest value of the outer (``name`` "outer_steps") or inner slider that the server's ``Limits``
+    accept with the other slider at ``other``: its own cap and outer × inner ≤ max_nfe (the page moves the
+    maxima as the other slider moves, so the sliders never offer a split the server always refuses)."""
+    own = limits.max_outer_steps if name == "outer_steps" else limits.max_inner_steps
+    return max(1, min(own, limits.max_nfe // max(1, int(other or 1))))
+
+
 def _request(names: list[str], values: list[Any], vanilla: bool) -> JobRequest:
     """The page's values as a request: the controls the chosen schedule hides are not sent (a uniform split's
     outer × inner with a named schedule, or its NFE budget and first with uniform)."""
     data = dict(zip(names, values))
     if "seed" in data and data["seed"] is None:
-        raise ValueError("seed: enter a whole number ≥ 0")
+        raise ValueError("seed: empty; enter a whole number ≥ 0")
     schedule = data.get("schedule")
     if schedule:
         for name in (NAMED_ONLY if schedule == "uniform" else UNIFORM_ONLY):
@@ -150,7 +163,8 @@ class DemoHandlers:
             job = Job(self.backend, _request(self.names, list(values[:-1]), values[-1]), self.limits)
         except (ValueError, TypeError) as e:
             self.board.withdraw(key)
-            raise gr.Error(str(e), title="Bad input", print_exception=False)
+            # Gradio 6 titles a pop-up by its kind ("Error") and ignores title=: the message says it itself
+            raise gr.Error(f"{BAD_INPUT}: {e}", title=BAD_INPUT, print_exception=False)
         self.board.start(key, job)
         seq = 0
         try:
@@ -213,8 +227,9 @@ def build_app(backend: Any, limits: Limits | None = None, concurrency: int = 2, 
                                    interactive=False, visible=False, height=px, elem_id="nd-vanilla")
                 status = gr.Markdown("Press **Generate**.", elem_id="nd-status")
                 change = gr.Markdown("", elem_id="nd-change")
-                strip = gr.Image(label="Progression (rows: images, columns: anytime results)", format="png",
-                                 interactive=False, height=px + 140, elem_id="nd-strip")
+                gr.Markdown("**Progression** (rows: images, columns: anytime results)", elem_id="nd-strip-label")
+                strip = gr.Image(show_label=False, format="png", interactive=False, height=px + 140,
+                                 elem_id="nd-strip")   # the label above, not over the edge thumbnails
                 gif = gr.File(label="Progression GIF", interactive=False, elem_id="nd-gif")
         h = DemoHandlers(backend, limits, [n for n, _ in fields], gif_dir)
         demo.nd_handlers = h          # for tests and embedding code
@@ -230,6 +245,11 @@ def build_app(backend: Any, limits: Limits | None = None, concurrency: int = 2, 
         by_name = dict(fields)
         toggled = [by_name[n] for n in NAMED_ONLY + UNIFORM_ONLY]
         by_name["schedule"].change(schedule_controls, by_name["schedule"], toggled, queue=False, api_name=False)
+        outer, inner = by_name["outer_steps"], by_name["inner_steps"]
+        outer.change(lambda o: gr.update(maximum=slider_max(limits, "inner_steps", o)), outer, inner, queue=False,
+                     api_name=False)
+        inner.change(lambda i: gr.update(maximum=slider_max(limits, "outer_steps", i)), inner, outer, queue=False,
+                     api_name=False)
         demo.unload(h.unload)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     return demo
