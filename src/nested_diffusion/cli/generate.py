@@ -54,7 +54,10 @@ def build_samplers(args) -> tuple[list, dict, list[int]]:
     from ..bundled.expected_change import resolve_calibration
     from ..core.nested import NestedSampler, calibration_settings
 
-    classes = parse_classes("all" if args.classes is None else args.classes)
+    try:
+        classes = parse_classes("all" if args.classes is None else args.classes)
+    except ValueError as e:                       # the parser names its argument 'classes'; the option is --classes
+        raise ValueError(f"--{e}" if str(e).startswith("classes:") else str(e)) from None
     check_batch(len(classes), args.max_batch, "--classes")
     run = run_from_args(args, RUN_DEFAULTS)                      # every run option, resolved once
     model = load_unet(args.model)
