@@ -61,6 +61,8 @@ def device_dtype(args):
 
 def check_pipeline_args(args) -> None:
     """Options that do not fit the chosen pipeline; raised before anything is loaded."""
+    from ..families import get_family
+    get_family(args.pipeline).require("sample" if getattr(args, "experiment", None) == "sample" else "eval")
     if args.pipeline == "bundled":
         for opt in ("model_path", "prompts", "negative_prompt", "height", "width", "features", "reference_images",
                     "reference_stats", "clip_model"):

@@ -26,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"image each")
     g.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (same seed, same image)")
     add_schedule_args(g)
-    add_solver_args(g)
+    add_solver_args(g, kind=None)   # every kind: the family's resolver says which fit
     add_stop_args(g)
     g.add_argument("--vanilla", action="store_true",
                    help="also run vanilla sampling at the same NFE (outer=1) and write it to OUT/vanilla/")

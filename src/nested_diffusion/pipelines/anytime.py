@@ -151,3 +151,14 @@ class AnytimeIterMixin:
     def _decoded(self, pairs, ctx):
         for update, x0 in pairs:
             yield self._output(update, x0, ctx)
+
+
+def default_guidance(pipeline_class: type) -> float:
+    """The guidance scale a pipeline call uses when none is given: its ``guidance_scale`` default (Qwen-Image,
+    whose ``guidance_scale`` defaults to None, guides with ``true_cfg_scale``)."""
+    import inspect
+    params = inspect.signature(pipeline_class.__call__).parameters
+    for name in ("guidance_scale", "true_cfg_scale"):
+        if name in params and params[name].default is not None:
+            return float(params[name].default)
+    raise ValueError(f"pipeline: {pipeline_class.__name__} has no guidance scale default")

@@ -53,7 +53,7 @@ def call_identity(pipe: Any, guidance_scale: float, height: int | None = None, w
                   guidance_rescale: float = 0.0, guided_channels: int | None = 3) -> dict:
     """``model_identity`` of a call of ``pipe`` with these settings (the dict its ``calibration=`` check uses):
     Nested SD with its size and guidance rescale, Nested DiT with its guided channels, the other families (SDXL,
-    SD3, FLUX, …) with their family name, the weights of the denoiser, VAE and every text encoder, the guidance and
+    SD3, FLUX, …) with their pipeline class name, the weights of the denoiser, VAE and every text encoder, the guidance and
     the size. Sizes left None are the pipeline's default."""
     if _is(pipe, "NestedDiTPipeline"):
         return dit_identity(pipe, guidance_scale, guided_channels)
@@ -64,11 +64,10 @@ def call_identity(pipe: Any, guidance_scale: float, height: int | None = None, w
     height, width = height or size, width or size
     if _is(pipe, "NestedStableDiffusionPipeline"):
         return sd_identity(pipe, guidance_scale, guidance_rescale, height, width)
-    from ..families import family_of_pipeline
-    fam = family_of_pipeline(pipe)
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     encoders = [getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3")]
-    return canonical({"pipeline": fam.name if fam is not None else type(pipe).__name__,
+    return canonical({"pipeline": type(pipe).__name__,   # the pipeline class: a family's code, named without
+                      # reaching up to the family table (pipelines sit below it)
                       "weights": sampled_fingerprint(denoiser, pipe.vae, *encoders), "guidance": float(guidance_scale),
                       "guidance_rescale": float(guidance_rescale), "size": [int(height), int(width)]})
 
@@ -79,8 +78,8 @@ def sampler_identity(sampler: Any) -> dict:
     o = sampler.options
     guidance = o.get("guidance_scale")
     if guidance is None:
-        from ..families import family_of_pipeline
-        guidance = family_of_pipeline(sampler.pipe).guidance_default()
+        from .anytime import default_guidance
+        guidance = default_guidance(type(sampler.pipe))
     return call_identity(sampler.pipe, guidance, o.get("height"), o.get("width"), o.get("guidance_rescale", 0.0),
                          o.get("guided_channels", 3))
 

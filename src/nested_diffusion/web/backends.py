@@ -510,7 +510,7 @@ def load_backend(family: str = "bundled", model_path: str | os.PathLike | None =
     loaded from disk only through the family table (``Family.load``). ``calibration``: "auto" (the default for
     the bundled model: its shipped calibrations; the pipeline families ship none), "feature" (bundled), "none" or
     a file."""
-    fam = get_family(family)
+    fam = get_family(family).require("serve")
     if fam.is_bundled:
         return BundledBackend(fam.load(model_path, device, dtype, option), scale=scale or 4, device=device,
                               calibration=calibration or "auto", family=fam)
