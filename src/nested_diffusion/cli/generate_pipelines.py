@@ -34,6 +34,7 @@ def add_pipeline_options(g: argparse.ArgumentParser) -> None:
 
 def check_family_options(args):
     """The family of ``--pipeline``; options that do not fit it are refused before anything is loaded."""
+    from .generate import check_batch
     from ..families import get_family
     family = get_family(args.pipeline)
     given = lambda names: [n for n in names if getattr(args, n, None) not in (None, [])]  # noqa: E731
@@ -56,6 +57,7 @@ def check_family_options(args):
                              f"several images)")
         if args.classes is not None:
             raise ValueError(f"--classes: --pipeline {family.name} is prompt-conditioned; give --prompt instead")
+        check_batch(len(args.prompt), args.max_batch, "--prompt")
     else:
         if args.prompt or args.negative_prompt is not None:
             raise ValueError(f"--prompt/--negative-prompt: --pipeline {family.name} is class-conditioned; give "
@@ -65,6 +67,7 @@ def check_family_options(args):
                              f"comma-separated)")
         if args.height is not None or args.width is not None:
             raise ValueError(f"--height/--width: --pipeline {family.name} has a fixed sample size")
+        check_batch(len([s for s in str(args.classes).split(",") if s.strip()]), args.max_batch, "--classes")
     if family.generic:
         from ..pipelines.any_pipeline import GENERIC_FAMILIES
         if args.solver is not None or args.inner_eta not in (None, 0.0):

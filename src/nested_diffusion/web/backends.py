@@ -164,10 +164,17 @@ def run_nfe(run: RunConfig) -> int:
 def check_job(req: JobRequest, run: RunConfig, limits: Limits) -> int:
     """The server's own caps on a resolved run (``Limits``) and the seed; returns the seed."""
     total_nfe = run_nfe(run)
+    if isinstance(req.seed, (float, np.floating)) and not float(req.seed).is_integer():
+        raise ValueError(f"seed: {req.seed!r} is not a whole number; enter a whole number ≥ 0")
     seed = _int_in("seed", req.seed, 0, 2 ** 63 - 1 - limits.max_batch)
     if run.outer_steps > limits.max_outer_steps:
         raise ValueError(f"outer_steps: {run.describe()} has {run.outer_steps} outer steps; this server allows 1 "
                          f"to {limits.max_outer_steps}")
+    if max(run.inner_steps) > limits.max_inner_steps and run.schedule not in ("uniform", "custom"):
+        longest = max(run.inner_steps)     # a named schedule's longest run grows with the budget: blame the budget
+        raise ValueError(f"nfe: {run.schedule} at {run.inner_total} NFE makes an inner run of {longest} steps; this "
+                         f"server allows at most {limits.max_inner_steps} per inner run, so give an NFE budget of "
+                         f"at most {run.inner_total - longest + limits.max_inner_steps}")
     if max(run.inner_steps) > limits.max_inner_steps:
         raise ValueError(f"inner_steps: {run.describe()} has an inner run of {max(run.inner_steps)} steps; this "
                          f"server allows 1 to {limits.max_inner_steps} per inner run")
