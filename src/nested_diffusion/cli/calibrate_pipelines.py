@@ -57,7 +57,8 @@ def add_pipeline_args(c) -> None:
 
 def pipeline_families() -> str:
     from ..families import family_names, get_family
-    return ", ".join(n for n in family_names() if not get_family(n).is_bundled)
+    return ", ".join(n for n in family_names() if not get_family(n).is_bundled
+                     and "calibrate" in get_family(n).surfaces)
 
 
 def check_calibratable(family) -> None:
