@@ -41,8 +41,8 @@ GENERIC = tuple(n for n in family_names() if get_family(n).generic)
 
 
 def test_the_matrix_covers_every_family_of_the_table():
-    # generic families (stock pipelines through NestedScheduler) run in Python (tests/test_anytime_any.py) and in
-    # generate (tests/test_generate_families.py); the other surfaces refuse them (test below, README)
+    # generic families (stock pipelines through NestedScheduler) run in Python (tests/pipelines/test_anytime_any.py) and in
+    # generate (tests/cli/test_generate_families.py); the other surfaces refuse them (test below, README)
     assert set(FAMILIES) | set(GENERIC) == set(family_names()) and GENERIC
 
 

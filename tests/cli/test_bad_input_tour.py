@@ -21,7 +21,7 @@ import pytest
 
 from nested_diffusion import cli
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 TWENTY_THOUSAND = ",".join(["0"] * 20000)
 SAMPLE = ["--num-samples", "2", "--outer-steps", "1", "--inner-steps", "2", "--step", "1", "--batch-size", "1",
           "--quiet"]

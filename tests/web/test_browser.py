@@ -24,12 +24,12 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwr
 from nested_diffusion.web import BundledBackend, Limits  # noqa: E402
 from nested_diffusion.web.app import build_app, launch_app  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared fixtures
 from web_helpers import CountingModel, wait_idle  # noqa: E402
 
 ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--disable-background-networking"]
-DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "web-demo.png"
+DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-demo.png"
 
 
 def nfe_of(text: str) -> int | None:

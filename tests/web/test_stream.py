@@ -14,7 +14,7 @@ import torch
 from nested_diffusion.web import BundledBackend, Job, JobRequest, Limits, load_backend, stream_updates
 from nested_diffusion.web.render import expected_change_words, gif_bytes, progression_strip
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared fixtures
 from web_helpers import CountingModel, library_images, page_picture, saved_tiny_pipe  # noqa: E402
 
 
