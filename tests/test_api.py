@@ -339,3 +339,36 @@ def test_binding_beyond_loopback_needs_a_key():
     r = subprocess.run([sys.executable, "-m", "nested_diffusion.cli", "api", "--host", "0.0.0.0"], env=env,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--api-key" in r.stderr and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------------------------ pipeline families
+@pytest.mark.parametrize("family, prompt, n", [("sd", "a photo of a cat", 1), ("dit", "1", 2)])
+def test_a_pipeline_family_is_served_through_the_same_backend_path(tmp_path, family, prompt, n):
+    pytest.importorskip("diffusers")
+    from fixtures_tiny import tiny_dit, tiny_sd
+
+    from nested_diffusion.families import get_family
+    from nested_diffusion.web import load_backend, stream_updates
+    build = {"sd": tiny_sd, "dit": tiny_dit}[family]
+    get_family(family).pipeline_class().from_pipe(build()).save_pretrained(tmp_path / family)
+    backend = load_backend(family, tmp_path / family)
+    service = ImageService(backend)
+    assert service.max_active == 1                    # a pipeline object runs one request at a time
+    server, port = serve(service)
+    try:
+        run = {"outer_steps": 2, "inner_steps": 2}
+        events = list(client(port).images.generate(model=family, prompt=prompt, n=n, stream=True, partial_images=3,
+                                                   extra_body={"seed": 4, **run}))
+        partials = [e for e in events if e.type == "image_generation.partial_image"]
+        done = [e for e in events if e.type == "image_generation.completed"]
+        assert len(partials) == n and len(done) == n                  # outer step 1 of 2, per image
+        assert all(e.model_extra["nfe"] == 2 and e.model_extra["finished"] for e in partials)
+        job = JobRequest(seed=4, prompt=prompt, classes=",".join([prompt] * n), **run)
+        want = list(stream_updates(backend, job))[-1].images
+        for e in done:
+            assert np.array_equal(decode(e.b64_json), want[e.model_extra["image_index"]])
+        with pytest.raises(openai.BadRequestError) as e:
+            client(port).images.generate(model=family, prompt=prompt, size="100x100")
+        assert e.value.body["param"] == "size"
+    finally:
+        server.should_exit = True

@@ -158,6 +158,8 @@ class ImageService:
             if warm_up:
                 self.batching.warm_up()
         self.backend = backend
+        if getattr(backend, "exclusive", False):   # a pipeline runs one request at a time: the rest wait in the
+            self.max_active = 1                     # queue (deadlines count that wait; 429 when it is full)
         self._cv = threading.Condition()
         self._running: set[Ticket] = set()
         self._waiting: deque[Ticket] = deque()
@@ -236,10 +238,11 @@ class ImageService:
                 raise ApiError(f"negative_prompt: the {self.model_id} model is class-conditioned (prompt = class "
                                f"names); it takes no negative prompt", "negative_prompt")
             side = self._native_side()
-            native = f"{side}x{side}"
+            native = "auto" if side is None else f"{side}x{side}"
             if size not in ("auto", native):
-                raise ApiError(f"size: {size!r} is not available; the {self.model_id} model makes {native} images "
-                               f"(valid: {native}, auto)", "size")
+                valid = "auto" if side is None else f"{native}, auto"
+                raise ApiError(f"size: {size!r} is not available; the {self.model_id} model makes images of its own "
+                               f"size (valid: {valid})", "size")
             classes = self._classes(prompt)
             if n is not None and len(classes) > 1 and n != len(classes):
                 raise ApiError(f"n: {n} images for the {len(classes)} classes of the prompt; give n={len(classes)} "
@@ -270,9 +273,8 @@ class ImageService:
         return [s.strip() for s in prompt.split(",") if s.strip()]
 
     def _native_side(self) -> int:
-        if getattr(self.backend, "pipe", None) is not None:
-            return self.backend.native_size()
-        return int(self.backend.model.config.get("image_size", 28))
+        pipe = getattr(self.backend, "pipe", None)
+        return None if pipe is not None else int(self.backend.model.config.get("image_size", 28))
 
     # ------------------------------------------------------------------------------------------- admission
     def submit(self, request: ApiRequest, sink: Callable[[dict], None]) -> Ticket:
@@ -358,7 +360,7 @@ class ImageService:
             return self.batching.call_seconds(self.batching.active_rows() + rows)
         if not self._nfe_seconds:
             return None
-        return sum(self._nfe_seconds) / len(self._nfe_seconds) * (1 + len(self._running) - 1)
+        return sum(self._nfe_seconds) / len(self._nfe_seconds)
 
     # ------------------------------------------------------------------------------------------- running
     def _work(self, ticket: Ticket) -> None:
@@ -380,7 +382,6 @@ class ImageService:
 
     def _run(self, ticket: Ticket) -> None:
         req = ticket.request
-        prep = self.pick_schedule(req) if req.adapt else req.prepared
         deadline_at = None if req.deadline_s is None else req.arrived + req.deadline_s
         seen = {"any": False}
 
@@ -389,12 +390,13 @@ class ImageService:
 
         finished = latest = None          # (update, monotonic time) of the last finished run / last update
         first_finished_at = None
-        sent = [0] * prep.batch
         last_state = "running"
         lock = self.backend.lock if getattr(self.backend, "exclusive", False) else None
         if lock is not None:
             lock.acquire()
         try:
+            prep = self.pick_schedule(req) if req.adapt else req.prepared
+            sent = [0] * prep.batch
             if self.batching is not None:
                 self.batching.join(ticket.member)
             try:
@@ -443,7 +445,7 @@ class ImageService:
                      round((first_finished_at - req.arrived) * 1000, 1),
                      elapsed_ms=round((time.monotonic() - req.arrived) * 1000, 1), nfe_total=nfe_total)
         images = [encode(img, req.output_format, req.compression) for img in u.images]
-        ticket.sink({"type": "done", "images": images, "stats": stats})
+        ticket.sink({"type": "done", "images": images, "stats": stats, "size": size_of(u.images[0])})
 
     def _stats(self, u: Any, prep: Prepared, req: ApiRequest, ticket: Ticket) -> dict:
         return {"seed": prep.seeds[0], "nfe": u.nfe, "nfe_spent": u.spent, "nfe_total": u.total_nfe,
@@ -458,11 +460,16 @@ class ImageService:
         for i, img in enumerate(u.images):
             event = {"type": "image_generation.partial_image",
                      "b64_json": encode(img, req.output_format, req.compression),
-                     "created_at": int(time.time()), "size": req.size, "quality": "auto", "background": "opaque",
+                     "created_at": int(time.time()), "size": size_of(img), "quality": "auto", "background": "opaque",
                      "output_format": req.output_format, "partial_image_index": sent[i], "image_index": i,
                      **stats, "seed": prep.seeds[i]}
             sent[i] += 1
             ticket.sink(event)
+
+
+def size_of(image: Any) -> str:
+    """'WIDTHxHEIGHT' of an (H, W, 3) image."""
+    return f"{image.shape[1]}x{image.shape[0]}"
 
 
 def encode(image: Any, output_format: str, compression: int | None = None) -> str:
@@ -479,7 +486,7 @@ def response_events(done: dict, req: ApiRequest, prep_seeds: list) -> list[dict]
     out = []
     for i, b64 in enumerate(done["images"]):
         out.append({"type": "image_generation.completed", "b64_json": b64, "created_at": int(time.time()),
-                    "size": req.size, "quality": "auto", "background": "opaque", "output_format": req.output_format,
+                    "size": done["size"], "quality": "auto", "background": "opaque", "output_format": req.output_format,
                     "usage": {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0},
                               "output_tokens": 0, "total_tokens": 0},
                     "image_index": i, **done["stats"], "seed": prep_seeds[i]})
@@ -489,7 +496,7 @@ def response_events(done: dict, req: ApiRequest, prep_seeds: list) -> list[dict]
 def response_body(done: dict, req: ApiRequest, prep_seeds: list) -> dict:
     """The non-streaming ``ImagesResponse``."""
     return {"created": int(time.time()), "background": "opaque", "output_format": req.output_format,
-            "quality": "auto", "size": req.size,
+            "quality": "auto", "size": done["size"],
             "data": [{"b64_json": b64, "seed": prep_seeds[i]} for i, b64 in enumerate(done["images"])],
             **{k: v for k, v in done["stats"].items() if k != "seed"}}
 
