@@ -1,6 +1,6 @@
 """Adding a model family = its pipeline class (with ``run_defaults``) + one ``register_family``: a toy family
-registered here is reached from Python, ``generate`` and ``sample`` (named schedules included) with its own
-defaults."""
+registered here is reached from Python, ``generate``, ``sample`` (named schedules included), ``eval``,
+``calibrate`` and the ``serve`` backend with its own defaults — the one step docs/ARCHITECTURE.md describes."""
 import json
 
 import pytest
@@ -31,7 +31,7 @@ def toy(tmp_path):
     unregister_family("toy")
 
 
-def test_a_registered_family_reaches_python_generate_and_sample(toy, tmp_path):
+def test_a_registered_family_reaches_every_surface(toy, tmp_path):
     fam = get_family("toy")
     assert "toy" in family_names() and fam.run_defaults().inner_solver == "dpmpp_2m" and fam.guidance_default() == 7.5
     pipe = fam.load(toy)                                                                     # Python
@@ -56,3 +56,20 @@ def test_a_registered_family_reaches_python_generate_and_sample(toy, tmp_path):
                      "--schedule", "progressive", "--nfe", "5", "--first", "1", "--out-dir", str(tmp_path / "s2"),
                      "--device", "cpu", "--quiet"]) == 0
     assert json.loads((tmp_path / "s2" / "manifest.json").read_text())["config"]["inner_steps"] == [1, 1, 3]
+    ev = tmp_path / "eval"                                                                    # eval
+    assert cli.main(["eval", "consistency", "--pipeline", "toy", "--model-path", str(toy), "--prompts", str(prompts),
+                     "--height", "16", "--width", "16", "--samples", "2", "--chunk", "2", "--metrics", "mse",
+                     "--configs", "2x3", "--total-nfe", "6", "--step", "1", "--device", "cpu", "--quiet",
+                     "--out", str(ev)]) == 0
+    assert list(ev.glob("*.json"))
+    cal = tmp_path / "cal"                                                                    # calibrate
+    assert cli.main(["calibrate", "--pipeline", "toy", "--model-path", str(toy), "--prompts", str(prompts),
+                     "--height", "16", "--width", "16", "--feature-model", "random-rgb", "--samples", "20",
+                     "--chunk", "20", "--threads", "1", "--out", str(cal), "--cache-dir", str(tmp_path / "cc")]) == 0
+    made = next(cal.glob("*.json"))
+    assert json.loads(made.read_text())["config"]["sampler"]["inner_steps"] == [3, 3]   # the toy's defaults
+    from nested_diffusion.web import JobRequest, load_backend, stream_updates                # serve
+    backend = load_backend("toy", toy, calibration=str(made))
+    ups = list(stream_updates(backend, JobRequest(prompt="a cat", height=16, width=16)))
+    shown = [u.expected_change for u in ups if u.expected_change is not None]
+    assert ups[-1].nfe == 6 and shown and all(w.startswith("Expected change: ") for w in shown)

@@ -117,13 +117,15 @@ def test_cancel_discards_within_one_model_call(server, how):
         job = client.submit(*args([2], 9, 5, 20), api_name="/generate")
         wait_nfe(job, 2)
         if how == "cancel button":
-            out = client.predict(api_name="/cancel")
-            assert out[0] is None and out[2] == "Cancelled: the result was discarded."
+            client.predict(api_name="/cancel")
         else:
             job.cancel()
         after_cancel = server.model.calls
         wait_idle(server.board)
         assert server.model.calls <= after_cancel + 1
+        if how == "cancel button":     # the run's own stream ends with the message, after all its updates
+            final = job.result(timeout=30)
+            assert final[0] is None and final[2] == "Cancelled: the result was discarded."
     finally:
         client.close()
 
@@ -258,3 +260,27 @@ def test_memory_flat_over_100_jobs_on_the_cli_server(tmp_path):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_sliders_offer_only_splits_the_server_accepts():
+    """The outer/inner sliders' maxima come from the server's Limits and follow each other (outer × inner ≤
+    max_nfe), so a slider position the server always refuses (50 × 250 at a 1000-NFE cap) cannot be chosen."""
+    from nested_diffusion.web.app import slider_max
+    from nested_diffusion.web.backends import JobRequest, check_job, resolve_job_run
+    from nested_diffusion.families import get_family
+    limits = Limits(max_outer_steps=50, max_inner_steps=250, max_nfe=1000)
+    assert slider_max(limits, "inner_steps", 50) == 20 and slider_max(limits, "outer_steps", 250) == 4
+    assert slider_max(limits, "inner_steps", 1) == 250 and slider_max(limits, "outer_steps", 1) == 50
+    for outer in (1, 3, 7, 50):                       # the largest offered inner value is accepted …
+        inner = slider_max(limits, "inner_steps", outer)
+        req = JobRequest(classes="1", schedule="uniform", outer_steps=outer, inner_steps=inner, solver="ddpm")
+        check_job(req, resolve_job_run(req, get_family("bundled")), limits)
+        req.inner_steps = inner + 1                   # … and one more is refused
+        if inner < 250:
+            with pytest.raises(ValueError, match="exceeds this server's limit"):
+                check_job(req, resolve_job_run(req, get_family("bundled")), limits)
+    demo = build_app(BundledBackend(CountingModel()), limits)
+    sliders = {c["props"].get("elem_id"): c["props"] for c in demo.config["components"]
+               if c["props"].get("elem_id") in ("nd-outer", "nd-inner")}
+    assert sliders["nd-outer"]["maximum"] * sliders["nd-inner"]["value"] <= 1000
+    assert sliders["nd-inner"]["maximum"] * sliders["nd-outer"]["value"] <= 1000

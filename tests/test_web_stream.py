@@ -72,6 +72,22 @@ def test_cancel_discards_the_result():
     assert model.calls <= at_cancel + 1
 
 
+def test_cancel_before_the_job_starts_applies_to_it():
+    """The page announces a job when Generate is pressed; a Cancel before the job starts (queued) cancels it as it
+    starts: no model call, state cancelled. A Cancel with nothing announced does not touch a later job."""
+    from nested_diffusion.web import JobBoard
+    model, board = CountingModel(), JobBoard()
+    request = JobRequest(classes="1", outer_steps=2, inner_steps=3)
+    board.announce("s")
+    assert board.cancel("s")
+    job = board.start("s", Job(BundledBackend(model), request))
+    assert job.join(5) and job.state == "cancelled" and job.result is None and model.calls == 0
+    board.forget("s", job)
+    assert not board.cancel("s")                 # idle: nothing to cancel, nothing remembered
+    job = board.start("s", Job(BundledBackend(model), request))
+    assert job.join(30) and job.state == "done" and model.calls == 6
+
+
 def test_vanilla_at_the_same_nfe(model):
     req = JobRequest(classes="5", seed=11, outer_steps=2, inner_steps=3, vanilla=True)
     ups = list(stream_updates(BundledBackend(model), req))

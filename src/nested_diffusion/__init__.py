@@ -24,6 +24,17 @@ from .core.flow_analytic import GaussianMixtureVelocity
 
 __version__ = "0.2.0"
 
+
+def __getattr__(name: str):
+    """``anytime`` (any stock diffusers pipeline) and ``NestedScheduler`` load diffusers only when first used."""
+    if name == "anytime":
+        from .pipelines.any_pipeline import anytime
+        return anytime
+    if name == "NestedScheduler":
+        from .pipelines.nested_scheduler import NestedScheduler
+        return NestedScheduler
+    raise AttributeError(f"module 'nested_diffusion' has no attribute {name!r}")
+
 __all__ = ["RunConfig", "RunDefaults", "resolve_run", "VP", "FLOW", "Schedule", "make_schedule", "schedule_names", "NoiseSchedule", "get_schedule", "ClassifierFreeGuidance", "CountingDenoiser", "Denoiser",
            "DenoiserOutput", "ModelDenoiser", "NonFiniteOutputError", "NoiseSource", "DeviceNoiseSource", "INNER_RESULT", "X0_PREVIEW",
            "AnytimeInfo", "AnytimeUpdate", "SolverEvent", "step_grid", "DDIMSolver", "DDPMLearnedSolver",

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from .core.run import RunDefaults
 
 PROMPT, CLASS_LABELS = "prompt", "class_labels"
+SURFACES = ("python", "generate", "sample", "eval", "calibrate", "serve")
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,9 @@ class Family:
     ``factory``: which evaluation sampler factory drives it ("sd", "dit" or "modern", see ``pipelines.factories``).
     ``previews``: the cheap decoders its pipeline offers besides the full VAE. ``calibrations``: "shipped"
     (calibrations ship with the package and "auto" finds them) or "file" (made by ``nested-diffusion calibrate``,
-    passed as a file). ``example``: what a user has to pass (docs and errors)."""
+    passed as a file). ``example``: what a user has to pass (docs and errors). ``generic``: ``pipeline`` names a
+    stock diffusers pipeline class run through ``pipelines.NestedScheduler`` / ``nested_diffusion.anytime``; its
+    run defaults live in ``pipelines.any_pipeline.GENERIC_FAMILIES``."""
 
     name: str
     description: str
@@ -39,6 +42,7 @@ class Family:
     previews: tuple[str, ...] = ("vae", "tiny", "latent_rgb")
     calibrations: str = "file"
     example: str = ""
+    generic: bool = False
 
     @property
     def is_bundled(self) -> bool:
@@ -48,11 +52,29 @@ class Family:
     def takes_prompt(self) -> bool:
         return self.conditioning == PROMPT
 
+    @property
+    def surfaces(self) -> tuple[str, ...]:
+        """Where the family runs: every surface, or — a generic family (a stock diffusers pipeline through
+        ``NestedScheduler``) — Python (``nested_diffusion.anytime``) and ``generate`` so far."""
+        return ("python", "generate") if self.generic else SURFACES
+
+    def require(self, surface: str, option: str = "--pipeline") -> "Family":
+        """This family, or one clear error when ``surface`` cannot run it (the README lists these)."""
+        if surface not in self.surfaces:
+            raise ValueError(f"{option}: {self.name} is a generic family (its stock diffusers pipeline through "
+                             f"NestedScheduler); it runs in Python (nested_diffusion.anytime) and `nested-diffusion "
+                             f"generate`, not yet in `{surface}` (families that do: "
+                             f"{', '.join(n for n, f in _FAMILIES.items() if surface in f.surfaces)})")
+        return self
+
     def pipeline_class(self) -> type:
         if self.pipeline is None:
             raise ValueError(f"family {self.name!r}: the bundled model has no diffusers pipeline")
         if isinstance(self.pipeline, type):
             return self.pipeline
+        if self.generic:
+            import diffusers
+            return getattr(diffusers, self.pipeline)
         from . import pipelines
         return getattr(pipelines, self.pipeline)
 
@@ -61,6 +83,9 @@ class Family:
         if self.is_bundled:
             from .bundled import RUN_DEFAULTS
             return RUN_DEFAULTS
+        if self.generic:
+            from .pipelines.any_pipeline import run_defaults_of
+            return run_defaults_of(self.name)
         return self.pipeline_class().run_defaults
 
     def guidance_default(self) -> float:
@@ -159,6 +184,19 @@ for _f in (
            example="e.g. a stable-diffusion-3.5-medium folder"),
     Family("flux", "FLUX.1 (rectified flow, guidance-distilled)", PROMPT, "NestedFluxPipeline", "modern",
            example="e.g. a FLUX.1-dev folder"),
+    # stock diffusers pipelines run through NestedScheduler (Python: nested_diffusion.anytime)
+    Family("flux2", "FLUX.2 [dev] (rectified flow, guidance-distilled)", PROMPT, "Flux2Pipeline", "generic",
+           previews=("vae", "tiny"), example="e.g. a FLUX.2-dev folder", generic=True),
+    Family("flux2-klein", "FLUX.2 [klein] (rectified flow, CFG)", PROMPT, "Flux2KleinPipeline", "generic",
+           previews=("vae", "tiny"), example="e.g. a FLUX.2-klein folder", generic=True),
+    Family("qwen-image", "Qwen-Image (rectified flow, true CFG)", PROMPT, "QwenImagePipeline", "generic",
+           previews=("vae",), example="e.g. a Qwen-Image folder", generic=True),
+    Family("z-image", "Z-Image (rectified flow)", PROMPT, "ZImagePipeline", "generic", previews=("vae", "tiny"),
+           example="e.g. a Z-Image folder", generic=True),
+    Family("chroma", "Chroma (rectified flow, FLUX-based, CFG)", PROMPT, "ChromaPipeline", "generic",
+           previews=("vae", "tiny"), example="e.g. a Chroma folder", generic=True),
+    Family("wan", "Wan 2.x text-to-video (rectified flow)", PROMPT, "WanPipeline", "generic", previews=("vae",),
+           example="e.g. a Wan2.1-T2V-1.3B folder", generic=True),
 ):
     register_family(_f)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.expected_change import Calibration, config_hash, load_calibration
+from ..core.expected_change import Calibration, config_hash
 from ..core.expected_change import resolve_calibration as resolve
 from ..core.nested import NestedSampler
 

@@ -35,8 +35,7 @@ def generate_cached(model: TinyUNet, n: int, steps: int, solver: str, guidance: 
                     cache_dir: Path, chunk: int = 250, log=print) -> tuple[torch.Tensor, torch.Tensor]:
     """n class-balanced samples (label i % 10, seed seed + i), vanilla sampling with `steps` steps."""
     cache = ChunkCache(cache_dir)
-    den = make_denoiser(model, guidance)
-    sampler = NestedSampler(den, 1, steps, solver)
+    sampler = quality_sampler(model, steps, solver, guidance)
     xs, t0 = [], time.time()
     for start in range(0, n, chunk):
         idx = list(range(start, min(n, start + chunk)))
@@ -47,6 +46,12 @@ def generate_cached(model: TinyUNet, n: int, steps: int, solver: str, guidance: 
         if computed:
             log(f"  {idx[-1] + 1}/{n} samples, {time.time() - t0:.0f} s")
     return torch.cat(xs), torch.tensor([i % 10 for i in range(n)])
+
+
+def quality_sampler(model: TinyUNet, steps: int, solver: str, guidance: float) -> NestedSampler:
+    """The gate's vanilla sampler (one outer step of ``steps`` inner steps); ValueError naming ``inner_steps`` /
+    ``inner_solver`` / ``guidance`` if it cannot run on ``model`` (built before anything is loaded or sampled)."""
+    return NestedSampler(make_denoiser(model, guidance), 1, steps, solver)
 
 
 def quality_report(model: TinyUNet, clf: FashionClassifier, n: int = 5000, steps: int = 100, solver: str = "ddim",
@@ -77,14 +82,3 @@ def quality_report(model: TinyUNet, clf: FashionClassifier, n: int = 5000, steps
         "feature_network": "project FashionClassifier, 128-d penultimate layer",
         "generation_seconds_this_run": round(gen_seconds, 1),
     }
-
-
-def main_report(args) -> int:
-    from .denoiser import load_unet
-    from .pretrained import bundled_classifier_path
-    model = load_unet(args.model)
-    clf = FashionClassifier.from_pretrained(args.classifier or bundled_classifier_path())
-    rep = quality_report(model, clf, args.samples, args.steps, args.solver, args.guidance, args.seed,
-                         args.cache_dir, args.data_dir)
-    print(json.dumps(rep, indent=2))
-    return 0

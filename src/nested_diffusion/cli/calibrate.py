@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from . import calibrate_pipelines
-from .argtypes import int_at_least
+from .argtypes import int_at_least, writable_dir
 from .run_args import add_schedule_args, add_solver_args, build_checked, run_from_args
 
 
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
     c = sub.add_parser("calibrate", help="fit the expected-change predictor for a sampler configuration",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_schedule_args(c)  # defaults: the family's (bundled: generate's progressive at 100 NFE; sd/dit: uniform)
-    add_solver_args(c)
+    add_solver_args(c, kind=None)
     c.add_argument("--classes", default="all", help="classes the seeds cycle through (default: all)")
     c.add_argument("--samples", type=int_at_least("--samples", 20), default=1000, help="calibration samples")
     c.add_argument("--seed", type=int, default=100000, help="first calibration seed (default: 100000)")
@@ -41,8 +41,8 @@ def add_parser(sub) -> None:
                    help="measure these calibration files of this configuration on the --heldout seeds instead of "
                         "fitting a new one (no calibration samples are run)")
     c.add_argument("--chunk", type=int_at_least("--chunk"), default=100, help="samples per cached chunk")
-    c.add_argument("--cache-dir", type=Path, default=None, help="chunk cache (default: runs/calibrate/<hash>)")
-    c.add_argument("--out", type=Path, default=Path("runs/calibrate"), help="folder for the calibration file")
+    c.add_argument("--cache-dir", type=writable_dir("--cache-dir"), default=None, help="chunk cache (default: runs/calibrate/<hash>)")
+    c.add_argument("--out", type=writable_dir("--out"), default=Path("runs/calibrate"), help="folder for the calibration file")
     c.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
     c.add_argument("--classifier", default=None, help="classifier folder (default: the bundled one)")
     c.add_argument("--threads", type=int_at_least("--threads"), default=None, help="torch CPU threads")
@@ -126,10 +126,8 @@ def run(args) -> int:
 def load_checked(path: Path, config: dict, heldout: range):
     """A calibration file, ValueError unless it was made for ``config`` (naming both hashes) from seeds outside
     ``heldout``."""
-    import json
-
-    from ..core.expected_change import Calibration, config_hash
-    cal = Calibration.from_dict(json.loads(Path(path).read_text()))
+    from ..core.expected_change import config_hash, load_calibration
+    cal = load_calibration(path, option="--evaluate")
     if cal.hash != config_hash(config):
         raise ValueError(f"--evaluate: {str(path)!r} is a calibration of configuration {cal.hash}, not of this "
                          f"command's {config_hash(config)}; give the matching --outer/--inner/--solver/--guidance")

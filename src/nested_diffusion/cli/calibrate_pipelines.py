@@ -71,6 +71,7 @@ def check_calibratable(family) -> None:
 def check_args(args) -> None:
     """Options that do not fit ``--pipeline``; ValueError / FileNotFoundError before anything is loaded."""
     from ..families import get_family
+    get_family(args.pipeline).require("calibrate")
     if args.pipeline == "bundled":
         for opt in PIPELINE_ONLY:
             if getattr(args, opt) is not None:

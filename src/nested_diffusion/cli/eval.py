@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ..core.schedules import schedule_names
-from .argtypes import int_at_least as _int, nonneg_float as _float, writable_dir
+from .argtypes import int_at_least as _int, writable_dir
 from .run_args import add_solver_args
 from . import eval_pipelines as pipeline_opts
 
@@ -23,13 +23,49 @@ SD_CONSISTENCY_DEFAULT = "2x30,3x20,4x15,6x10"
 SCHEDULES = ", ".join(schedule_names())
 
 
-def _list(name: str, kind):
+def _list(name: str, kind, low=None):
+    """A comma-separated list of ``kind`` values, each ≥ ``low`` when given."""
     def parse(s):
         try:
-            return [kind(x) for x in s.split(",") if x.strip()]
+            values = [kind(x) for x in s.split(",") if x.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name}: expected a comma-separated list of numbers, got {s!r}")
+        if not values:
+            raise argparse.ArgumentTypeError(f"{name}: expected a comma-separated list of numbers, got {s!r}")
+        bad = [v for v in values if low is not None and not v >= low]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{name}: each value must be ≥ {low}, got {', '.join(map(str, bad))}")
+        return values
     return parse
+
+
+# a runner's argument → this command's option (the runners' errors name their arguments first)
+RUNNER_OPTION_NAMES = {"configs": "--configs", "budgets": "--budgets", "fractions": "--fractions",
+                       "nested_schedule": "--nested-schedule", "nested_outer": "--nested-outer",
+                       "total_nfe": "--total-nfe", "n_samples": "--samples", "chunk": "--chunk",
+                       "bootstrap": "--bootstrap", "samples": "--show"}
+
+
+def runner_error(e: Exception) -> Exception:
+    """``e`` with its leading runner argument name replaced by the command-line option."""
+    head, sep, rest = str(e).partition(":")
+    if sep and head.strip() in RUNNER_OPTION_NAMES:
+        return type(e)(f"{RUNNER_OPTION_NAMES[head.strip()]}:{rest}")
+    return e
+
+
+def check_plan(args, factory) -> None:
+    """Every configuration (or budget) of the experiment, built and so validated, before any reference feature
+    is computed or any sample drawn; ValueError naming the option."""
+    from ..evaluation import runners
+    try:
+        if args.experiment == "budget-table":
+            runners.budget_plans(factory, args.budgets, args.fractions, args.nested_outer, args.step,
+                                 args.nested_schedule)
+        else:
+            runners.build_configs(factory, args.configs, args.total_nfe)
+    except ValueError as e:
+        raise runner_error(e) from None
 
 
 def _sampling_args(e: argparse.ArgumentParser, samples: bool = True) -> None:
@@ -87,7 +123,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e = sub.add_parser("budget-table", formatter_class=fmt, help="Table 3: vanilla x̂0 vs nested at %% of budgets")
     _sampling_args(e)
     _metric_args(e)
-    e.add_argument("--budgets", type=_list("--budgets", int), default=[100, 150, 200, 250],
+    e.add_argument("--budgets", type=_list("--budgets", int, 1), default=[100, 150, 200, 250],
                    help="total NFE budgets (default: 100,150,200,250)")
     e.add_argument("--fractions", type=_list("--fractions", float), default=[0.2, 0.4, 0.6, 0.8, 1.0],
                    help="fractions of each budget (default: 0.2,0.4,0.6,0.8,1.0)")
@@ -113,7 +149,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--dreamsim-dir", default=None, help="folder with DreamSim weights")
     e = sub.add_parser("noise-floor", formatter_class=fmt,
                        help="FD of real train subsets to the test reference: the best FD at each sample count")
-    e.add_argument("--samples", type=_list("--samples", int), default=[2000, 10000],
+    e.add_argument("--samples", type=_list("--samples", int, 2), default=[2000, 10000],
                    help="sample counts, comma list (default: 2000,10000)")
     e.add_argument("--heldout", type=_int("--heldout", 2), default=60000,
                    help="train images in the pool (default: all 60000)")
@@ -129,7 +165,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                    f"each (default: {RND_DEFAULT}; "
                                                    f"sd: {pipeline_opts.SD_RND_DEFAULT})")
     e.add_argument("--total-nfe", type=_int("--total-nfe"), default=None, help="NFE per run (default: 200; sd: 60)")
-    e.add_argument("--show", type=_list("--show", int), default=[0, 1, 2, 3],
+    e.add_argument("--show", type=_list("--show", int, 0), default=[0, 1, 2, 3],
                    help="sample indices to show (default: 0,1,2,3)")
     e.add_argument("--rows-every", type=_int("--rows-every"), default=20,
                    help="one row every N NFE (default: %(default)s)")
@@ -226,6 +262,7 @@ def run(args) -> int:
         _defaults(args)
         pipeline_opts.check_pipeline_args(args)
         factory = _factory(args)
+        check_plan(args, factory)
         pipeline = args.pipeline != "bundled"
         if args.experiment == "qualitative":
             doc = runners.run_qualitative(factory, args.out, args.configs, args.total_nfe, args.show,

@@ -11,7 +11,6 @@ local weights file (``--features inception``, the default) and a reference given
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
 from .argtypes import check_device, int_at_least as _int
@@ -61,6 +60,8 @@ def device_dtype(args):
 
 def check_pipeline_args(args) -> None:
     """Options that do not fit the chosen pipeline; raised before anything is loaded."""
+    from ..families import get_family
+    get_family(args.pipeline).require("sample" if getattr(args, "experiment", None) == "sample" else "eval")
     if args.pipeline == "bundled":
         for opt in ("model_path", "prompts", "negative_prompt", "height", "width", "features", "reference_images",
                     "reference_stats", "clip_model"):

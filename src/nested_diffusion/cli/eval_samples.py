@@ -53,7 +53,7 @@ def _sets(folders):
     from ..evaluation.sample_folder import SampleSet
     out = []
     for d in folders:
-        store = SampleStore(d)
+        store = SampleStore(d, option="--samples-from")
         cfg = store.read_manifest()["config"]
         store.require_complete(cfg)                     # before any feature is computed
         out.append(SampleSet(f"{cfg['outer']}x{cfg['inner']}", cfg["outer"], cfg["inner"], cfg["total_nfe"],

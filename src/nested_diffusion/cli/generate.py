@@ -26,13 +26,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"image each")
     g.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (same seed, same image)")
     add_schedule_args(g)
-    add_solver_args(g)
+    add_solver_args(g, kind=None)   # every kind: the family's resolver says which fit
     add_stop_args(g)
     g.add_argument("--vanilla", action="store_true",
                    help="also run vanilla sampling at the same NFE (outer=1) and write it to OUT/vanilla/")
     g.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
     g.add_argument("--scale", type=positive_int("--scale"), default=None,
                    help="pixel upscaling in pictures (default: 4 for the bundled 28-px model, 1 for pipelines)")
+    g.add_argument("--max-batch", type=positive_int("--max-batch"), default=64,
+                   help="most images in one run (--classes entries or --prompt repeats); more is refused before "
+                        "the model is loaded")
     g.add_argument("--threads", type=positive_int("--threads"), default=None, help="torch CPU threads")
     g.add_argument("--quiet", action="store_true", help="no per-update lines or progress bar")
     g.add_argument("--calibration", default="auto", help="expected change: 'auto' (the shipped pixel-signal "
@@ -51,7 +54,11 @@ def build_samplers(args) -> tuple[list, dict, list[int]]:
     from ..bundled.expected_change import resolve_calibration
     from ..core.nested import NestedSampler, calibration_settings
 
-    classes = parse_classes("all" if args.classes is None else args.classes)
+    try:
+        classes = parse_classes("all" if args.classes is None else args.classes)
+    except ValueError as e:                       # the parser names its argument 'classes'; the option is --classes
+        raise ValueError(f"--{e}" if str(e).startswith("classes:") else str(e)) from None
+    check_batch(len(classes), args.max_batch, "--classes")
     run = run_from_args(args, RUN_DEFAULTS)                      # every run option, resolved once
     model = load_unet(args.model)
     den = make_denoiser(model, run.guidance)
@@ -66,6 +73,13 @@ def build_samplers(args) -> tuple[list, dict, list[int]]:
                     seeds=[args.seed + i for i in range(len(classes))], **run.record(), model=args.model or "bundled",
                     calibration=getattr(run.calibration, "hash", None))
     return samplers, settings, classes
+
+
+def check_batch(n: int, max_batch: int, option: str) -> None:
+    """A run of ``n`` images fits ``--max-batch``; ValueError naming ``option`` otherwise."""
+    if n > max_batch:
+        raise ValueError(f"{option}: {n} images requested, more than --max-batch {max_batch} in one run; give at "
+                         f"most {max_batch}, split the run, or raise --max-batch")
 
 
 def run(args) -> int:

@@ -34,6 +34,7 @@ def add_pipeline_options(g: argparse.ArgumentParser) -> None:
 
 def check_family_options(args):
     """The family of ``--pipeline``; options that do not fit it are refused before anything is loaded."""
+    from .generate import check_batch
     from ..families import get_family
     family = get_family(args.pipeline)
     given = lambda names: [n for n in names if getattr(args, n, None) not in (None, [])]  # noqa: E731
@@ -56,6 +57,7 @@ def check_family_options(args):
                              f"several images)")
         if args.classes is not None:
             raise ValueError(f"--classes: --pipeline {family.name} is prompt-conditioned; give --prompt instead")
+        check_batch(len(args.prompt), args.max_batch, "--prompt")
     else:
         if args.prompt or args.negative_prompt is not None:
             raise ValueError(f"--prompt/--negative-prompt: --pipeline {family.name} is class-conditioned; give "
@@ -65,6 +67,19 @@ def check_family_options(args):
                              f"comma-separated)")
         if args.height is not None or args.width is not None:
             raise ValueError(f"--height/--width: --pipeline {family.name} has a fixed sample size")
+        check_batch(len([s for s in str(args.classes).split(",") if s.strip()]), args.max_batch, "--classes")
+    if family.generic:
+        from ..pipelines.any_pipeline import GENERIC_FAMILIES
+        if args.solver is not None or args.inner_eta not in (None, 0.0):
+            opt = "--solver" if args.solver is not None else "--inner-eta"
+            raise ValueError(f"{opt}: --pipeline {family.name} runs its own scheduler as the inner solver (a stock "
+                             f"pipeline through NestedScheduler); leave {opt} out")
+        if GENERIC_FAMILIES[family.name].video:
+            raise ValueError(f"--pipeline {family.name}: a video family; generate writes images — run it with "
+                             f"nested_diffusion.anytime(pipe, ...) (every finished inner run decodes to frames)")
+        if args.calibration not in ("auto", "none"):
+            raise ValueError(f"--calibration: --pipeline {family.name} (a generic family) takes no calibration yet; "
+                             f"give 'auto' or 'none'")
     if args.calibration not in ("auto", "none") and family.calibrations != "file":
         raise ValueError(f"--calibration: {args.calibration!r}; --pipeline {family.name} takes 'auto', 'none' or "
                          f"a calibration file")
@@ -137,6 +152,8 @@ def build_pipeline_runs(args, family) -> tuple[list, dict]:
     cond, items, described = _conditioning(args, family, pipe)
     seeds = [args.seed + i for i in range(len(items))]
     runs = [("nested", run)] + ([("vanilla", run.vanilla())] if args.vanilla else [])
+    if family.generic:
+        return _generic_runs(args, family, pipe, cond, seeds, runs, run, guidance, described, device, dtype)
 
     def stream_of(r):
         import torch
@@ -158,4 +175,30 @@ def build_pipeline_runs(args, family) -> tuple[list, dict]:
     settings = dict(family=family.name, conditioning=described, seeds=seeds, **run.record(), guidance_scale=guidance,
                     model=str(args.model_path), device=device, dtype=str(dtype).replace("torch.", ""),
                     calibration=None if calibration is None else str(calibration))
+    return built, settings
+
+
+def _generic_runs(args, family, pipe, cond, seeds, runs, run, guidance, described, device, dtype):
+    """A generic family: the stock pipeline through ``nested_diffusion.anytime`` (its own scheduler as the inner
+    solver), driven by the resolved run."""
+    import torch
+
+    from ..core.schedules import Schedule
+    from ..pipelines.any_pipeline import anytime
+
+    def stream_of(r):
+        def stream():
+            call = dict(cond, generator=[torch.Generator().manual_seed(s) for s in seeds])
+            if args.guidance is not None:
+                call["guidance_scale"] = guidance
+            yield from anytime(pipe, schedule=Schedule(r.schedule, tuple(r.inner_steps), r.outer_times),
+                               outer_eta=r.outer_eta, grid=r.grid, max_nfe=r.max_nfe, deadline=r.deadline,
+                               seed=seeds, **call)
+        return stream
+
+    built = [(name, r, r.inner_total, stream_of(r)) for name, r in runs]
+    record = {k: v for k, v in run.record().items() if k not in ("solver", "inner_eta", "guidance")}
+    settings = dict(family=family.name, conditioning=described, seeds=seeds, **record, guidance=guidance,
+                    solver=f"{type(pipe.scheduler).__name__} (the pipeline's own)", model=str(args.model_path),
+                    device=device, dtype=str(dtype).replace("torch.", ""), calibration=None)
     return built, settings

@@ -39,7 +39,7 @@ def add_schedule_args(g, outer_flag: str = "--outer", inner_flag: str = "--inner
                    help="uniform: inner steps per outer step (default: the family's)")
 
 
-def add_solver_args(g, kind: str | None = "vp") -> None:
+def add_solver_args(g, kind: str | None = None) -> None:
     """--solver (registered names of ``kind``; None: every kind), --inner-eta, --outer-eta, --grid, --guidance."""
     g.add_argument("--solver", choices=solver_choices(kind), default=None,
                    help="inner solver (default: the family's: ddpm for the bundled model and DiT, ddim (η 0.85) for "

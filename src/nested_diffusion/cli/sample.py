@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import eval_pipelines as pipeline_opts
-from .argtypes import check_device, int_at_least, nonneg_float, solver_choices, writable_dir
+from .argtypes import check_device, check_writable_dir, int_at_least, nonneg_float, solver_choices, writable_dir
 from .run_args import SAMPLE_OPTION_NAMES, add_schedule_args, build_checked, run_from_args
 
 if TYPE_CHECKING:
@@ -163,7 +163,10 @@ def run_sample(args) -> int:
 def run_merge(args) -> int:
     from ..distributed import IncompleteRunError, merge_run
     log = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    from ..distributed import SampleStore
     try:
+        SampleStore(args.out_dir).read_manifest()     # a sample folder at all, then: can merged/ be written?
+        check_writable_dir(Path(args.out_dir) / "merged", "--out-dir")
         doc = merge_run(args.out_dir, args.png, log)
     except (ValueError, FileNotFoundError, IncompleteRunError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .argtypes import int_at_least, positive_float
+from .argtypes import check_device, check_listen, int_at_least, positive_float, tcp_port
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -14,7 +14,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                            "update, with Stop (keep the current image), Cancel, a vanilla comparison, a "
                            "progression strip and a GIF. Needs: pip install 'nested-diffusion[demo]'."))
     s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the page on the network)")
-    s.add_argument("--port", type=int_at_least("--port", 1), default=7860, help="TCP port")
+    s.add_argument("--port", type=tcp_port("--port"), default=7860, help="TCP port (1–65535)")
     from ..families import describe_families, family_names
     s.add_argument("--pipeline", choices=family_names(), default="bundled",
                    help=f"the model family: {describe_families()}")
@@ -58,6 +58,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        check_listen(args.host, args.port)            # before the model is loaded: a bad host or a taken port
+        check_device(args.device)
         limits = Limits(args.max_batch, args.max_outer_steps, args.max_inner_steps, args.max_nfe, args.max_size,
                         args.max_deadline)
         dtype = None if args.dtype is None else getattr(torch, args.dtype)
@@ -73,7 +75,7 @@ def run(args) -> int:
         launch_app(demo, args.host, args.port, block=True, quiet=True)
     except KeyboardInterrupt:
         pass
-    except OSError as e:
-        print(f"error: --port {args.port}: {e}", file=sys.stderr)
+    except OSError as e:  # the port was taken between the check and the launch
+        print(f"error: --host/--port: cannot listen on {args.host}:{args.port} ({e})", file=sys.stderr)
         return 2
     return 0

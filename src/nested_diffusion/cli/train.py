@@ -45,17 +45,31 @@ def add_parsers(subparsers) -> None:
 def run_quality(args) -> int:
     import torch
 
-    from ..bundled import DEFAULT_GUIDANCE
-    from ..bundled.quality import main_report
+    from ..bundled import DEFAULT_GUIDANCE, load_unet
+    from ..bundled.classifier import FashionClassifier
+    from ..bundled.pretrained import bundled_classifier_path
+    from ..bundled.quality import quality_report, quality_sampler
+    from .run_args import build_checked
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.guidance is None:
         args.guidance = DEFAULT_GUIDANCE
-    try:
-        return main_report(args)
-    except FileNotFoundError as e:
+    try:  # everything the report needs, checked before any data is read or any sample computed
+        model = load_unet(args.model)
+        build_checked(quality_sampler, model, args.steps, args.solver, args.guidance,
+                      names={"inner_steps": "--steps", "inner_solver": "--solver", "guidance": "--guidance"})
+        clf = FashionClassifier.from_pretrained(args.classifier or bundled_classifier_path())
+    except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    try:
+        rep = quality_report(model, clf, args.samples, args.steps, args.solver, args.guidance, args.seed,
+                             args.cache_dir, args.data_dir)
+    except FileNotFoundError as e:   # the Fashion-MNIST files (--data-dir)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(rep, indent=2))
+    return 0
 
 
 def run_train_classifier(args) -> int:

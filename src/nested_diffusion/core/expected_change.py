@@ -349,14 +349,22 @@ def model_parts(entry: dict) -> list[dict]:
     return [entry[k] for k in (*TARGETS, "flip") if k in entry]
 
 
-def load_calibration(path, features: Callable | None = None) -> Calibration:
+def load_calibration(path, features: Callable | None = None, option: str = "calibration") -> Calibration:
     """Read a calibration JSON file (written by ``nested-diffusion calibrate``); ``features``: the feature function
-    its feature signals need (if it uses any)."""
+    its feature signals need (if it uses any). Errors (ValueError) name ``option`` and the file."""
     try:
         with open(path, encoding="utf-8") as f:
             cal = Calibration.from_dict(json.load(f))
+    except FileNotFoundError:
+        raise ValueError(f"{option}: {str(path)!r} does not exist; give a calibration file made by "
+                         f"`nested-diffusion calibrate`") from None
+    except IsADirectoryError:
+        raise ValueError(f"{option}: {str(path)!r} is a folder; give a calibration file (.json) made by "
+                         f"`nested-diffusion calibrate`") from None
+    except OSError as e:
+        raise ValueError(f"{option}: {str(path)!r} cannot be read ({e.strerror or e})") from None
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
-        raise ValueError(f"calibration: {str(path)!r} is not a readable calibration file ({type(e).__name__}: "
+        raise ValueError(f"{option}: {str(path)!r} is not a readable calibration file ({type(e).__name__}: "
                          f"{e}); rewrite it with `nested-diffusion calibrate`") from None
     cal.features = features
     return cal

@@ -140,6 +140,16 @@ def stop_check(stop) -> Callable[[], bool]:
     raise TypeError(f"stop: expected None, a callable or a threading.Event, got {type(stop).__name__}")
 
 
+def named_schedule_error(error: ValueError, run: RunConfig) -> ValueError:
+    """A step count that does not fit, for a run whose steps a named schedule chose from its budget: the caller
+    gave ``nfe`` (not ``inner_steps``), so the error names ``nfe``."""
+    if run.schedule in ("uniform", "custom") or not str(error).startswith("inner_steps:"):
+        return error
+    return ValueError(f"nfe: schedule {run.schedule} at {run.inner_total} NFE splits into "
+                      f"{'+'.join(map(str, run.inner_steps))} inner steps, and{str(error).partition(':')[2]}; give "
+                      f"a smaller NFE budget")
+
+
 class NestedSampler:
     """Anytime sampling: ``stream`` yields an AnytimeUpdate whenever the result changes.
 
@@ -172,7 +182,10 @@ class NestedSampler:
         self.config, self.denoiser, self.grid_convention = run, denoiser, run.grid
         self.t_start, self.outer_steps = run.t_start, run.outer_steps
         self.solver = self._solver(run)
-        self.times = self.solver.grid(self.t_start, self.outer_steps, run.grid)  # validates every step count
+        try:
+            self.times = self.solver.grid(self.t_start, self.outer_steps, run.grid)  # validates every step count
+        except ValueError as e:
+            raise named_schedule_error(e, run) from None
         self.inner_steps = self.solver.steps_per_outer(self.outer_steps)
         self.total_nfe = self.solver.nfe(self.outer_steps)
         self.calibration = run.calibration if hasattr(run.calibration, "check") else None

@@ -67,19 +67,20 @@ def differing_keys(old: dict, new: dict) -> list[str]:
 class SampleStore:
     """One run's folder. ``config`` must hold ``num_samples`` and ``batch_size`` (the item layout)."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, option: str = "--out-dir"):
         self.root = Path(root)
+        self.option = option          # the command-line option that named the folder (its errors name it)
         self.manifest_path = self.root / "manifest.json"
 
     # ------------------------------------------------------------------------------------------- manifest
     def read_manifest(self) -> dict:
         if not self.manifest_path.is_file():
-            raise FileNotFoundError(f"--out-dir: {str(self.root)!r} holds no manifest.json; it is not a sample "
+            raise FileNotFoundError(f"{self.option}: {str(self.root)!r} holds no manifest.json; it is not a sample "
                                     f"folder made by `nested-diffusion sample`")
         try:
             return json.loads(self.manifest_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"--out-dir: {str(self.manifest_path)!r} is damaged ({e}); restore it or sample into a "
+            raise ValueError(f"{self.option}: {str(self.manifest_path)!r} is damaged ({e}); restore it or sample into a "
                              f"new --out-dir") from None
 
     def open(self, config: dict, extra: dict | None = None) -> dict:
@@ -93,7 +94,7 @@ class SampleStore:
                 shown = ", ".join(f"{k} ({flat_old.get(k, '<absent>')!r} → {flat_new.get(k, '<absent>')!r})"
                                   for k in keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
                 raise ConfigMismatchError(
-                    f"--out-dir: {str(self.root)!r} holds samples of another configuration (hash "
+                    f"{self.option}: {str(self.root)!r} holds samples of another configuration (hash "
                     f"{old.get('config_hash')}, this command {digest}); differing: {shown or 'format'}. Rerun "
                     f"with the original settings to resume, or use a new --out-dir")
             return old
@@ -157,13 +158,13 @@ class SampleStore:
     def read_item(self, item: int) -> dict:
         path = self.item_path(item)
         if not self.is_done(item):
-            raise ValueError(f"{str(path)!r}: the item is damaged or incomplete (its bytes do not match the checksum "
+            raise ValueError(f"{self.option}: {str(path)!r}: the item is damaged or incomplete (its bytes do not match the checksum "
                              f"written with it); rerun the sample command to recompute it")
         try:
             with np.load(path) as z:
                 return {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{str(path)!r}: cannot read the item ({e}); rerun the sample command to recompute "
+            raise ValueError(f"{self.option}: {str(path)!r}: cannot read the item ({e}); rerun the sample command to recompute "
                              f"it") from None
 
     # ----------------------------------------------------------------------------------------------- logs
@@ -192,7 +193,7 @@ class SampleStore:
             n_miss = sum(len(self.indices(config, b)) for b in miss)
             first = ", ".join(str(b) for b in miss[:10]) + (", …" if len(miss) > 10 else "")
             raise IncompleteRunError(
-                f"{str(self.root)!r} is incomplete: {len(miss)} of {self.num_items(config)} items missing "
+                f"{self.option}: {str(self.root)!r} is incomplete: {len(miss)} of {self.num_items(config)} items missing "
                 f"({n_miss} of {config['num_samples']} samples; items {first}). Rerun the sample command (any "
                 f"number of processes) to finish them")
 

@@ -235,12 +235,8 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
     ``scores``, as in ``run_rnd_sweep``)."""
     t_start, out = time.time(), Path(out_dir)
     _check_common(n_samples, chunk, bootstrap)
-    if nested_schedule is not None:
-        nested_schedule = parse_configs(nested_schedule)[0]
-        if not isinstance(nested_schedule, str):
-            raise ValueError(f"nested_schedule: expected a schedule name, got {nested_schedule!r}")
-    plan = [_budget_plan(factory, N, fractions, nested_outer, step, nested_schedule)
-            for N in budgets]                                                          # validates before sampling
+    plan = budget_plans(factory, budgets, fractions, nested_outer, step, nested_schedule)  # before any sampling
+    nested_schedule = None if nested_schedule is None else parse_configs(nested_schedule)[0]
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     ev = FDEvaluator(reference, n_samples, bootstrap, seed)
@@ -274,6 +270,25 @@ def run_budget_table(factory: SamplerFactory, reference: EvalReference, out_dir:
     return doc
 
 
+def build_configs(factory: SamplerFactory, configs, total_nfe: int) -> dict:
+    """Every configuration's sampler (``configs``: as ``parse_configs`` reads them), built — so validated — before
+    anything is sampled or measured; ValueError naming ``configs`` otherwise."""
+    return _build_all(factory, parse_configs(configs), total_nfe)
+
+
+def budget_plans(factory: SamplerFactory, budgets, fractions, nested_outer: int, step: int,
+                 nested_schedule: str | None = None) -> list:
+    """The budget table's plan, one entry per budget, every sampler built (validated) before any work."""
+    if nested_schedule is not None:
+        nested_schedule = parse_configs(nested_schedule)[0]
+        if not isinstance(nested_schedule, str):
+            raise ValueError(f"nested_schedule: expected a schedule name, got {nested_schedule!r}")
+    bad = [N for N in budgets if isinstance(N, bool) or not isinstance(N, int) or N < 1]
+    if bad or not budgets:
+        raise ValueError(f"budgets: each budget is a whole number of NFE ≥ 1, got {list(budgets)}")
+    return [_budget_plan(factory, N, fractions, nested_outer, step, nested_schedule) for N in budgets]
+
+
 def _budget_plan(factory: SamplerFactory, N: int, fractions, nested_outer: int, step: int,
                  nested_schedule: str | None = None):
     """(N, [vanilla, nested] configurations, NFE of each fraction, marks) for one budget."""
@@ -286,7 +301,10 @@ def _budget_plan(factory: SamplerFactory, N: int, fractions, nested_outer: int, 
             raise ValueError(f"fractions: {f} of {N} NFE is not a whole NFE count in (0, {N}]")
         fm.append(m)
     pair = [(1, N), (nested_outer, N // nested_outer) if nested_schedule is None else nested_schedule]
-    _build_all(factory, pair, N)
+    try:
+        _build_all(factory, pair, N)
+    except ValueError as e:
+        raise ValueError(f"budgets: {N} NFE cannot be sampled ({e})") from None
     return N, pair, fm, sorted(set(nfe_marks(N, step)) | set(fm))
 
 

@@ -154,6 +154,11 @@ class AnytimeIterMixin:
 
 
 def default_guidance(pipeline_class: type) -> float:
-    """The guidance scale a pipeline call uses when none is given: its ``guidance_scale`` default."""
+    """The guidance scale a pipeline call uses when none is given: its ``guidance_scale`` default (Qwen-Image,
+    whose ``guidance_scale`` defaults to None, guides with ``true_cfg_scale``)."""
     import inspect
-    return float(inspect.signature(pipeline_class.__call__).parameters["guidance_scale"].default)
+    params = inspect.signature(pipeline_class.__call__).parameters
+    for name in ("guidance_scale", "true_cfg_scale"):
+        if name in params and params[name].default is not None:
+            return float(params[name].default)
+    raise ValueError(f"pipeline: {pipeline_class.__name__} has no guidance scale default")

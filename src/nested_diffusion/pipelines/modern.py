@@ -33,6 +33,26 @@ def output_class(base: type, name: str, module: str) -> type:
                                "(\"vae\", \"tiny\" or \"latent_rgb\").", module, DECODER_FIELD)
 
 
+def decode_sdxl_latents(vae: Any, z: torch.Tensor) -> torch.Tensor:
+    """SDXL's final decode of x̂0 latents → pixels in [−1, 1], as the stock pipeline does it: a float16 VAE that
+    asks for it (``force_upcast``) decodes in float32, and ``latents_mean``/``latents_std`` apply when configured."""
+    cfg = vae.config
+    upcast = vae_dtype(vae) == torch.float16 and cfg.force_upcast
+    if upcast:
+        vae.to(torch.float32)
+    z = z.to(execution_device(vae), vae_dtype(vae))
+    if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
+        mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(z.device, z.dtype)
+        std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(z.device, z.dtype)
+        z = z * std / cfg.scaling_factor + mean
+    else:
+        z = z / cfg.scaling_factor
+    image = vae.decode(z, return_dict=False)[0]
+    if upcast:
+        vae.to(torch.float16)
+    return image
+
+
 def flow_schedule_of(scheduler: Any, mu: float | None) -> FlowSchedule:
     if type(scheduler).__name__ != "FlowMatchEulerDiscreteScheduler":
         raise ValueError(f"scheduler: the nested flow pipelines read a FlowMatchEulerDiscreteScheduler config, got "

@@ -21,7 +21,8 @@ from ..core.run import RunDefaults
 from .adapters import checked_solver, pipeline_run
 from .anytime import (AnytimeIterMixin, PipelineInterrupted, anytime_pairs, bind_call, callback_inputs,
                       check_call_args)
-from .modern import check_generators, decode_update, execution_device, output_class, preview_decoder, vae_dtype
+from .modern import (check_generators, decode_sdxl_latents, decode_update, output_class,
+                     preview_decoder)
 from .expected_change import call_identity, resolve_calibration
 from .noise import make_noise
 from .previews import check_preview
@@ -239,20 +240,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
 
     def _full_decode(self, z: torch.Tensor) -> torch.Tensor:
         """As the stock decode: float32 VAE when a float16 one asks for it, latents_mean/std when configured."""
-        cfg = self.vae.config
-        upcast = self.vae.dtype == torch.float16 and cfg.force_upcast
-        if upcast:
-            self.vae.to(torch.float32)
-        z = z.to(execution_device(self.vae), vae_dtype(self.vae))
-        if getattr(cfg, "latents_mean", None) is not None and getattr(cfg, "latents_std", None) is not None:
-            mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1).to(z.device, z.dtype)
-            std = torch.tensor(cfg.latents_std).view(1, -1, 1, 1).to(z.device, z.dtype)
-            z = z * std / cfg.scaling_factor + mean
-        else:
-            z = z / cfg.scaling_factor
-        image = self.vae.decode(z, return_dict=False)[0]
-        if upcast:
-            self.vae.to(torch.float16)
+        image = decode_sdxl_latents(self.vae, z)
         return self.watermark.apply_watermark(image) if self.watermark is not None else image
 
     def _output(self, update, x0: torch.Tensor, ctx: dict):

@@ -6,8 +6,13 @@ family's run defaults (``Family.run_defaults()``: bundled progressive at 100 NFE
 …). The schedule control shows the controls that apply to it: an NFE budget (and ``first``) for a named schedule
 such as progressive, outer × inner steps for uniform; the hidden ones are not sent to the run. The generate
 handler is an async generator over a ``Job`` (``web.stream``); Stop is a ``queue=False`` handler keyed by the
-Gradio session hash (soft stop: the image shown is the result, within one model call), Cancel uses ``cancels=``
-and discards the result, closing the tab (the session's unload) cancels the job. Offline by construction:
+Gradio session hash (soft stop: the image shown is the result, within one model call), closing the tab (the
+session's unload) cancels the job. Cancel is a ``queue=False`` handler too: it cancels the session's job — or,
+pressed before the job started (Generate first announces its job to the board, then the queued generate runs),
+the job as it starts — and the generate stream itself then ends with "Cancelled" (no picture). The stream is the
+only writer of the outputs, so nothing of a cancelled run can land after that message; Gradio's ``cancels=``
+(killing the handler task from the page) is not used: it raced the stream's last messages and left stale
+pictures and red error badges. Offline by construction:
 analytics off, no share tunnel, the default theme (bundled fonts), bound to 127.0.0.1 unless told otherwise.
 
 The "Expected change" line shows, per image, the predicted remaining change and its wording when a calibration
@@ -52,6 +57,8 @@ ABOUT = ("**Nested Diffusion** (Elata et al., WACV 2024) runs a complete inner d
          "outer step, so a finished image exists after every inner run. Watch it improve; press **Stop** when it "
          "is good enough (the image shown is kept), **Cancel** to discard.")
 UNIFORM_ONLY, NAMED_ONLY = ("outer_steps", "inner_steps"), ("nfe", "first")
+CANCELLED = "Cancelled: the result was discarded."
+BAD_INPUT = "Bad input"
 
 
 def image_px(backend: Any) -> int:
@@ -72,6 +79,9 @@ def _inputs(backend: Any, limits: Limits) -> list[tuple[str, Any]]:
     family = backend.family
     d = family.run_defaults()
     uniform = d.schedule == "uniform"
+    outer0 = min(d.outer_steps, slider_max(limits, "outer_steps", 1))
+    inner0 = min(d.inner_steps, slider_max(limits, "inner_steps", outer0))
+    outer_max = slider_max(limits, "outer_steps", inner0)
     fields: list[tuple[str, Any]] = []
     if family.is_bundled:
         from ..bundled.data import CLASS_NAMES
@@ -87,7 +97,8 @@ def _inputs(backend: Any, limits: Limits) -> list[tuple[str, Any]]:
                    ("height", gr.Number(0, precision=0, label=f"Height (0 = model default, ≤ {limits.max_size})")),
                    ("width", gr.Number(0, precision=0, label=f"Width (0 = model default, ≤ {limits.max_size})"))]
     fields += [
-        ("seed", gr.Number(0, precision=0, label="Seed (image i uses seed + i)", elem_id="nd-seed")),
+        ("seed", gr.Number(0, minimum=0, step=1, label="Seed (a whole number; image i uses seed + i)",
+                           elem_id="nd-seed")),    # no precision=0: it would round 2.5 silently; prepare refuses it
         ("schedule", gr.Dropdown(schedule_names(), value=d.schedule, elem_id="nd-schedule",
                                  label="Schedule (progressive: two quick inner runs, then one long one, within the "
                                        "NFE budget; uniform: outer × inner steps)")),
@@ -95,9 +106,9 @@ def _inputs(backend: Any, limits: Limits) -> list[tuple[str, Any]]:
                           label=f"NFE budget of the schedule (inner steps in total, ≤ {limits.max_nfe})")),
         ("first", gr.Number(first_default(), precision=0, visible=not uniform, elem_id="nd-first",
                             label="Steps of each quick inner run (progressive)")),
-        ("outer_steps", gr.Slider(1, limits.max_outer_steps, min(d.outer_steps, limits.max_outer_steps), step=1,
-                                  label="Outer steps", visible=uniform, elem_id="nd-outer")),
-        ("inner_steps", gr.Slider(1, limits.max_inner_steps, min(d.inner_steps, limits.max_inner_steps), step=1,
+        ("outer_steps", gr.Slider(1, outer_max, outer0, step=1, label="Outer steps", visible=uniform,
+                                  elem_id="nd-outer")),
+        ("inner_steps", gr.Slider(1, slider_max(limits, "inner_steps", outer0), inner0, step=1,
                                   label="Inner steps per outer step", visible=uniform, elem_id="nd-inner")),
         ("solver", gr.Dropdown(list(solver_names(family.kind)), value=d.inner_solver, label="Inner solver")),
         ("guidance", gr.Number(family.guidance_default(), label="Guidance scale (inner process)")),
@@ -107,12 +118,20 @@ def _inputs(backend: Any, limits: Limits) -> list[tuple[str, Any]]:
     return fields
 
 
+def slider_max(limits: Limits, name: str, other: int) -> int:
+    """The largest value of the outer (``name`` "outer_steps") or inner slider that the server's ``Limits``
+    accept with the other slider at ``other``: its own cap and outer × inner ≤ max_nfe (the page moves the
+    maxima as the other slider moves, so the sliders never offer a split the server always refuses)."""
+    own = limits.max_outer_steps if name == "outer_steps" else limits.max_inner_steps
+    return max(1, min(own, limits.max_nfe // max(1, int(other or 1))))
+
+
 def _request(names: list[str], values: list[Any], vanilla: bool) -> JobRequest:
     """The page's values as a request: the controls the chosen schedule hides are not sent (a uniform split's
     outer × inner with a named schedule, or its NFE budget and first with uniform)."""
     data = dict(zip(names, values))
     if "seed" in data and data["seed"] is None:
-        raise ValueError("seed: enter a whole number ≥ 0")
+        raise ValueError("seed: empty; enter a whole number ≥ 0")
     schedule = data.get("schedule")
     if schedule:
         for name in (NAMED_ONLY if schedule == "uniform" else UNIFORM_ONLY):
@@ -143,7 +162,9 @@ class DemoHandlers:
         try:
             job = Job(self.backend, _request(self.names, list(values[:-1]), values[-1]), self.limits)
         except (ValueError, TypeError) as e:
-            raise gr.Error(str(e), title="Bad input", print_exception=False)
+            self.board.withdraw(key)
+            # Gradio 6 titles a pop-up by its kind ("Error") and ignores title=: the message says it itself
+            raise gr.Error(f"{BAD_INPUT}: {e}", title=BAD_INPUT, print_exception=False)
         self.board.start(key, job)
         seq = 0
         try:
@@ -156,6 +177,9 @@ class DemoHandlers:
                     yield self._outputs(u, False)
                     if u.source != INNER_RESULT:   # coalesce fast x̂0 previews; a finished inner run shows at once
                         await asyncio.sleep(PREVIEW_FRAME_S)
+            if job.state == "cancelled":
+                yield None, None, CANCELLED, "", None, None
+                return
             if job.state == "failed":
                 raise gr.Error(f"The job failed: {job.error}", title="Generation failed", print_exception=False)
             if job.result is not None:
@@ -166,9 +190,14 @@ class DemoHandlers:
     def stop(self, request: gr.Request) -> None:
         self.board.stop(request.session_hash)
 
-    def cancel(self, request: gr.Request) -> tuple:
+    def announce(self, request: gr.Request) -> None:
+        """Generate was pressed: a Cancel from now on applies to the job this request makes (even before it
+        starts)."""
+        self.board.announce(request.session_hash)
+
+    def cancel(self, request: gr.Request) -> None:
+        """Cancel the session's job (running or announced); its stream ends with ``CANCELLED``."""
         self.board.cancel(request.session_hash)
-        return None, None, "Cancelled: the result was discarded.", "", None, None
 
     def unload(self, request: gr.Request) -> None:
         self.board.forget(request.session_hash)
@@ -198,22 +227,29 @@ def build_app(backend: Any, limits: Limits | None = None, concurrency: int = 2, 
                                    interactive=False, visible=False, height=px, elem_id="nd-vanilla")
                 status = gr.Markdown("Press **Generate**.", elem_id="nd-status")
                 change = gr.Markdown("", elem_id="nd-change")
-                strip = gr.Image(label="Progression (rows: images, columns: anytime results)", format="png",
-                                 interactive=False, height=px + 140, elem_id="nd-strip")
+                gr.Markdown("**Progression** (rows: images, columns: anytime results)", elem_id="nd-strip-label")
+                strip = gr.Image(show_label=False, format="png", interactive=False, height=px + 140,
+                                 elem_id="nd-strip")   # the label above, not over the edge thumbnails
                 gif = gr.File(label="Progression GIF", interactive=False, elem_id="nd-gif")
         h = DemoHandlers(backend, limits, [n for n, _ in fields], gif_dir)
         demo.nd_handlers = h          # for tests and embedding code
         demo.nd_gif_dir = gif_dir
         demo.nd_css = PIXELATED if backend.family.is_bundled else FIT
         outputs = [image, van_img, status, change, strip, gif]
-        ev = run.click(h.generate, [c for _, c in fields] + [vanilla], outputs, api_name="generate",
-                       concurrency_limit=concurrency, concurrency_id="generate", show_progress="minimal")
+        run.click(h.announce, None, None, queue=False, api_name=False).then(
+            h.generate, [c for _, c in fields] + [vanilla], outputs, api_name="generate",
+            concurrency_limit=concurrency, concurrency_id="generate", show_progress="minimal")
         stop.click(h.stop, None, None, queue=False, api_name="stop")
-        cancel.click(h.cancel, None, outputs, cancels=[ev], queue=False, api_name="cancel")
+        cancel.click(h.cancel, None, None, queue=False, api_name="cancel")
         vanilla.change(lambda v: gr.update(visible=bool(v)), vanilla, van_img, queue=False, api_name=False)
         by_name = dict(fields)
         toggled = [by_name[n] for n in NAMED_ONLY + UNIFORM_ONLY]
         by_name["schedule"].change(schedule_controls, by_name["schedule"], toggled, queue=False, api_name=False)
+        outer, inner = by_name["outer_steps"], by_name["inner_steps"]
+        outer.change(lambda o: gr.update(maximum=slider_max(limits, "inner_steps", o)), outer, inner, queue=False,
+                     api_name=False)
+        inner.change(lambda i: gr.update(maximum=slider_max(limits, "outer_steps", i)), inner, outer, queue=False,
+                     api_name=False)
         demo.unload(h.unload)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
     return demo

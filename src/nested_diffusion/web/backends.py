@@ -32,7 +32,7 @@ from ..core.nested import NestedSampler, calibration_settings
 from ..core.registry import FLOW
 from ..core.run import RunConfig, option_error, resolve_run
 from ..core.schedules import Schedule
-from ..families import CLASS_LABELS, Family, family_names, family_of_pipeline, get_family
+from ..families import Family, family_names, family_of_pipeline, get_family
 from .render import model_to_rgb, unit_to_rgb
 
 # canonical run option → the JobRequest field (errors of the resolver and of the sampler name these)
@@ -164,10 +164,17 @@ def run_nfe(run: RunConfig) -> int:
 def check_job(req: JobRequest, run: RunConfig, limits: Limits) -> int:
     """The server's own caps on a resolved run (``Limits``) and the seed; returns the seed."""
     total_nfe = run_nfe(run)
+    if isinstance(req.seed, (float, np.floating)) and not float(req.seed).is_integer():
+        raise ValueError(f"seed: {req.seed!r} is not a whole number; enter a whole number ≥ 0")
     seed = _int_in("seed", req.seed, 0, 2 ** 63 - 1 - limits.max_batch)
     if run.outer_steps > limits.max_outer_steps:
         raise ValueError(f"outer_steps: {run.describe()} has {run.outer_steps} outer steps; this server allows 1 "
                          f"to {limits.max_outer_steps}")
+    if max(run.inner_steps) > limits.max_inner_steps and run.schedule not in ("uniform", "custom"):
+        longest = max(run.inner_steps)     # a named schedule's longest run grows with the budget: blame the budget
+        raise ValueError(f"nfe: {run.schedule} at {run.inner_total} NFE makes an inner run of {longest} steps; this "
+                         f"server allows at most {limits.max_inner_steps} per inner run, so give an NFE budget of "
+                         f"at most {run.inner_total - longest + limits.max_inner_steps}")
     if max(run.inner_steps) > limits.max_inner_steps:
         raise ValueError(f"inner_steps: {run.describe()} has an inner run of {max(run.inner_steps)} steps; this "
                          f"server allows 1 to {limits.max_inner_steps} per inner run")
@@ -503,7 +510,7 @@ def load_backend(family: str = "bundled", model_path: str | os.PathLike | None =
     loaded from disk only through the family table (``Family.load``). ``calibration``: "auto" (the default for
     the bundled model: its shipped calibrations; the pipeline families ship none), "feature" (bundled), "none" or
     a file."""
-    fam = get_family(family)
+    fam = get_family(family).require("serve")
     if fam.is_bundled:
         return BundledBackend(fam.load(model_path, device, dtype, option), scale=scale or 4, device=device,
                               calibration=calibration or "auto", family=fam)

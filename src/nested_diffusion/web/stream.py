@@ -156,6 +156,10 @@ class Job:
         self._thread = threading.Thread(target=self._work, name="nested-diffusion-job", daemon=True)
 
     def start(self) -> "Job":
+        """Run in the worker thread — unless cancelled already (then it ends "cancelled" without a model call)."""
+        if self._hard.is_set():
+            self._finish("cancelled", None)
+            return self
         self._thread.start()
         return self
 
@@ -195,9 +199,12 @@ class Job:
                     lock.release()
         except Exception as e:  # a failed job is a message for the page, not a traceback
             error = f"{type(e).__name__}: {e}"
+        self._finish(state if error is None else "failed", error)
+
+    def _finish(self, state: str, error: str | None) -> None:
         with self._cv:
-            self.state = "cancelled" if self._hard.is_set() else (state if error is None else "failed")
-            self.error = error
+            self.state = "cancelled" if self._hard.is_set() else state
+            self.error = None if self.state == "cancelled" else error
             if self.state == "cancelled":
                 self._shared.latest, self._shared.frames = None, []
             self._shared.seq += 1
@@ -249,24 +256,42 @@ class Job:
         return self._shared.latest.spent if self._shared.latest is not None else 0
 
     def join(self, timeout: float | None = None) -> bool:
+        if self._thread.ident is None:      # never started (cancelled before its start)
+            return self.done
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
 
 class JobBoard:
-    """At most one job per client key; a new job for a key cancels that key's previous one."""
+    """At most one job per client key; a new job for a key cancels that key's previous one.
+
+    ``announce(key)`` says a job for ``key`` is on its way (requested, waiting in a server's queue): a ``cancel``
+    before it starts cancels it then, so it ends "cancelled" without a model call — a Cancel pressed at any
+    moment after Generate applies to that run, and the run's own stream reports it."""
 
     def __init__(self):
         self._jobs: dict[str, Job] = {}
+        self._announced: dict[str, bool] = {}     # key → cancelled before its job started
         self._lock = threading.Lock()
+
+    def announce(self, key: str) -> None:
+        with self._lock:
+            self._announced[key] = False
 
     def start(self, key: str, job: Job) -> Job:
         with self._lock:
             old = self._jobs.get(key)
             self._jobs[key] = job
+            if self._announced.pop(key, False):
+                job.cancel()
         if old is not None:
             old.cancel()
         return job.start()
+
+    def withdraw(self, key: str) -> None:
+        """Drop ``key``'s announcement (its request was refused before a job was made)."""
+        with self._lock:
+            self._announced.pop(key, None)
 
     def get(self, key: str) -> Job | None:
         with self._lock:
@@ -279,14 +304,21 @@ class JobBoard:
         return job is not None
 
     def cancel(self, key: str) -> bool:
-        job = self.get(key)
+        """Cancel ``key``'s running job and the one announced for it, if any; False if there is neither."""
+        with self._lock:
+            job = self._jobs.get(key)
+            announced = key in self._announced
+            if announced:
+                self._announced[key] = True
         if job is not None:
             job.cancel()
-        return job is not None
+        return job is not None or announced
 
     def forget(self, key: str, job: Job | None = None) -> None:
         """Drop (and cancel) ``key``'s job — only if it is still ``job`` when one is given."""
         with self._lock:
+            if job is None:
+                self._announced.pop(key, None)
             current = self._jobs.get(key)
             if current is None or (job is not None and current is not job):
                 return
