@@ -372,3 +372,19 @@ def test_a_pipeline_family_is_served_through_the_same_backend_path(tmp_path, fam
         assert e.value.body["param"] == "size"
     finally:
         server.should_exit = True
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--port", "99999"], "--port: a TCP port lies in 1–65535"),
+    (["--host", "no.such.host.invalid", "--api-key", "k"], "--host: cannot resolve"),
+    (["--device", "cuda:0"], "--device: 'cuda:0'"),
+    (["--pipeline", "sd"], "--model-path: required"),
+])
+def test_api_command_refuses_bad_options_before_serving(argv, words, capsys):
+    from nested_diffusion.cli.main import main
+    try:
+        code = main(["api", "--port", str(_free_port()), *argv] if "--port" not in argv else ["api", *argv])
+    except SystemExit as e:           # argparse refusals
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "Traceback" not in err

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from .argtypes import int_at_least, positive_float
+from .argtypes import check_device, check_listen, int_at_least, positive_float, tcp_port
 
 KEY_ENV = "NESTED_DIFFUSION_API_KEY"
 
@@ -21,7 +21,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                            "'nested-diffusion[api]'."))
     s.add_argument("--host", default="127.0.0.1",
                    help="address to bind; anything but a loopback address needs --api-key")
-    s.add_argument("--port", type=int_at_least("--port", 1), default=8000, help="TCP port")
+    s.add_argument("--port", type=tcp_port("--port"), default=8000, help="TCP port (1–65535)")
     s.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' (default: ${KEY_ENV} if set, else no key; "
                         f"required when --host is not a loopback address)")
@@ -82,6 +82,8 @@ def run(args) -> int:
     settings = settings_of(args)
     try:
         check_bind(args.host, api_key)
+        check_listen(args.host, args.port)            # before the model is loaded: a bad host or a taken port
+        check_device(args.device)
         if args.workers == 1:
             from ..api.app import create_app
             app = create_app(build_service(settings), api_key, args.max_body_bytes)
@@ -100,7 +102,7 @@ def run(args) -> int:
                         host=args.host, port=args.port, log_level="warning", server_header=False)
     except KeyboardInterrupt:
         pass
-    except (OSError, SystemExit) as e:
-        print(f"error: --port {args.port}: {e}", file=sys.stderr)
+    except (OSError, SystemExit) as e:  # the port was taken between the check and the start
+        print(f"error: --host/--port: cannot listen on {args.host}:{args.port} ({e})", file=sys.stderr)
         return 2
     return 0
