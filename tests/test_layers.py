@@ -196,7 +196,9 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path):
 LAYERS = {"core": set(), "io": set(), "imaging": {"io"}, "inverse": {"core", "io"},
           "evaluation": {"core", "io", "imaging"}, "pipelines": {"core", "io", "evaluation"},
           "bundled": {"core", "io", "imaging", "evaluation", "inverse"},
-          "families": {"core", "io", "imaging", "evaluation", "inverse", "pipelines", "bundled"}}
+          "families": {"core", "io", "imaging", "evaluation", "inverse", "pipelines", "bundled"},
+          # interface layer: the OpenAI-compatible API drives the web backends' one path
+          "api": {"core", "io", "imaging", "evaluation", "inverse", "pipelines", "bundled", "families", "web"}}
 
 
 def _imports_of(path: Path) -> set[str]:

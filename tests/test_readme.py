@@ -27,7 +27,9 @@ Rules the blocks cannot follow literally, handled here:
     ``-m nested_diffusion.cli``) runs in the background, in its own process group, with ``--port <a free port>``
     inserted after the subcommand; the block goes on once http://127.0.0.1:<port>/ answers HTTP (any status;
     failing if the server exits first or takes over SERVER_WAIT_S), and the server's process group is terminated
-    (SIGTERM, then SIGKILL after 10 s) when the block ends.
+    (SIGTERM, then SIGKILL after 10 s) when the block ends. A server command that names its port
+    (``--port 8000``) gets the free port there instead, and ``:8000`` in the rest of the block (the URLs of its
+    curl / client lines) becomes ``:<that port>``.
 (c) Weights and data that users have and we do not (``--model-path sd-1.5/``, ``path/to/…``): ``FIXTURES`` maps
     each such name to a tiny random-weight stand-in (``fixtures_tiny`` / ``fixtures_modern``) saved under the
     same name in W before the first block that mentions it runs. A ``path/to/…`` name without an entry fails
@@ -260,8 +262,19 @@ def split_comment(line: str) -> tuple[str, str]:
     return line, ""
 
 
+def own_ports(code: str) -> str:
+    """Rule (b) for servers that name their port: each such port becomes a free one throughout the block."""
+    for line in logical_lines(code):
+        command = split_comment(line)[0]
+        m = re.search(r"--port[= ](\d+)\b", command) if SERVER.search(command) else None
+        if m:
+            port = free_port()
+            code = re.sub(r"(--port[= ]|:)" + m.group(1) + r"\b", lambda k: f"{k.group(1)}{port}", code)
+    return code
+
+
 def bash_script(code: str, work: Path, scratch: Path) -> str:
-    code = REPO_PATHS.sub(lambda m: f"{shlex.quote(str(REPO))}/{m.group(1)}/", code)
+    code = own_ports(REPO_PATHS.sub(lambda m: f"{shlex.quote(str(REPO))}/{m.group(1)}/", code))
     code = re.sub(r"(/scripts/test\.sh)\b", r"\1 --collect-only -q", code)                     # rule (a)
     code = re.sub(r"(/scripts/demo\.sh)\b", lambda m: f"{m.group(1)} --out {shlex.quote(str(work / 'out/demo'))}",
                   code)
@@ -269,8 +282,11 @@ def bash_script(code: str, work: Path, scratch: Path) -> str:
     for line in logical_lines(code):
         command, comment = split_comment(line)
         if SERVER.search(command):                                                                # rule (b)
-            port = free_port()
-            command = SERVER.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)} --port {port}", command, count=1)
+            named = re.search(r"--port[= ](\d+)\b", command)
+            port = int(named.group(1)) if named else free_port()
+            if not named:
+                command = SERVER.sub(lambda m: f"{m.group(1)}{m.group(2)}{m.group(3)} --port {port}", command,
+                                     count=1)
             log = scratch / f"server-{port}.log"
             lines.append(f"__serve {port} {shlex.quote(str(log))} {shlex.quote(command.rstrip())}"
                          f"{'  ' + comment.rstrip() if comment else ''}\n")
@@ -406,3 +422,12 @@ def test_bash_rewrites(tmp_path):
     assert rest.split("\n", 1)[1] == ("# nested-diffusion serve in a comment stays\n"
                                       "ls out/scripts/x   # nested-diffusion serve '#'\n")
     assert split_comment("echo '#1' \"a # b\" x#y  # note") == ("echo '#1' \"a # b\" x#y  ", "# note")
+
+
+def test_a_server_that_names_its_port_gets_a_free_one_everywhere_in_its_block(tmp_path):
+    code = "nested-diffusion api --port 8000\ncurl -s http://127.0.0.1:8000/v1/models  # :80001 stays\n"
+    body = bash_script(code, tmp_path / "w", tmp_path)[len(BASH_PREAMBLE):]
+    words = shlex.split(body.split("\n")[0])
+    port = words[1]
+    assert port != "8000" and words[3] == f"nested-diffusion api --port {port}"
+    assert body.split("\n")[1] == f"curl -s http://127.0.0.1:{port}/v1/models  # :80001 stays"

@@ -10,7 +10,7 @@ import sys
 
 from .. import __version__
 from . import eval as cli_eval
-from . import calibrate, generate, restore, restore_table, sample, serve, train
+from . import api, calibrate, generate, restore, restore_table, sample, serve, train
 
 COMMANDS = {
     "generate": generate.run,
@@ -24,6 +24,7 @@ COMMANDS = {
     "merge": sample.run_merge,
     "serve": serve.run,
     "calibrate": calibrate.run,
+    "api": api.run,
 }
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_parser(sub)
     serve.add_parser(sub)
     calibrate.add_parser(sub)
+    api.add_parser(sub)
     return p
 
 
