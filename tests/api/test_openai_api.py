@@ -29,7 +29,7 @@ from nested_diffusion.bundled import load_unet  # noqa: E402
 from nested_diffusion.web.backends import BundledBackend, JobRequest, Limits  # noqa: E402
 from nested_diffusion.web.render import model_to_rgb  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 KEY = "test-key"
 FAST = {"outer_steps": 5, "inner_steps": 4}          # 20 NFE: 4 finished runs before the last
 
