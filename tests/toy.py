@@ -38,3 +38,18 @@ def toy_factory(denoiser: GaussianMixtureDenoiser, size: int = 8, solver: str = 
 
     info = dict(model=f"gaussian-mixture-{tag}", solver=solver, inner_eta=inner_eta, guidance=None)
     return SamplerFactory(build, (1, size, size), None, info)
+
+
+def calibrated_classifier(x, dim=16, seed=0):
+    """A random FashionClassifier whose batch-norm statistics are those of ``x`` (a feature network for FD)."""
+    from nested_diffusion.bundled import FashionClassifier
+    torch.manual_seed(seed)
+    clf = FashionClassifier(feature_dim=dim)
+    for m in clf.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    with torch.no_grad():
+        clf.train()
+        clf(x)
+    return clf.eval()

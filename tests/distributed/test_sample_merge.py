@@ -281,7 +281,7 @@ def test_from_samples_equals_the_runners_on_the_same_images(tmp_path):
     """A sample folder's images are the eval cache's (same seeds, conditioning, batches); FD/AUC from the
     folder (read item by item) equal `run_rnd_sweep`'s, consistency equals `run_consistency`'s."""
     from toy import mixture_images, toy_factory
-    from test_eval_runners import calibrated_classifier
+    from toy import calibrated_classifier
     from nested_diffusion.bundled.features import ClassifierFeatures
     from nested_diffusion.evaluation.reference import reference_from_images
     from nested_diffusion.evaluation.runners import run_rnd_sweep

@@ -18,24 +18,12 @@ from nested_diffusion.evaluation.frechet import FeatureStats, frechet_distance
 from nested_diffusion.evaluation.reference import reference_from_images
 from nested_diffusion.evaluation.runners import run_budget_table, run_consistency, run_qualitative, run_rnd_sweep
 from nested_diffusion.evaluation.snapshots import collect_snapshots
+from toy import calibrated_classifier
 from toy import mixture_images, toy_factory
 from nested_diffusion.bundled import FashionClassifier, TinyUNet
 
 CONFIGS = "1x24,3x8,4x6"
 N = 24
-
-
-def calibrated_classifier(x, dim=16, seed=0):
-    torch.manual_seed(seed)
-    clf = FashionClassifier(feature_dim=dim)
-    for m in clf.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    with torch.no_grad():
-        clf.train()
-        clf(x)
-    return clf.eval()
 
 
 @pytest.fixture(scope="module")
