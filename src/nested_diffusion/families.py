@@ -55,15 +55,24 @@ class Family:
     @property
     def surfaces(self) -> tuple[str, ...]:
         """Where the family runs: every surface, or — a generic family (a stock diffusers pipeline through
-        ``NestedScheduler``) — Python (``nested_diffusion.anytime``) and ``generate`` so far."""
-        return ("python", "generate") if self.generic else SURFACES
+        ``NestedScheduler``) — Python, ``generate``, ``sample`` and ``eval`` (``anytime(..., decode=False)`` under
+        the evaluation runners, ``pipelines.factories_generic``); a generic *video* family (Wan) Python only, since
+        the other surfaces write images. ``calibrate`` needs the pipeline call to take ``calibration=`` (expected
+        change at run time), which a stock pipeline does not; ``serve`` has no generic backend yet."""
+        if not self.generic:
+            return SURFACES
+        from .pipelines.any_pipeline import GENERIC_FAMILIES
+        fam = GENERIC_FAMILIES.get(self.name)
+        if fam is not None and fam.video:
+            return ("python",)
+        return ("python", "generate", "sample", "eval")
 
     def require(self, surface: str, option: str = "--pipeline") -> "Family":
         """This family, or one clear error when ``surface`` cannot run it (the README lists these)."""
         if surface not in self.surfaces:
             raise ValueError(f"{option}: {self.name} is a generic family (its stock diffusers pipeline through "
-                             f"NestedScheduler); it runs in Python (nested_diffusion.anytime) and `nested-diffusion "
-                             f"generate`, not yet in `{surface}` (families that do: "
+                             f"NestedScheduler); it runs in {', '.join(f'`{s}`' for s in self.surfaces)}, not in "
+                             f"`{surface}` (families that do: "
                              f"{', '.join(n for n, f in _FAMILIES.items() if surface in f.surfaces)})")
         return self
 

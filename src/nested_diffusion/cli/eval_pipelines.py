@@ -69,6 +69,11 @@ def check_pipeline_args(args) -> None:
                 raise ValueError(f"--{opt.replace('_', '-')}: only for --pipeline sd|dit (the bundled model takes "
                                  f"--model, --classifier, --data-dir)")
         return
+    fam = get_family(args.pipeline)
+    if fam.generic and (getattr(args, "solver", None) is not None or getattr(args, "inner_eta", None) not in (None, 0.0)):
+        opt = "--solver" if getattr(args, "solver", None) is not None else "--inner-eta"
+        raise ValueError(f"{opt}: --pipeline {fam.name} runs its own scheduler as the inner solver (a stock "
+                         f"pipeline through NestedScheduler); leave {opt} out")
     if args.model is not None:
         raise ValueError(f"--model: a TinyUNet folder is for --pipeline bundled; use --model-path with "
                          f"--pipeline {args.pipeline}")
@@ -125,6 +130,10 @@ def pipeline_factory(args, pipe=None):
     from ..pipelines.factories import dit_factory, sd_factory
     pipe = load_pipeline(args) if pipe is None else pipe
     factory = get_family(args.pipeline).factory
+    if factory == "generic":
+        from ..pipelines.factories_generic import generic_factory
+        return generic_factory(pipe, args.prompts, args.guidance, args.outer_eta, args.grid, args.negative_prompt,
+                               args.height, args.width, args.decode_batch, family=args.pipeline)
     if factory == "modern":
         from ..pipelines.factories_modern import modern_factory
         return modern_factory(pipe, args.prompts, args.guidance, args.solver, args.inner_eta, args.outer_eta,

@@ -29,6 +29,7 @@ _LAZY = {
     "NestedSchedulerError": "nested_scheduler",
     "anytime": "any_pipeline",
     "GENERIC_FAMILIES": "any_pipeline",
+    "nested_blocks": "modular",
     "SchedulerSolver": "adapters",
     "resolve_inner_solver": "adapters",
     "GeneratorNoise": "noise",
