@@ -82,25 +82,26 @@ def generate(port: int, seed: int, **extra) -> tuple[np.ndarray, dict, float]:
     return decode(r.data[0].b64_json), r.model_extra, time.perf_counter() - t0
 
 
-def streamed(port: int, seed: int, start: float, **extra) -> dict:
+def streamed(port: int, seed: int, start: float, prompt: str = "sneaker", **extra) -> dict:
     """One streamed request sent at perf_counter time ``start``: the time to its first finished image and what
-    it returned."""
+    it returned (the returned image as b64)."""
     delay = start - time.perf_counter()
     if delay > 0:
         time.sleep(delay)
     t0 = time.perf_counter()
     first = None
     final = {}
-    for ev in make_client(port).images.generate(prompt="sneaker", stream=True, partial_images=3,
+    image = None
+    for ev in make_client(port).images.generate(prompt=prompt, stream=True, partial_images=3,
                                                 extra_body={"seed": seed, **extra}):
         x = ev.model_extra
         if first is None and x.get("finished"):
             first = time.perf_counter() - t0
         if ev.type == "image_generation.completed":
-            final = x
+            final, image = x, ev.b64_json
     ok = bool(final.get("finished") and final.get("deadline_met"))
     return {"first": first if first is not None else math.inf, "ok": ok, "nfe": final.get("nfe"),
-            "schedule": final.get("schedule")}
+            "schedule": final.get("schedule"), "image": image}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -124,15 +125,47 @@ def throughput(port: int, n: int) -> tuple[float, float, float, int]:
     return t_solo, t_many, statistics.median(s[2] for s in solo), worst
 
 
-def open_loop(port: int, rate: float, count: int, deadline_ms: float, seed: int, extra: dict) -> list[dict]:
+def open_loop(port: int, rate: float, count: int, deadline_ms: float, seed: int, extra: dict,
+              classes: bool = False) -> list[dict]:
+    """``count`` Poisson arrivals at ``rate``; request i uses seed i (and, with ``classes``, class i % 10)."""
+    from nested_diffusion.bundled.data import CLASS_NAMES
     rng = random.Random(seed)
     t, starts = time.perf_counter() + 0.5, []
     for _ in range(count):
         t += rng.expovariate(rate)
         starts.append(t)
-    with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(lambda a: streamed(port, a[0], a[1], deadline_ms=deadline_ms, **extra),
+    prompt = (lambda i: CLASS_NAMES[i % 10]) if classes else (lambda i: "sneaker")
+    with ThreadPoolExecutor(min(count, 256)) as pool:
+        return list(pool.map(lambda a: streamed(port, a[0], a[1], prompt(a[0]), deadline_ms=deadline_ms, **extra),
                              enumerate(starts)))
+
+
+def served_fd(results: dict[str, list[dict]], boot: int = 200) -> str:
+    """FD (the bundled classifier's features, as docs/RESULTS.md) of each sampler's served images against the
+    Fashion-MNIST test split, and the paired bootstrap of nested − vanilla over requests."""
+    import torch
+    from nested_diffusion.bundled.features import load_feature_classifier
+    from nested_diffusion.bundled.reference import fashion_reference
+    from nested_diffusion.evaluation.features import dequantize, extract_features
+    from nested_diffusion.evaluation.frechet import FeatureStats, frechet_distance
+    ext = load_feature_classifier().eval()
+    ref = fashion_reference(ext, heldout=500).stats.to_feature_stats()
+    feats = {}
+    for name, res in results.items():
+        imgs = torch.from_numpy(np.stack([decode(r["image"]) for r in res]))      # (N, 28, 28) uint8
+        feats[name] = extract_features(ext, dequantize(imgs.reshape(len(res), 1, 28, 28)))
+    fd = {n: frechet_distance(FeatureStats.from_features(f), ref) for n, f in feats.items()}
+    g = np.random.default_rng(0)
+    n = len(next(iter(feats.values())))
+    diffs = []
+    for _ in range(boot):
+        i = torch.from_numpy(g.integers(0, n, n))
+        d = {k: frechet_distance(FeatureStats.from_features(f[i]), ref) for k, f in feats.items()}
+        diffs.append(d["nested"] - d["vanilla"])
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return (f"FD of the served images ({n} each, bundled-classifier features vs the Fashion-MNIST test split): "
+            f"nested {fd['nested']:.3f}, vanilla {fd['vanilla']:.3f}; nested − vanilla "
+            f"{fd['nested'] - fd['vanilla']:+.3f} (paired bootstrap 95%: {lo:+.3f} … {hi:+.3f})")
 
 
 def rss_mb(pid: int) -> float:
@@ -148,6 +181,10 @@ def main(argv=None) -> int:
     p.add_argument("--rss", type=int, nargs=2, default=(100, 1000), metavar=("N1", "N2"),
                    help="RSS after N1 and N2 requests (c)")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrival times")
+    p.add_argument("--fd", type=int, default=0, metavar="N",
+                   help="also N arrivals per sampler at 2x capacity, classes cycling through all ten, and the FD of "
+                        "the images nested and vanilla served under the same arrivals and deadline (0: skip)")
+    p.add_argument("--skip-rss", action="store_true", help="skip (c)")
     args = p.parse_args(argv)
     proc, port = start_server(args.threads)
     try:
@@ -172,6 +209,15 @@ def main(argv=None) -> int:
                 print(f"| {mult}x ({mult * cap:.2f} req/s) | {name} | {100 * share:.0f}% | {fmt(pct(firsts, .5))} | "
                       f"{fmt(pct(firsts, .99))} | {nfe:.0f} |", flush=True)
                 time.sleep(1.0)
+        if args.fd:
+            served = {name: open_loop(port, 2 * cap, args.fd, deadline_ms, args.seed + 7, extra, classes=True)
+                      for name, extra in (("nested", {}), ("vanilla", VANILLA))}
+            share = {k: sum(r["ok"] for r in v) / len(v) for k, v in served.items()}
+            print(f"(b') {args.fd} arrivals per sampler at 2x: finished by the deadline nested "
+                  f"{100 * share['nested']:.0f}%, vanilla {100 * share['vanilla']:.0f}%", flush=True)
+            print(f"(b') {served_fd(served)}", flush=True)
+        if args.skip_rss:
+            return 0
         n1, n2 = args.rss
         small = {"outer_steps": 2, "inner_steps": 5}
         with ThreadPoolExecutor(8) as pool:
