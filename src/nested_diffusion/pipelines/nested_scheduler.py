@@ -28,12 +28,12 @@ wrapped scheduler would take the branch, and pipeline arguments that index the s
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import re
 import sys
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -96,23 +96,60 @@ def scheduler_kind(scheduler: Any) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def _parameters(fn: Callable) -> frozenset:
+    """The parameter names of a function (cached: a scheduler class's methods do not change during a run)."""
+    return frozenset(inspect.signature(fn).parameters)
+
+
+def _method(obj: Any, name: str) -> Callable:
+    """The function behind ``obj.name`` (the class's own function for a bound method: one cache entry per class)."""
+    bound = getattr(obj, name)
+    return getattr(bound, "__func__", bound)
+
+
 def _accepts(scheduler: Any, name: str) -> bool:
-    return name in inspect.signature(scheduler.set_timesteps).parameters
+    return name in _parameters(_method(scheduler, "set_timesteps"))
 
 
-@dataclass
+# Schedulers whose ``step(..., return_dict=False)`` is ``(prev_sample,)`` and whose output class holds nothing
+# else (no ``pred_original_sample``): the wrapper takes the tuple and builds the output only when asked for it.
+_TUPLE_STEP_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
+
+
+def _tuple_step_output(scheduler: Any) -> type | None:
+    """The output class of ``scheduler.step`` when its tuple form carries all of it, else None."""
+    cls = type(scheduler)
+    if cls.__name__ not in _TUPLE_STEP_SCHEDULERS or not cls.__module__.startswith("diffusers."):
+        return None
+    out = getattr(sys.modules.get(cls.__module__), cls.__name__ + "Output", None)
+    fields = getattr(out, "__dataclass_fields__", None)
+    return out if fields is not None and list(fields) == ["prev_sample"] else None
+
+
 class StepInfo:
     """Where the last ``step`` was: global index i (0-based), run k, index j in the run, and its x̂0 (a raw
-    prediction, or the run's output at a run end)."""
+    prediction, or the run's output at a run end). ``t``: the run's start time (u for flow, an integer timestep
+    for VP). A raw prediction is computed when ``x0`` is first read (a final-only run never reads it), from the
+    step's own tensors."""
 
-    i: int
-    run: int
-    j: int
-    run_steps: int
-    run_end: bool
-    final: bool
-    x0: torch.Tensor
-    t: float           # the run's start time (u for flow, an integer timestep for VP)
+    __slots__ = ("i", "run", "j", "run_steps", "run_end", "final", "t", "_x0", "_x0_of")
+
+    def __init__(self, i: int, run: int, j: int, run_steps: int, run_end: bool, final: bool,
+                 x0: torch.Tensor | None = None, t: float | None = None, *, x0_of: Callable | None = None):
+        self.i, self.run, self.j, self.run_steps, self.run_end, self.final, self.t = \
+            i, run, j, run_steps, run_end, final, t
+        self._x0, self._x0_of = x0, x0_of
+
+    @property
+    def x0(self) -> torch.Tensor:
+        if self._x0_of is not None:
+            self._x0, self._x0_of = self._x0_of(), None
+        return self._x0
+
+    def __repr__(self) -> str:
+        return (f"StepInfo(i={self.i}, run={self.run}, j={self.j}, run_steps={self.run_steps}, "
+                f"run_end={self.run_end}, final={self.final}, t={self.t})")
 
 
 class NestedScheduler:
@@ -172,6 +209,10 @@ class NestedScheduler:
         if self.run is not None and self.run.outer_steps > 1:
             self._check_nestable()
         self.inner = self._inner_scheduler()
+        # per-call constants of the step, found once here rather than at every step
+        self._fresh_generators = self.inner_eta == FRESH_NOISE and "generator" in _parameters(
+            _method(self.inner, "step"))
+        self._tuple_step = _tuple_step_output(self.inner)
         self.timesteps = None
         self.result: torch.Tensor | None = None
         self.last: StepInfo | None = None
@@ -323,7 +364,8 @@ class NestedScheduler:
         ref = np.linspace(1.0, 1.0 / n, n)
         got = np.asarray([float(v) for v in sigmas], dtype=float)
         # the pipelines build this grid in float64 (numpy) or float32 (torch): equal within float32 rounding
-        return "clean" if got.shape == ref.shape and np.allclose(got, ref, rtol=0, atol=1e-6) else "custom"
+        # (np.allclose(got, ref, rtol=0, atol=1e-6) without its generic set-up)
+        return "clean" if got.shape == ref.shape and bool(np.all(np.abs(got - ref) <= 1e-6)) else "custom"
 
     def _flow_schedule(self, pipe_args: dict) -> FlowSchedule:
         """The wrapped flow scheduler's time map (for the "sigma_min" grid's smallest time)."""
@@ -347,8 +389,10 @@ class NestedScheduler:
         """Set every run once (its timesteps and σ), check it, then start run 0."""
         s, K = self.inner, len(runs)
         self._runs, self._starts, self._device = runs, starts, device
-        ts, run_ts, first_sigma, positional_sigmas = [], [], [], []
-        for k, args in enumerate(runs):
+        ts, run_ts, first_sigma, positional_sigmas = [None] * K, [None] * K, [None] * K, [None] * K
+        # run 0 is set last, so that it is the wrapped scheduler's state when the loop ends (as _start_run(0))
+        for k in list(range(1, K)) + [0]:
+            args = runs[k]
             s.set_timesteps(device=device, **args)
             t_k = s.timesteps.detach().clone()
             sig = getattr(s, "sigmas", None)
@@ -357,7 +401,7 @@ class NestedScheduler:
                 if len(t_k) != n_k:
                     raise NestedSchedulerError(f"scheduler: {type(s).__name__} made {len(t_k)} steps for an inner run "
                                                f"of {n_k}; only first-order schedulers can be nested")
-                if "timesteps" in args and [int(round(float(v))) for v in t_k] != list(args["timesteps"]):
+                if "timesteps" in args and [int(round(float(v))) for v in t_k.tolist()] != list(args["timesteps"]):
                     raise NestedSchedulerError(f"scheduler: {type(s).__name__} changed the inner grid "
                                                f"{args['timesteps']} into {t_k.tolist()}")
                 if sig is None or float(sig[-1]) != 0.0:
@@ -365,10 +409,10 @@ class NestedScheduler:
                         f"scheduler: {type(s).__name__}'s runs end at σ = "
                         f"{None if sig is None else float(sig[-1])}, not 0, so an inner run gives no clean x̂0; "
                         f"configure it to end at zero (e.g. final_sigmas_type='zero')")
-            run_ts.append(len(t_k))
-            ts.append(t_k)
-            first_sigma.append(None if sig is None else float(sig[0]))
-            positional_sigmas.append(None if sig is None else sig[:len(t_k)].detach().clone())
+            run_ts[k] = len(t_k)
+            ts[k] = t_k
+            first_sigma[k] = None if sig is None else float(sig[0])
+            positional_sigmas[k] = None if sig is None else sig[:len(t_k)].detach().clone()
         self.timesteps = torch.cat(ts)
         self.num_inference_steps = len(self.timesteps)
         self._run_len = run_ts
@@ -376,10 +420,12 @@ class NestedScheduler:
         self._first_sigma = first_sigma + [0.0]
         self.sigmas = None if any(p is None for p in positional_sigmas) else \
             torch.cat(positional_sigmas + [positional_sigmas[0].new_zeros(1)])
-        self._t_list = [float(v) for v in self.timesteps.cpu()]
+        self._t_list = [float(v) for v in self.timesteps.tolist()]
         self._i, self.result, self.last = 0, None, None
         self._x_start = None
-        self._start_run(0)
+        if hasattr(s, "set_begin_index"):     # run 0 is set: the rest of _start_run(0)
+            s.set_begin_index(0)
+        self._k, self._j = 0, 0
         # x = x̂0 + σε (Euler-type: the first latents are scaled by init_noise_sigma ≠ 1) or the VP state
         self._ve = float(getattr(s, "init_noise_sigma", 1.0)) != 1.0
 
@@ -400,29 +446,43 @@ class NestedScheduler:
         if self.timesteps is None:
             raise NestedSchedulerError("step: set_timesteps was not called first")
         i, k, j = self._i, self._k, self._j
-        if i >= len(self._t_list):
-            raise NestedSchedulerError(f"step: called {i + 1} times for {len(self._t_list)} timesteps")
+        t_list = self._t_list
+        if i >= len(t_list):
+            raise NestedSchedulerError(f"step: called {i + 1} times for {len(t_list)} timesteps")
         if isinstance(timestep, torch.Tensor) and timestep.numel() == 1 or isinstance(timestep, (int, float)):
-            if float(timestep) != self._t_list[i]:
+            if float(timestep) != t_list[i]:
                 raise NestedSchedulerError(
                     f"timestep: step {i} was called at t={float(timestep)}, but the nested step list has "
-                    f"t={self._t_list[i]} there; the pipeline reads the step list by position (e.g. a sliced or "
+                    f"t={t_list[i]} there; the pipeline reads the step list by position (e.g. a sliced or "
                     f"truncated schedule), which nested runs do not support")
         if j == 0:
             self._x_start = sample
         s = self.inner
-        if self.inner_eta == FRESH_NOISE and "generator" not in kwargs and "generator" in \
-                inspect.signature(s.step).parameters:
+        if self._fresh_generators and "generator" not in kwargs:
             kwargs["generator"] = self._generators(sample)
-        out = s.step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
-        prev = out.prev_sample
+        if self._tuple_step is not None:
+            # the wrapped step's tuple is (prev_sample,) and its output has no x̂0: skip building the output
+            prev = s.step(model_output, timestep, sample, *args, return_dict=False, **kwargs)[0]
+            out = None
+        else:
+            out = s.step(model_output, timestep, sample, *args, return_dict=True, **kwargs)
+            prev = out.prev_sample
         n_k = self._run_len[k]
         end = j == n_k - 1
         K = len(self._run_len)
-        x0 = prev if end else self._x0_prediction(out, model_output, sample, k, j)
-        self.last = StepInfo(i=i, run=k, j=j, run_steps=n_k, run_end=end, final=end and k == K - 1, x0=x0,
-                             t=self._starts[k] if self._starts[k] is not None else self._t_list[i])
-        self._i += 1
+        start = self._starts[k]
+        t = start if start is not None else t_list[i]
+        if end:
+            self.last = StepInfo(i, k, j, n_k, True, k == K - 1, prev, t)
+        else:
+            pred = getattr(out, "pred_original_sample", None) if out is not None else None
+            if pred is not None:
+                self.last = StepInfo(i, k, j, n_k, False, False, pred, t)
+            else:
+                sigmas = getattr(s, "sigmas", None)
+                self.last = StepInfo(i, k, j, n_k, False, False, None, t,
+                                     x0_of=functools.partial(self._x0_prediction, model_output, sample, sigmas, j))
+        self._i = i + 1
         if end:
             self.result = prev
             if k < K - 1:
@@ -432,16 +492,16 @@ class NestedScheduler:
             self._j = j + 1
         if not return_dict:
             return (prev,)
+        if out is None:
+            return self._tuple_step(prev_sample=prev)
         out.prev_sample = prev
         return out
 
     # ------------------------------------------------------------------------------------------ maths
-    def _x0_prediction(self, out: Any, v: torch.Tensor, x: torch.Tensor, k: int, j: int) -> torch.Tensor:
-        """The raw x̂0 of the model output at step j of run k (what a preview shows)."""
-        pred = getattr(out, "pred_original_sample", None)
-        if pred is not None:
-            return pred
-        sig = self.inner.sigmas[j] if getattr(self.inner, "sigmas", None) is not None else None
+    def _x0_prediction(self, v: torch.Tensor, x: torch.Tensor, sigmas: Any, j: int) -> torch.Tensor:
+        """The raw x̂0 of the model output v at sample x, step j of a run whose σ grid was ``sigmas`` (what a
+        preview shows; the model output carried no ``pred_original_sample``)."""
+        sig = sigmas[j] if sigmas is not None else None
         if sig is None:
             return x
         sigma = float(sig)
@@ -531,11 +591,12 @@ def check_calling_pipeline(wrapped: Any) -> None:
 _ISINSTANCE = re.compile(r"isinstance\(\s*self\.scheduler\s*,\s*\(?\s*([\w.\s,]+?)\s*\)?\s*\)")
 
 
-def check_pipeline(pipe: Any, wrapped: Any, call_args: dict | None = None) -> None:
-    """Refuse what a nested run cannot make right for ``pipe`` with the stock scheduler ``wrapped``: a pipeline
-    that branches on the scheduler's class where ``wrapped`` would take the branch, and positional arguments in
-    use (``call_args``: the call's arguments)."""
-    cls = type(pipe)
+@functools.lru_cache(maxsize=128)
+def _scheduler_branches(cls: type) -> tuple:
+    """The classes X of every ``isinstance(self.scheduler, X)`` in the modules of ``cls`` and its bases, in the
+    order of the class's MRO and of the source (read once per pipeline class: reading and scanning the source
+    took most of a call's set-up)."""
+    targets = []
     for klass in cls.__mro__:
         if klass.__module__.startswith("diffusers.pipelines.pipeline_utils") or klass is object:
             continue
@@ -547,12 +608,23 @@ def check_pipeline(pipe: Any, wrapped: Any, call_args: dict | None = None) -> No
         for match in _ISINSTANCE.finditer(source):
             for name in (n.strip() for n in match.group(1).split(",")):
                 target = getattr(module, name.split(".")[-1], None)
-                if isinstance(target, type) and isinstance(wrapped, target):
-                    raise NestedSchedulerError(
-                        f"scheduler: {cls.__name__} branches on isinstance(self.scheduler, {target.__name__}); with "
-                        f"the wrapped {type(wrapped).__name__} the stock pipeline takes that branch and a "
-                        f"NestedScheduler would not, changing the result; use another scheduler class or the "
-                        f"stock scheduler")
+                if isinstance(target, type):
+                    targets.append(target)
+    return tuple(targets)
+
+
+def check_pipeline(pipe: Any, wrapped: Any, call_args: dict | None = None) -> None:
+    """Refuse what a nested run cannot make right for ``pipe`` with the stock scheduler ``wrapped``: a pipeline
+    that branches on the scheduler's class where ``wrapped`` would take the branch, and positional arguments in
+    use (``call_args``: the call's arguments)."""
+    cls = type(pipe)
+    for target in _scheduler_branches(cls):
+        if isinstance(wrapped, target):
+            raise NestedSchedulerError(
+                f"scheduler: {cls.__name__} branches on isinstance(self.scheduler, {target.__name__}); with "
+                f"the wrapped {type(wrapped).__name__} the stock pipeline takes that branch and a "
+                f"NestedScheduler would not, changing the result; use another scheduler class or the "
+                f"stock scheduler")
     for name, (in_use, why) in POSITIONAL_ARGUMENTS.items():
         if call_args and name in call_args:
             try:
