@@ -335,6 +335,7 @@ class NestedScheduler:
                     f"leave {given} out, or use outer_steps=1")
         starts = self._outer_times(run, pipe_args)
         runs = []
+        schedule = None                  # the wrapped scheduler's time map, built once for every run's grid
         for k, (t, n) in enumerate(zip(starts, steps)):
             if k == 0 and stock:
                 runs.append(dict(num_inference_steps=num_inference_steps, **pipe_args))
@@ -343,7 +344,9 @@ class NestedScheduler:
                     self._check_nestable()   # raises: a generated grid needs custom sigmas/timesteps
                 extra = {k2: v for k2, v in pipe_args.items() if k2 not in ("sigmas", "timesteps")}
                 if self.kind == FLOW:
-                    runs.append(dict(sigmas=flow_grid(self._flow_schedule(pipe_args), t, n, run.grid)[:-1], **extra))
+                    if schedule is None:
+                        schedule = self._flow_schedule(pipe_args)
+                    runs.append(dict(sigmas=flow_grid(schedule, t, n, run.grid)[:-1], **extra))
                 else:
                     runs.append(dict(timesteps=step_grid(t, n, run.grid)[:-1], **extra))
         self._set_runs(runs, device, starts)
