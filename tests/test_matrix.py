@@ -42,17 +42,19 @@ GENERIC = tuple(n for n in family_names() if get_family(n).generic)
 
 def test_the_matrix_covers_every_family_of_the_table():
     # generic families (stock pipelines through NestedScheduler) run in Python (tests/pipelines/test_anytime_any.py),
-    # generate (tests/cli/test_generate_families.py), sample and eval (tests/pipelines/test_generic_surfaces.py);
-    # calibrate and serve refuse them, and sample/eval the video family (tests below, README)
+    # generate (tests/cli/test_generate_families.py), sample and eval (tests/pipelines/test_generic_surfaces.py),
+    # serve (tests/web/test_generic_web.py); calibrate refuses them, and sample/eval/serve the video family (tests
+    # below, README)
     assert set(FAMILIES) | set(GENERIC) == set(family_names()) and GENERIC
 
 
 def refused_surfaces(family):
     """Where a generic family is refused: `calibrate` (a stock pipeline call takes no calibration=, so expected
-    change cannot run in it) and `serve` (no generic backend yet) for every one; `sample` and `eval` too for the
-    video family (they record images). `sample`/`eval` runs of the image families: tests/pipelines/test_generic_surfaces.py."""
+    change cannot run in it) for every one; `sample`, `eval` and `serve` too for the video family (they show or
+    record images). `sample`/`eval` runs of the image families: tests/pipelines/test_generic_surfaces.py; `serve`:
+    tests/web/test_generic_web.py."""
     video = get_family(family).surfaces == ("python",)
-    return ["sample", "eval", "calibrate", "serve"] if video else ["calibrate", "serve"]
+    return ["sample", "eval", "calibrate", "serve"] if video else ["calibrate"]
 
 
 REFUSALS = [(s, f) for f in GENERIC for s in refused_surfaces(f)]

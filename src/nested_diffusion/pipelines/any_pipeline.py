@@ -158,7 +158,7 @@ def anytime(pipe: Any, *args, outer_steps: int | None = None, inner_steps: Any =
     result of every finished inner run, each decoded with the pipeline's VAE (``preview_vae``: an
     ``AutoencoderTiny`` for the previews, and with ``preview_results`` for intermediate results too; the final
     result always uses the VAE). Stops within one model call when the loop is left, when ``stop`` (a callable
-    or a ``threading.Event``) is set, at ``max_nfe`` model calls (never starting an inner run that cannot
+    or a ``threading.Event``; a callable is called exactly once after every model call) is set, at ``max_nfe`` model calls (never starting an inner run that cannot
     finish) or after ``deadline`` seconds; the last update is then the latest finished result (or, within the
     first inner run, its latest x̂0 — never a noisy latent). Every argument is checked here, before any model
     call; the pipeline's scheduler is restored when the stream ends."""
@@ -225,6 +225,7 @@ def _stream(pipe, scheduler, nested: NestedScheduler, run: RunConfig, fam, args,
             import sys
             state["call"] = dict(sys._getframe(1).f_locals)
         nfe, k = info.i + 1, info.run
+        stopped = should_stop()     # called exactly once per model call (a caller may count calls with it)
         if run.deadline is not None and time.perf_counter() - start[0] > run.deadline:
             halt(p)
             return {}
@@ -235,7 +236,7 @@ def _stream(pipe, scheduler, nested: NestedScheduler, run: RunConfig, fam, args,
             if state["closing"]:
                 halt(p)
                 return {}
-        if nfe >= budget or should_stop() or (info.run_end and k + 1 < K and ends[k + 1] > budget):
+        if nfe >= budget or stopped or (info.run_end and k + 1 < K and ends[k + 1] > budget):
             halt(p)
         return {}
 

@@ -515,6 +515,10 @@ def load_backend(family: str = "bundled", model_path: str | os.PathLike | None =
         return BundledBackend(fam.load(model_path, device, dtype, option), scale=scale or 4, device=device,
                               calibration=calibration or "auto", family=fam)
     pipe = fam.load(model_path, device, dtype, option)
-    backend = PipelineBackend(pipe, fam, calibration)
+    if fam.generic:
+        from .generic_backend import GenericBackend
+        backend = GenericBackend(pipe, fam, calibration)
+    else:
+        backend = PipelineBackend(pipe, fam, calibration)
     backend.scale = scale or 1
     return backend
