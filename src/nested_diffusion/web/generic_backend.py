@@ -65,9 +65,7 @@ class GenericBackend(PipelineBackend):
             raise ValueError(f"family: {fam.name} is not prompt-conditioned; generic families take a prompt")
         self.pipe, self.family, self.kind, self.scale = pipe, fam, fam.name, 1
         self.generic = gen
-        if calibration not in (None, "none", "auto"):
-            raise ValueError(f"--calibration: the {fam.name} family takes no calibration yet; give 'auto' or 'none'")
-        self.calibration = None
+        self.calibration = self._load_calibration(calibration)
         import threading
         self.lock = threading.Lock()
 
@@ -116,7 +114,8 @@ class GenericBackend(PipelineBackend):
         """The job's configuration as a calibration identifies it (``pipelines.any_pipeline.generic_configuration``:
         the same dict ``anytime(..., calibration=)`` checks)."""
         from ..pipelines.any_pipeline import generic_configuration
-        return generic_configuration(self.pipe, prep.run, prep.guidance, prep.extra["height"], prep.extra["width"])
+        return generic_configuration(self.pipe, prep.run, prep.guidance, prep.extra["height"],
+                                     prep.extra["width"])
 
     def _calibration(self, prep: Prepared, sampler: Any) -> Any:
         from ..core.expected_change import resolve_calibration
