@@ -25,7 +25,7 @@ import torch
 from ..core.run import RunConfig
 from ..core.schedules import Schedule
 from ..families import Family, get_family
-from .backends import JobRequest, Limits, PipelineBackend, Prepared, Run, check_job, resolve_job_run, _seeds
+from .backends import JobRequest, Limits, PipelineBackend, Prepared, Run, check_job, job_seeds, resolve_job_run
 from .render import model_to_rgb
 
 
@@ -87,7 +87,7 @@ class GenericBackend(PipelineBackend):
         extra = dict(self._size(req, limits), negative_prompt=negative or None)
         guidance = float(run.guidance if run.guidance is not None else self.family.guidance_default())
         prep = Prepared(req, [], [req.prompt.strip()], run, guidance, run.inner_total, extra=extra)
-        prep.seeds = _seeds(seed, 1, limits, "prompt")
+        prep.seeds = job_seeds(seed, 1, limits, "prompt")
         self._stream(prep, run, lambda: False).close()     # anytime's own checks of the whole call, no model call
         cal = self._calibration(prep, None)
         prep.run, prep.calibrated = run.replace(calibration=cal), cal is not None
