@@ -205,6 +205,9 @@ for _f in (
            example="e.g. a Z-Image folder", generic=True),
     Family("chroma", "Chroma (rectified flow, FLUX-based, CFG)", PROMPT, "ChromaPipeline", "generic",
            previews=("vae", "tiny"), example="e.g. a Chroma folder", generic=True),
+    Family("hidream", "HiDream-I1 (rectified flow, CFG; with a FlowMatchEulerDiscreteScheduler)", PROMPT,
+           "HiDreamImagePipeline", "generic", previews=("vae",),
+           example="e.g. a HiDream-I1 folder whose scheduler is FlowMatchEulerDiscreteScheduler", generic=True),
     Family("wan", "Wan 2.x text-to-video (rectified flow)", PROMPT, "WanPipeline", "generic", previews=("vae",),
            example="e.g. a Wan2.1-T2V-1.3B folder", generic=True),
 ):

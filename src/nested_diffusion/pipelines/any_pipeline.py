@@ -65,6 +65,9 @@ GENERIC_FAMILIES: dict[str, GenericFamily] = {f.name: f for f in (
                   RunDefaults(**_FLOW_DEFAULTS, outer_steps=2, inner_steps=4, nfe=8, grid="clean"), "kl"),
     GenericFamily("chroma", ("ChromaPipeline",),
                   RunDefaults(**_FLOW_DEFAULTS, outer_steps=4, inner_steps=7, nfe=28, grid="clean"), "flux"),
+    GenericFamily("hidream", ("HiDreamImagePipeline",),         # with a FlowMatchEulerDiscreteScheduler (its
+                  RunDefaults(**_FLOW_DEFAULTS, outer_steps=5, inner_steps=10, nfe=50, grid="sigma_min"), "kl"),
+    # UniPC default is refused: the stock call branches on isinstance(scheduler, UniPCMultistepScheduler))
     GenericFamily("wan", ("WanPipeline",),
                   RunDefaults(**_FLOW_DEFAULTS, outer_steps=5, inner_steps=10, nfe=50, grid="sigma_min"), "wan",
                   video=True),
@@ -261,8 +264,8 @@ def _stream(pipe, scheduler, nested: NestedScheduler, run: RunConfig, fam, args,
             import sys
             state["call"] = dict(sys._getframe(1).f_locals)
         nfe, k = info.i + 1, info.run
-        stopped = should_stop()     # called exactly once per model call (a caller may count calls with it)
         if run.deadline is not None and time.perf_counter() - start[0] > run.deadline:
+            should_stop()           # ``stop`` is called exactly once per model call (a caller may count with it)
             halt(p)
             return {}
         shown = info.run_end or (previews != "none" and (k == 0 or previews == "all"))
@@ -271,9 +274,11 @@ def _stream(pipe, scheduler, nested: NestedScheduler, run: RunConfig, fam, args,
             messages.put(("update", (info, change), time.perf_counter() - start[0]))
             go.acquire()
             if state["closing"]:
+                should_stop()
                 halt(p)
                 return {}
-        if nfe >= budget or stopped or (info.run_end and k + 1 < K and ends[k + 1] > budget):
+        stopped = should_stop()     # after the consumer had the update: a stop it set then counts now
+        if stopped or nfe >= budget or (info.run_end and k + 1 < K and ends[k + 1] > budget):
             halt(p)
         return {}
 
