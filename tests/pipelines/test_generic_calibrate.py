@@ -61,7 +61,7 @@ def calibrated(toy):
 
 
 def test_the_generic_image_families_are_calibrated():
-    for name in ("flux2", "flux2-klein", "qwen-image", "z-image", "chroma"):
+    for name in ("flux2", "flux2-klein", "qwen-image", "z-image", "chroma", "hidream"):
         assert "calibrate" in get_family(name).surfaces
     assert "calibrate" not in get_family("wan").surfaces
 

@@ -65,7 +65,7 @@ def library(backend, **run):
 
 
 def test_serve_takes_the_generic_image_families_and_refuses_the_video_one():
-    for name in ("flux2", "flux2-klein", "qwen-image", "z-image", "chroma"):
+    for name in ("flux2", "flux2-klein", "qwen-image", "z-image", "chroma", "hidream"):
         assert "serve" in get_family(name).surfaces
     with pytest.raises(ValueError, match="--pipeline: wan is a generic family.*not in `serve`"):
         load_backend("wan", "anywhere")
