@@ -17,6 +17,7 @@ WAN_SCHEDULER = {"num_train_timesteps": 1000, "shift": 5.0}
 CHROMA_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True, "base_shift": 0.5,
                     "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
 SD3_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0}
+HIDREAM_SCHEDULER = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False}
 TEXT_DIM = 32
 
 
@@ -97,6 +98,26 @@ def tiny_chroma(seed: int = 0):
                                  tokenizer=None, transformer=transformer))
 
 
+def tiny_hidream(seed: int = 0, scheduler=None):
+    """HiDream-I1 with a FlowMatchEulerDiscreteScheduler (``scheduler``: another one, e.g. its UniPC default). The
+    stock call rescales every requested size to the area of ``default_sample_size`` (128 latents: 1024²); it is set
+    to 8 here so the images stay 16×16."""
+    from diffusers import HiDreamImagePipeline, HiDreamImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = HiDreamImageTransformer2DModel(patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                                                 num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                                                 caption_channels=[TEXT_DIM, TEXT_DIM], text_emb_dim=TEXT_DIM,
+                                                 num_routed_experts=2, num_activated_experts=1,
+                                                 axes_dims_rope=(8, 4, 4), max_resolution=(8, 8),
+                                                 llama_layers=[0, 1]).eval()
+    none = {f"{k}{s}": None for k in ("text_encoder", "tokenizer") for s in ("", "_2", "_3", "_4")}
+    pipe = HiDreamImagePipeline(scheduler=scheduler or _flow(HIDREAM_SCHEDULER), vae=_kl(4, 0.3611, 0.1159),
+                                transformer=transformer, **none)
+    pipe.default_sample_size = 8
+    return _quiet(pipe)
+
+
 def tiny_wan(seed: int = 0):
     from diffusers import AutoencoderKLWan, WanPipeline, WanTransformer3DModel
 
@@ -112,7 +133,7 @@ def tiny_wan(seed: int = 0):
 
 
 BUILDERS = {"flux2": tiny_flux2, "flux2-klein": tiny_flux2_klein, "qwen-image": tiny_qwen_image,
-            "z-image": tiny_z_image, "chroma": tiny_chroma, "wan": tiny_wan}
+            "z-image": tiny_z_image, "chroma": tiny_chroma, "hidream": tiny_hidream, "wan": tiny_wan}
 
 
 def embeds(family: str, batch: int = 1, seed: int = 1) -> dict:
@@ -136,4 +157,10 @@ def embeds(family: str, batch: int = 1, seed: int = 1) -> dict:
                     negative_prompt_attention_mask=mask)
     if family == "wan":
         return dict(prompt_embeds=pe, negative_prompt_embeds=neg)
+    if family == "hidream":       # T5 tokens, the Llama hidden states of each block's layer, the pooled CLIP
+        llama = torch.randn(2, batch, 6, TEXT_DIM, generator=g)
+        return dict(prompt_embeds_t5=pe, prompt_embeds_llama3=llama,
+                    pooled_prompt_embeds=torch.randn(batch, TEXT_DIM, generator=g), negative_prompt_embeds_t5=neg,
+                    negative_prompt_embeds_llama3=torch.randn(2, batch, 6, TEXT_DIM, generator=g),
+                    negative_pooled_prompt_embeds=torch.randn(batch, TEXT_DIM, generator=g))
     raise KeyError(family)

@@ -42,26 +42,28 @@ GENERIC = tuple(n for n in family_names() if get_family(n).generic)
 
 def test_the_matrix_covers_every_family_of_the_table():
     # generic families (stock pipelines through NestedScheduler) run in Python (tests/pipelines/test_anytime_any.py),
-    # generate (tests/cli/test_generate_families.py), sample and eval (tests/pipelines/test_generic_surfaces.py);
-    # calibrate and serve refuse them, and sample/eval the video family (tests below, README)
+    # generate (tests/cli/test_generate_families.py), sample and eval (tests/pipelines/test_generic_surfaces.py),
+    # serve (tests/web/test_generic_web.py), calibrate (tests/pipelines/test_generic_calibrate.py); the video
+    # family runs in Python only (tests below, README)
     assert set(FAMILIES) | set(GENERIC) == set(family_names()) and GENERIC
 
 
 def refused_surfaces(family):
-    """Where a generic family is refused: `calibrate` (a stock pipeline call takes no calibration=, so expected
-    change cannot run in it) and `serve` (no generic backend yet) for every one; `sample` and `eval` too for the
-    video family (they record images). `sample`/`eval` runs of the image families: tests/pipelines/test_generic_surfaces.py."""
+    """Where a generic family is refused: nowhere for the image families (sample/eval:
+    tests/pipelines/test_generic_surfaces.py; serve: tests/web/test_generic_web.py; calibrate:
+    tests/pipelines/test_generic_calibrate.py); `sample`, `eval`, `calibrate` and `serve` for the video family
+    (they show or record images)."""
     video = get_family(family).surfaces == ("python",)
-    return ["sample", "eval", "calibrate", "serve"] if video else ["calibrate", "serve"]
+    return ["sample", "eval", "calibrate", "serve"] if video else []
 
 
 REFUSALS = [(s, f) for f in GENERIC for s in refused_surfaces(f)]
 
 
-def test_generic_image_families_reach_sample_and_eval():
+def test_generic_image_families_reach_every_surface():
     for f in GENERIC:
         surfaces = get_family(f).surfaces
-        assert ("sample" in surfaces and "eval" in surfaces) == (f != "wan"), (f, surfaces)
+        assert surfaces == (SURFACES if f != "wan" else ("python",)), (f, surfaces)
 
 
 @pytest.mark.parametrize("surface,family", REFUSALS)

@@ -56,16 +56,17 @@ class Family:
     def surfaces(self) -> tuple[str, ...]:
         """Where the family runs: every surface, or — a generic family (a stock diffusers pipeline through
         ``NestedScheduler``) — Python, ``generate``, ``sample`` and ``eval`` (``anytime(..., decode=False)`` under
-        the evaluation runners, ``pipelines.factories_generic``); a generic *video* family (Wan) Python only, since
-        the other surfaces write images. ``calibrate`` needs the pipeline call to take ``calibration=`` (expected
-        change at run time), which a stock pipeline does not; ``serve`` has no generic backend yet."""
+        the evaluation runners, ``pipelines.factories_generic``), ``calibrate`` (the same runners;
+        ``anytime(..., calibration=)`` uses the result) and ``serve`` (the web page and the OpenAI API,
+        ``web.generic_backend``); a generic *video* family (Wan) Python only, since the other surfaces show or
+        write images."""
         if not self.generic:
             return SURFACES
         from .pipelines.any_pipeline import GENERIC_FAMILIES
         fam = GENERIC_FAMILIES.get(self.name)
         if fam is not None and fam.video:
             return ("python",)
-        return ("python", "generate", "sample", "eval")
+        return SURFACES
 
     def require(self, surface: str, option: str = "--pipeline") -> "Family":
         """This family, or one clear error when ``surface`` cannot run it (the README lists these)."""
@@ -204,6 +205,9 @@ for _f in (
            example="e.g. a Z-Image folder", generic=True),
     Family("chroma", "Chroma (rectified flow, FLUX-based, CFG)", PROMPT, "ChromaPipeline", "generic",
            previews=("vae", "tiny"), example="e.g. a Chroma folder", generic=True),
+    Family("hidream", "HiDream-I1 (rectified flow, CFG; with a FlowMatchEulerDiscreteScheduler)", PROMPT,
+           "HiDreamImagePipeline", "generic", previews=("vae",),
+           example="e.g. a HiDream-I1 folder whose scheduler is FlowMatchEulerDiscreteScheduler", generic=True),
     Family("wan", "Wan 2.x text-to-video (rectified flow)", PROMPT, "WanPipeline", "generic", previews=("vae",),
            example="e.g. a Wan2.1-T2V-1.3B folder", generic=True),
 ):

@@ -388,3 +388,45 @@ def test_api_command_refuses_bad_options_before_serving(argv, words, capsys):
         code = e.code
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err
+
+
+def test_a_generic_family_is_served_through_the_same_backend_path(tmp_path):
+    """A generic family (a stock pipeline through NestedScheduler, ``web.generic_backend``): FLUX.1's stock
+    FluxPipeline as a toy one (the table's generic fixtures have no tokenizer). The completed image is the web
+    backend's final image of the same job, exactly (same code path, same seed)."""
+    pytest.importorskip("diffusers")
+    from diffusers import FluxPipeline
+    from fixtures_modern import tiny_flux
+
+    from nested_diffusion import families
+    from nested_diffusion.pipelines import any_pipeline
+    from nested_diffusion.web import load_backend, stream_updates
+    from nested_diffusion.web.generic_backend import GenericBackend
+    any_pipeline.GENERIC_FAMILIES["flux-stock"] = any_pipeline.GenericFamily(
+        "flux-stock", ("FluxPipeline",), "NestedFluxPipeline", "flux")
+    families.register_family(families.Family("flux-stock", "FLUX.1 through NestedScheduler", "prompt",
+                                             "FluxPipeline", "generic", generic=True))
+    try:
+        FluxPipeline.from_pipe(tiny_flux()).save_pretrained(tmp_path / "flux")
+        backend = load_backend("flux-stock", tmp_path / "flux")
+        assert isinstance(backend, GenericBackend)
+        service = ImageService(backend)
+        assert service.max_active == 1
+        server, port = serve(service)
+        try:
+            run = {"outer_steps": 2, "inner_steps": 2}
+            events = list(client(port).images.generate(model="flux-stock", prompt="a cat", size="16x16", stream=True,
+                                                       partial_images=3, extra_body={"seed": 4, **run}))
+            partials = [e for e in events if e.type == "image_generation.partial_image"]
+            done = [e for e in events if e.type == "image_generation.completed"]
+            assert len(partials) == 1 and len(done) == 1 and partials[0].model_extra["nfe"] == 2
+            want = list(stream_updates(backend, JobRequest(seed=4, prompt="a cat", height=16, width=16, **run)))
+            assert np.array_equal(decode(done[0].b64_json), want[-1].images[0])
+            with pytest.raises(openai.BadRequestError) as e:
+                client(port).images.generate(model="flux-stock", prompt="a cat", size="20x20")
+            assert e.value.body["param"] == "size"
+        finally:
+            server.should_exit = True
+    finally:
+        families.unregister_family("flux-stock")
+        any_pipeline.GENERIC_FAMILIES.pop("flux-stock", None)

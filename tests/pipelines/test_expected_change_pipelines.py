@@ -229,7 +229,7 @@ def test_bad_calibrate_input_exits_2_with_a_clear_message(disk, tmp_path, capsys
          "model_index.json missing"),
         ([*sd, "--prompts", str(tmp_path / "none.txt"), *fm], "--prompts: no file at"),
         ([*dit, "--class-labels", "0-3000", *fm], "class_labels: 1000 is not a class id in [0, 999]"),
-        (["--model-path", str(disk / "sd")], "--model-path: '" + str(disk / "sd") + "' is only for the pipeline families (sd, dit, sdxl, sd3, flux)"),
+        (["--model-path", str(disk / "sd")], "--model-path: '" + str(disk / "sd") + "' is only for the pipeline families (sd, dit, sdxl, sd3, flux, "),
     )
     for argv, msg in cases:
         code = main(["calibrate", *argv, *COMMON, "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "o")])

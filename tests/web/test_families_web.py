@@ -33,8 +33,8 @@ PROGRESSIVE = dict(schedule="progressive", nfe=6, first=2)     # 2 + 2 + 2 inner
 
 
 def test_every_pipeline_family_of_the_table_is_covered():
-    # generic families (stock diffusers pipelines through NestedScheduler) are refused by serve so far
-    # (tests/test_matrix.py::test_generic_families_are_refused_where_they_do_not_run_yet)
+    # generic families (stock diffusers pipelines through NestedScheduler) are served by web.generic_backend
+    # (tests/web/test_generic_web.py)
     assert set(FAMILIES) == {n for n in family_names() if not get_family(n).is_bundled and not get_family(n).generic}
 
 

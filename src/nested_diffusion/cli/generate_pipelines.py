@@ -77,9 +77,6 @@ def check_family_options(args):
         if GENERIC_FAMILIES[family.name].video:
             raise ValueError(f"--pipeline {family.name}: a video family; generate writes images — run it with "
                              f"nested_diffusion.anytime(pipe, ...) (every finished inner run decodes to frames)")
-        if args.calibration not in ("auto", "none"):
-            raise ValueError(f"--calibration: --pipeline {family.name} (a generic family) takes no calibration yet; "
-                             f"give 'auto' or 'none'")
     if args.calibration not in ("auto", "none") and family.calibrations != "file":
         raise ValueError(f"--calibration: {args.calibration!r}; --pipeline {family.name} takes 'auto', 'none' or "
                          f"a calibration file")
@@ -118,7 +115,7 @@ def _conditioning(args, family, pipe) -> tuple[dict, list, str]:
 def _calibration(args, family) -> Any:
     if args.calibration in ("auto", "none"):
         return None   # pipelines ship no calibrations: 'auto' finds none (said in the settings record)
-    if "calibration" not in _call_parameters(family):
+    if not family.generic and "calibration" not in _call_parameters(family):
         raise ValueError(f"--calibration: --pipeline {family.name} takes no calibration yet (SD and DiT do)")
     return args.calibration
 
@@ -153,7 +150,8 @@ def build_pipeline_runs(args, family) -> tuple[list, dict]:
     seeds = [args.seed + i for i in range(len(items))]
     runs = [("nested", run)] + ([("vanilla", run.vanilla())] if args.vanilla else [])
     if family.generic:
-        return _generic_runs(args, family, pipe, cond, seeds, runs, run, guidance, described, device, dtype)
+        return _generic_runs(args, family, pipe, cond, seeds, runs, run, guidance, described, device, dtype,
+                             calibration)
 
     def stream_of(r):
         import torch
@@ -178,7 +176,7 @@ def build_pipeline_runs(args, family) -> tuple[list, dict]:
     return built, settings
 
 
-def _generic_runs(args, family, pipe, cond, seeds, runs, run, guidance, described, device, dtype):
+def _generic_runs(args, family, pipe, cond, seeds, runs, run, guidance, described, device, dtype, calibration):
     """A generic family: the stock pipeline through ``nested_diffusion.anytime`` (its own scheduler as the inner
     solver), driven by the resolved run."""
     import torch
@@ -191,6 +189,8 @@ def _generic_runs(args, family, pipe, cond, seeds, runs, run, guidance, describe
             call = dict(cond, generator=[torch.Generator().manual_seed(s) for s in seeds])
             if args.guidance is not None:
                 call["guidance_scale"] = guidance
+            if calibration is not None and r is run:
+                call["calibration"] = calibration
             yield from anytime(pipe, schedule=Schedule(r.schedule, tuple(r.inner_steps), r.outer_times),
                                outer_eta=r.outer_eta, grid=r.grid, max_nfe=r.max_nfe, deadline=r.deadline,
                                seed=seeds, **call)
@@ -200,5 +200,6 @@ def _generic_runs(args, family, pipe, cond, seeds, runs, run, guidance, describe
     record = {k: v for k, v in run.record().items() if k not in ("solver", "inner_eta", "guidance")}
     settings = dict(family=family.name, conditioning=described, seeds=seeds, **record, guidance=guidance,
                     solver=f"{type(pipe.scheduler).__name__} (the pipeline's own)", model=str(args.model_path),
-                    device=device, dtype=str(dtype).replace("torch.", ""), calibration=None)
+                    device=device, dtype=str(dtype).replace("torch.", ""),
+                    calibration=None if calibration is None else str(calibration))
     return built, settings

@@ -8,7 +8,8 @@ One chunk = one batch of seeds run to the end with ``previews="all"`` (the traje
 * ``var``     (N, NFE): the mean learned-variance value of each denoiser call (NaN where the model has none);
 * the updates' positions (nfe, outer_step, inner_step, t), the seeds and labels.
 
-The sampler is anything with NestedSampler's ``stream`` (``previews=``, ``wrap_denoiser=``) and ``total_nfe``:
+The sampler is anything with NestedSampler's ``stream`` (``previews=``, ``wrap_denoiser=``) and ``total_nfe``
+(one with ``learned_variance = False`` runs without a wrapper and records NaN variances):
 the bundled model's NestedSampler, or a ``pipelines.factories.PipelineSampler`` (whose updates are x̂0 latents;
 see ``evaluation.pipeline_calibration`` for their targets). From these, the runtime signals (core.expected_change.SignalTracker) and the targets (distances to the final)
 are computed offline by replaying the same calls in the same order (``replay_signals``). Chunks are written
@@ -53,20 +54,27 @@ def run_chunk(sampler: NestedSampler, seeds: Sequence[int], shape: Sequence[int]
         return recorders[-1]
 
     updates, firsts, pos = [], [], []
-    for u in sampler.stream(list(seeds), shape, cond, previews="all", wrap_denoiser=record):
+    steps_only = getattr(sampler, "learned_variance", True) is False   # e.g. a stock pipeline (factories_generic):
+    wrap = None if steps_only else record     # its wrap sees transformer forwards, and its model has no variance
+    for u in sampler.stream(list(seeds), shape, cond, previews="all", wrap_denoiser=wrap):
         if u.inner_step == 1:
             firsts.append(u.x0.detach().float().cpu())
         if u.outer_step == 1 or u.source == INNER_RESULT:
             updates.append(u.x0.detach().float().cpu())
             pos.append((u.nfe, u.outer_step, u.inner_step, u.t))
-    if len(recorders) != 1:
-        raise RuntimeError(f"calibration run: the sampler wrapped its denoiser {len(recorders)} times, expected once")
-    rec = recorders[0]
-    if len(rec.means) != sampler.total_nfe:
-        raise RuntimeError(f"calibration run: {len(rec.means)} denoiser calls, expected {sampler.total_nfe}")
+    if steps_only:
+        calls = pos[-1][0] if pos else 0       # the last shown update is the final result: every call made
+        means = [torch.full((len(seeds),), float("nan"))] * calls
+    else:
+        if len(recorders) != 1:
+            raise RuntimeError(f"calibration run: the sampler wrapped its denoiser {len(recorders)} times, expected "
+                               f"once")
+        means = recorders[0].means
+    if len(means) != sampler.total_nfe:
+        raise RuntimeError(f"calibration run: {len(means)} denoiser calls, expected {sampler.total_nfe}")
     p = np.asarray(pos, dtype=np.int64)
     return dict(updates=torch.stack(updates, 1).numpy(), firsts=torch.stack(firsts, 1).numpy(),
-                var=torch.stack(rec.means, 1).numpy(), nfe=p[:, 0], outer_step=p[:, 1], inner_step=p[:, 2],
+                var=torch.stack(means, 1).numpy(), nfe=p[:, 0], outer_step=p[:, 1], inner_step=p[:, 2],
                 t=p[:, 3], seeds=np.asarray(list(seeds), dtype=np.int64))
 
 

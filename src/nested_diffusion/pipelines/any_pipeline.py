@@ -65,6 +65,9 @@ GENERIC_FAMILIES: dict[str, GenericFamily] = {f.name: f for f in (
                   RunDefaults(**_FLOW_DEFAULTS, outer_steps=2, inner_steps=4, nfe=8, grid="clean"), "kl"),
     GenericFamily("chroma", ("ChromaPipeline",),
                   RunDefaults(**_FLOW_DEFAULTS, outer_steps=4, inner_steps=7, nfe=28, grid="clean"), "flux"),
+    GenericFamily("hidream", ("HiDreamImagePipeline",),         # with a FlowMatchEulerDiscreteScheduler (its
+                  RunDefaults(**_FLOW_DEFAULTS, outer_steps=5, inner_steps=10, nfe=50, grid="sigma_min"), "kl"),
+    # UniPC default is refused: the stock call branches on isinstance(scheduler, UniPCMultistepScheduler))
     GenericFamily("wan", ("WanPipeline",),
                   RunDefaults(**_FLOW_DEFAULTS, outer_steps=5, inner_steps=10, nfe=50, grid="sigma_min"), "wan",
                   video=True),
@@ -146,7 +149,7 @@ def anytime(pipe: Any, *args, outer_steps: int | None = None, inner_steps: Any =
             nfe: int | None = None, first: int | None = None, outer_times: Any = None, outer_eta: Any = None,
             inner_eta: Any = None, grid: str | None = None, t_start: Any = None, seed: Any = None,
             max_nfe: int | None = None, deadline: float | None = None, stop: Any = None, previews: str = "first",
-            preview_vae: Any = None, preview_results: bool = False, decode: bool = True,
+            preview_vae: Any = None, preview_results: bool = False, decode: bool = True, calibration: Any = None,
             **call_kwargs) -> Iterator[PipelineUpdate]:
     """Anytime generation with Nested Diffusion on a stock diffusers text-to-image / text-to-video pipeline.
 
@@ -158,10 +161,13 @@ def anytime(pipe: Any, *args, outer_steps: int | None = None, inner_steps: Any =
     result of every finished inner run, each decoded with the pipeline's VAE (``preview_vae``: an
     ``AutoencoderTiny`` for the previews, and with ``preview_results`` for intermediate results too; the final
     result always uses the VAE). Stops within one model call when the loop is left, when ``stop`` (a callable
-    or a ``threading.Event``) is set, at ``max_nfe`` model calls (never starting an inner run that cannot
+    or a ``threading.Event``; a callable is called exactly once after every model call) is set, at ``max_nfe`` model calls (never starting an inner run that cannot
     finish) or after ``deadline`` seconds; the last update is then the latest finished result (or, within the
-    first inner run, its latest x̂0 — never a noisy latent). Every argument is checked here, before any model
-    call; the pipeline's scheduler is restored when the stream ends."""
+    first inner run, its latest x̂0 — never a noisy latent). ``calibration``: a calibration (or its file) made by
+    ``nested-diffusion calibrate --pipeline FAMILY`` for this configuration (``generic_configuration``; "auto" /
+    None / "none": none — generic families ship none): every update then carries ``expected_change``, from
+    signals on the x̂0 latents the run already has (no extra model call, no decode). Every argument is checked
+    here, before any model call; the pipeline's scheduler is restored when the stream ends."""
     fam = generic_family_of(pipe)
     scheduler = pipe.scheduler.wrapped if isinstance(pipe.scheduler, NestedScheduler) else pipe.scheduler
     kind = scheduler_kind(scheduler)
@@ -195,8 +201,40 @@ def anytime(pipe: Any, *args, outer_steps: int | None = None, inner_steps: Any =
                       num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)),
                       **{k: v for k, v in options.items() if v is not None})
     nested = NestedScheduler(scheduler, inner_eta=inner_eta, seed=seed, run=run.replace(max_nfe=None, deadline=None))
+    cal = _calibration(calibration, pipe, scheduler, run, previews, inner_eta, call_kwargs)
     return _stream(pipe, scheduler, nested, run, fam, args, call_kwargs, should_stop, previews, preview_vae,
-                   bool(preview_results), decode)
+                   bool(preview_results), decode, cal)
+
+
+def generic_configuration(pipe: Any, run: RunConfig, guidance_scale: float, height: int | None = None,
+                          width: int | None = None, previews: str = "first") -> dict:
+    """What identifies an ``anytime`` run of ``pipe`` in a calibration: {"sampler": the run's calibration settings
+    (``core.nested.calibration_settings``, as the calibrate runner's sampler computes them), "model": the call's
+    identity (``pipelines.expected_change.call_identity``: pipeline class, weights, guidance, size)}."""
+    from ..core.nested import calibration_settings
+    from .expected_change import call_identity
+    scheduler = pipe.scheduler.wrapped if isinstance(pipe.scheduler, NestedScheduler) else pipe.scheduler
+    T = int(scheduler.config.get("num_train_timesteps", 1000))
+    return {"sampler": calibration_settings(run, T, previews),
+            "model": call_identity(pipe, guidance_scale, height, width)}
+
+
+def _calibration(calibration, pipe, scheduler, run: RunConfig, previews, inner_eta, call_kwargs):
+    """``anytime``'s ``calibration=`` checked against this call's configuration (one resolver:
+    ``pipelines.expected_change.resolve_calibration``), or None."""
+    from ..core.nested import calibration_settings
+    from .anytime import default_guidance
+    from .expected_change import call_identity, resolve_calibration
+    if calibration is None or (isinstance(calibration, str) and calibration in ("none", "auto")):
+        return None
+    if inner_eta not in (None, 0, 0.0):
+        raise ValueError(f"calibration: calibrations of generic families are made with the pipeline's own "
+                         f"(deterministic) inner steps; inner_eta={inner_eta!r} is another configuration")
+    guidance = call_kwargs.get("guidance_scale")
+    guidance = default_guidance(type(pipe)) if guidance is None else guidance
+    settings = calibration_settings(run, int(scheduler.config.get("num_train_timesteps", 1000)), previews)
+    return resolve_calibration(calibration, settings, lambda: call_identity(
+        pipe, guidance, call_kwargs.get("height"), call_kwargs.get("width")))
 
 
 class _Stopped(Exception):
@@ -204,7 +242,7 @@ class _Stopped(Exception):
 
 
 def _stream(pipe, scheduler, nested: NestedScheduler, run: RunConfig, fam, args, call_kwargs, should_stop,
-            previews, preview_vae, preview_results, decode) -> Iterator[PipelineUpdate]:
+            previews, preview_vae, preview_results, decode, calibration=None) -> Iterator[PipelineUpdate]:
     K, steps = run.outer_steps, list(run.inner_steps)
     ends = [sum(steps[:k + 1]) for k in range(K)]
     budget = ends[-1] if run.max_nfe is None else min(run.max_nfe, ends[-1])
@@ -212,6 +250,7 @@ def _stream(pipe, scheduler, nested: NestedScheduler, run: RunConfig, fam, args,
     go = threading.Semaphore(0)
     state = {"closing": False, "call": None}
     start = [0.0]
+    tracker = None if calibration is None else calibration.tracker()
 
     def halt(p):
         if hasattr(p, "_interrupt"):
@@ -226,16 +265,20 @@ def _stream(pipe, scheduler, nested: NestedScheduler, run: RunConfig, fam, args,
             state["call"] = dict(sys._getframe(1).f_locals)
         nfe, k = info.i + 1, info.run
         if run.deadline is not None and time.perf_counter() - start[0] > run.deadline:
+            should_stop()           # ``stop`` is called exactly once per model call (a caller may count with it)
             halt(p)
             return {}
         shown = info.run_end or (previews != "none" and (k == 0 or previews == "all"))
+        change = None if tracker is None else _track(tracker, calibration, info, shown)
         if shown:
-            messages.put(("update", info, time.perf_counter() - start[0]))
+            messages.put(("update", (info, change), time.perf_counter() - start[0]))
             go.acquire()
             if state["closing"]:
+                should_stop()
                 halt(p)
                 return {}
-        if nfe >= budget or should_stop() or (info.run_end and k + 1 < K and ends[k + 1] > budget):
+        stopped = should_stop()     # after the consumer had the update: a stop it set then counts now
+        if stopped or nfe >= budget or (info.run_end and k + 1 < K and ends[k + 1] > budget):
             halt(p)
         return {}
 
@@ -261,13 +304,30 @@ def _stream(pipe, scheduler, nested: NestedScheduler, run: RunConfig, fam, args,
             if kind == "error":
                 raise info
             with torch.no_grad():
-                yield _update(pipe, fam, info, run, elapsed, state["call"], decode, preview_vae, preview_results)
+                u = _update(pipe, fam, info[0], run, elapsed, state["call"], decode, preview_vae, preview_results)
+            u.expected_change = info[1]
+            yield u
             go.release()
     finally:
         state["closing"] = True
         go.release()
         worker.join()
         pipe.scheduler = scheduler
+
+
+def _track(tracker, calibration, info, shown: bool):
+    """Feed one model call to the run's ``SignalTracker`` in the order the calibration replay does
+    (``evaluation.expected_change.replay_signals``): the call (no learned variance), the inner run's first x̂0, its
+    result; for a shown update its ``ExpectedChange``. Signals are on the x̂0 latents (the pipelines' "pixel"
+    signals: latent RMSEs and grey levels)."""
+    from ..core.expected_change import mean_var
+    x0 = info.x0.detach()
+    tracker.call(mean_var(None, x0.shape[0]))
+    if info.j == 0:
+        tracker.run_started(x0)
+    if info.run_end:
+        tracker.run_finished(x0)
+    return calibration.predict(info.i + 1, tracker.update(x0)) if shown else None
 
 
 def _update(pipe, fam, info, run: RunConfig, elapsed, call, decode, preview_vae, preview_results) -> PipelineUpdate:

@@ -75,7 +75,11 @@ class _ForwardDenoiser:
 
 class GenericPipelineSampler(FlowNestedSampler):
     """The bookkeeping of a resolved flow run (a ``FlowNestedSampler`` that never calls its model) whose
-    ``stream`` is one ``anytime(pipe, ..., decode=False)`` run and whose ``decode`` is the stock decode."""
+    ``stream`` is one ``anytime(pipe, ..., decode=False)`` run and whose ``decode`` is the stock decode.
+    ``learned_variance`` False: the calibration runs (``evaluation.calibration_runs.run_chunk``) record no
+    variance through a wrapper (its ``wrap_denoiser`` sees transformer forwards, two per step with true CFG)."""
+
+    learned_variance = False
 
     def __init__(self, pipe: Any, family: Any, latent: tuple, options: dict, decode_batch: int, **steps):
         from ..core.run import resolve_run

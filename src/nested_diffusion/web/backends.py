@@ -188,7 +188,8 @@ def check_job(req: JobRequest, run: RunConfig, limits: Limits) -> int:
     return seed
 
 
-def _seeds(seed: int, batch: int, limits: Limits, what: str) -> list[int]:
+def job_seeds(seed: int, batch: int, limits: Limits, what: str) -> list[int]:
+    """The seeds of a job's images (image i: seed + i), within the server's batch limit."""
     if not 1 <= batch <= limits.max_batch:
         raise ValueError(f"{what}: {batch} images requested; this server allows 1 to {limits.max_batch} per job")
     return [seed + i for i in range(batch)]
@@ -304,7 +305,7 @@ class BundledBackend:
         seed = check_job(req, run, limits)
         sampler = self.sampler(run)            # model-dependent checks (steps that fit below t), no model call
         classes = parse_classes(_class_spec(req.classes))
-        seeds = _seeds(seed, len(classes), limits, "classes")
+        seeds = job_seeds(seed, len(classes), limits, "classes")
         cal = self._calibration(run)
         return Prepared(req, seeds, torch.tensor(classes, dtype=torch.long), run.replace(calibration=cal),
                         float(run.guidance), sampler.total_nfe, cal is not None)
@@ -401,7 +402,7 @@ class PipelineBackend:
         prep = Prepared(req, [], cond, run, guidance, 0, extra=extra)
         sampler = self._sampler(prep, run)     # model-dependent checks, no model call
         prep.total_nfe = sampler.total_nfe
-        prep.seeds = _seeds(seed, len(cond), limits, "prompt" if self.family.takes_prompt else "classes")
+        prep.seeds = job_seeds(seed, len(cond), limits, "prompt" if self.family.takes_prompt else "classes")
         cal = self._calibration(prep, sampler)
         prep.run, prep.calibrated = run.replace(calibration=cal), cal is not None
         return prep
@@ -515,6 +516,10 @@ def load_backend(family: str = "bundled", model_path: str | os.PathLike | None =
         return BundledBackend(fam.load(model_path, device, dtype, option), scale=scale or 4, device=device,
                               calibration=calibration or "auto", family=fam)
     pipe = fam.load(model_path, device, dtype, option)
-    backend = PipelineBackend(pipe, fam, calibration)
+    if fam.generic:
+        from .generic_backend import GenericBackend
+        backend = GenericBackend(pipe, fam, calibration)
+    else:
+        backend = PipelineBackend(pipe, fam, calibration)
     backend.scale = scale or 1
     return backend
