@@ -167,11 +167,7 @@ class PipelineSampler(NestedSampler):
 
     def stream(self, seeds, shape, cond=None, max_nfe=None, deadline=None, previews="first", x_T=None,
                device=None, dtype=None, stop=None, grad=False, wrap_denoiser=None, calibration=None):
-        shape = tuple(int(s) for s in shape)
-        if shape[1:] != self.latent_shape:
-            raise ValueError(f"shape: expected (batch, *{self.latent_shape}), got {shape}")
-        if cond is None or len(cond) != shape[0]:
-            raise ValueError(f"cond: need one {self.cond_arg} entry per sample ({shape[0]}), got {cond!r}")
+        shape = check_stream_batch(shape, self.latent_shape, cond, f"{self.cond_arg} entry")
         pipe_device = self.pipe._execution_device
         noise = as_noise_source(seeds, shape[0], pipe_device, self.pipe_dtype)  # per-sample CPU generators
         if grad:
@@ -212,7 +208,29 @@ def _check_pipe(pipe: Any, cls_name: str, attr: str) -> None:
                         f"stock pipeline with {cls_name}.from_pipe(pipe)")
 
 
-def _check_decode_batch(decode_batch: Any) -> None:
+def prompt_inputs(pipe: Any, prompts: Any, decode_batch: Any, height: int | None,
+                  width: int | None) -> tuple[list[str], int, int]:
+    """The checked prompts (a list or a prompt file), decode batch and image size (default: the pipeline's) of a
+    prompt-conditioned factory (SDXL, SD3, FLUX and the generic families)."""
+    check_decode_batch(decode_batch)
+    prompts = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts: expected a non-empty list of strings or a prompt file")
+    default = pipe.default_sample_size * pipe.vae_scale_factor
+    return prompts, height or default, width or default
+
+
+def check_stream_batch(shape: Any, latent_shape: tuple, cond: Any, what: str) -> tuple[int, ...]:
+    """A sampler's ``stream`` batch: ``shape`` is (batch, *latent_shape) and ``cond`` holds one ``what`` per sample."""
+    shape = tuple(int(s) for s in shape)
+    if shape[1:] != latent_shape:
+        raise ValueError(f"shape: expected (batch, *{latent_shape}), got {shape}")
+    if cond is None or len(cond) != shape[0]:
+        raise ValueError(f"cond: need one {what} per sample ({shape[0]}), got {cond!r}")
+    return shape
+
+
+def check_decode_batch(decode_batch: Any) -> None:
     if isinstance(decode_batch, bool) or not isinstance(decode_batch, int) or decode_batch < 1:
         raise ValueError(f"decode_batch: must be an integer ≥ 1, got {decode_batch!r}")
 
@@ -239,7 +257,7 @@ def sd_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guidance
     """Runners on a ``NestedStableDiffusionPipeline``; sample i is generated from prompt ``prompts[i % P]``.
     ``prompts``: a list or a prompt file (see ``read_prompts``). The other arguments are the pipeline's."""
     _check_pipe(pipe, "NestedStableDiffusionPipeline", "unet")
-    _check_decode_batch(decode_batch)
+    check_decode_batch(decode_batch)
     if isinstance(prompts, (str, os.PathLike)):
         prompts = read_prompts(prompts)
     prompts = list(prompts)
@@ -273,7 +291,7 @@ def dit_factory(pipe: Any, class_labels: "str | Sequence[int | str]" = "all", gu
     """Runners on a ``NestedDiTPipeline``; sample i gets class ``labels[i % L]`` ('all': i % num_classes, a
     class-balanced set). Label names are resolved through the pipeline's id2label."""
     _check_pipe(pipe, "NestedDiTPipeline", "transformer")
-    _check_decode_batch(decode_batch)
+    check_decode_batch(decode_batch)
     cfg = pipe.transformer.config
     n_classes = int(cfg.num_embeds_ada_norm)
     ids = []

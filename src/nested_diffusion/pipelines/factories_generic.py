@@ -23,7 +23,7 @@ from ..core.flow_solvers import FlowDenoiser
 from ..core.registry import FLOW
 from ..core.schedules import Schedule
 from ..evaluation.snapshots import SamplerFactory
-from .factories import read_prompts, sampled_fingerprint
+from .factories import check_stream_batch, prompt_inputs, sampled_fingerprint
 
 
 def _no_model(x, sigma, cond=None):
@@ -99,11 +99,7 @@ class GenericPipelineSampler(FlowNestedSampler):
     def stream(self, seeds, shape, cond=None, max_nfe=None, deadline=None, previews="first", x_T=None,
                device=None, dtype=None, stop=None, grad=False, wrap_denoiser=None, calibration=None):
         from .any_pipeline import anytime
-        shape = tuple(int(s) for s in shape)
-        if shape[1:] != self.latent_shape:
-            raise ValueError(f"shape: expected (batch, *{self.latent_shape}), got {shape}")
-        if cond is None or len(cond) != shape[0]:
-            raise ValueError(f"cond: need one prompt per sample ({shape[0]}), got {cond!r}")
+        shape = check_stream_batch(shape, self.latent_shape, cond, "prompt")
         if grad or (calibration or self.calibration) is not None:
             what = "grad" if grad else "calibration"
             raise ValueError(f"{what}: not available for the generic family {self.family.name} (a stock pipeline "
@@ -153,13 +149,7 @@ def generic_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", gui
         raise ValueError(f"pipe: {fam.name} is a video family; the evaluation runners record images")
     if fam.defaults().kind != FLOW:
         raise ValueError(f"pipe: {fam.name} is not a flow family; run it through its nested pipeline class")
-    if isinstance(decode_batch, bool) or not isinstance(decode_batch, int) or decode_batch < 1:
-        raise ValueError(f"decode_batch: must be an integer ≥ 1, got {decode_batch!r}")
-    prompts = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompts: expected a non-empty list of strings or a prompt file")
-    default = pipe.default_sample_size * pipe.vae_scale_factor
-    height, width = height or default, width or default
+    prompts, height, width = prompt_inputs(pipe, prompts, decode_batch, height, width)
     given = dict(guidance_scale=guidance_scale, outer_eta=outer_eta, grid=grid, negative_prompt=negative_prompt)
     options = {k: v for k, v in given.items() if v is not None}
     options.update(height=height, width=width)

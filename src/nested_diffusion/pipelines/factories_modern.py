@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from ..evaluation.snapshots import SamplerFactory
-from .factories import PipelineSampler, read_prompts, step_arguments, sampled_fingerprint
+from .factories import PipelineSampler, prompt_inputs, sampled_fingerprint, step_arguments
 
 FAMILIES = {"NestedStableDiffusionXLPipeline": "sdxl", "NestedStableDiffusion3Pipeline": "sd3",
             "NestedFluxPipeline": "flux"}
@@ -75,13 +75,7 @@ def modern_factory(pipe: Any, prompts: "Sequence[str] | str | os.PathLike", guid
     family = FAMILIES.get(type(pipe).__name__)
     if family is None:
         raise TypeError(f"pipe: expected one of {sorted(FAMILIES)}, got {type(pipe).__name__}")
-    if isinstance(decode_batch, bool) or not isinstance(decode_batch, int) or decode_batch < 1:
-        raise ValueError(f"decode_batch: must be an integer ≥ 1, got {decode_batch!r}")
-    prompts = read_prompts(prompts) if isinstance(prompts, (str, os.PathLike)) else list(prompts)
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-        raise ValueError("prompts: expected a non-empty list of strings or a prompt file")
-    default = pipe.default_sample_size * pipe.vae_scale_factor
-    height, width = height or default, width or default
+    prompts, height, width = prompt_inputs(pipe, prompts, decode_batch, height, width)
     given = dict(guidance_scale=guidance_scale, inner_solver=inner_solver, inner_eta=inner_eta,
                  outer_eta=outer_eta, grid=grid, negative_prompt=negative_prompt)
     options = {k: v for k, v in given.items() if v is not None}
