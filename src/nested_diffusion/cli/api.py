@@ -7,6 +7,7 @@ import os
 import sys
 
 from .argtypes import check_device, check_listen, int_at_least, positive_float, tcp_port
+from .serve import add_limit_args, add_model_args
 
 KEY_ENV = "NESTED_DIFFUSION_API_KEY"
 
@@ -25,29 +26,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' (default: ${KEY_ENV} if set, else no key; "
                         f"required when --host is not a loopback address)")
-    from ..families import describe_families, family_names
-    s.add_argument("--pipeline", choices=family_names(), default="bundled",
-                   help=f"the model family served (its name is the API's model id): {describe_families()}")
-    s.add_argument("--model-path", default=None,
-                   help="model folder: a TinyUNet folder (bundled; default: the shipped weights) or a saved "
-                        "diffusers pipeline (every other family; required)")
-    s.add_argument("--calibration", default=None, metavar="FILE|auto|none",
-                   help="expected change in every event: a calibration file, 'auto' (bundled: the shipped ones) "
-                        "or 'none'")
-    s.add_argument("--device", default="cpu", help="torch device")
-    s.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                   help="pipeline weights dtype (default: as saved / float32)")
+    add_model_args(s)
     s.add_argument("--threads", type=int_at_least("--threads", 1), default=None, help="torch CPU threads")
     s.add_argument("--workers", type=int_at_least("--workers", 1), default=1,
                    help="uvicorn worker processes on the same port (each loads the model; they share nothing)")
-    s.add_argument("--max-n", type=int_at_least("--max-n", 1), default=10, help="images per request")
-    s.add_argument("--max-outer-steps", type=int_at_least("--max-outer-steps", 1), default=50)
-    s.add_argument("--max-inner-steps", type=int_at_least("--max-inner-steps", 1), default=250)
-    s.add_argument("--max-nfe", type=int_at_least("--max-nfe", 1), default=1000, help="model calls per request")
-    s.add_argument("--max-size", type=int_at_least("--max-size", 8), default=768,
-                   help="cap on pipeline image width/height (pixels)")
-    s.add_argument("--max-deadline", type=positive_float("--max-deadline"), default=600.0,
-                   help="cap on deadline_ms, in seconds")
+    add_limit_args(s, "--max-n", "images per request")
     s.add_argument("--max-active", type=int_at_least("--max-active", 1), default=16,
                    help="requests computed at once (bundled: batched into shared model calls)")
     s.add_argument("--queue-size", type=int_at_least("--queue-size", 0), default=32,

@@ -7,14 +7,8 @@ import sys
 from .argtypes import check_device, check_listen, int_at_least, positive_float, tcp_port
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    s = sub.add_parser("serve", help="the anytime web demo: watch the image improve, stop when it is good enough",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
-                           "Serve a Gradio page (offline: no analytics, no share tunnel) streaming every anytime "
-                           "update, with Stop (keep the current image), Cancel, a vanilla comparison, a "
-                           "progression strip and a GIF. Needs: pip install 'nested-diffusion[demo]'."))
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the page on the network)")
-    s.add_argument("--port", type=tcp_port("--port"), default=7860, help="TCP port (1–65535)")
+def add_model_args(s) -> None:
+    """What is served (shared by ``serve`` and ``api``): --pipeline, --model-path, --calibration, --device, --dtype."""
     from ..families import describe_families, family_names
     s.add_argument("--pipeline", choices=family_names(), default="bundled",
                    help=f"the model family: {describe_families()}")
@@ -28,17 +22,36 @@ def add_parser(sub) -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="torch device")
     s.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
                    help="pipeline weights dtype (default: as saved / float32)")
+
+
+def add_limit_args(s, batch_flag: str, batch_help: str) -> None:
+    """A public server's caps (shared by ``serve`` and ``api``); the defaults are ``web.Limits``'s."""
+    from ..web.backends import Limits
+    d = Limits()
+    s.add_argument(batch_flag, type=int_at_least(batch_flag, 1), default=d.max_batch, help=batch_help)
+    s.add_argument("--max-outer-steps", type=int_at_least("--max-outer-steps", 1), default=d.max_outer_steps)
+    s.add_argument("--max-inner-steps", type=int_at_least("--max-inner-steps", 1), default=d.max_inner_steps)
+    s.add_argument("--max-nfe", type=int_at_least("--max-nfe", 1), default=d.max_nfe, help="model calls per job")
+    s.add_argument("--max-size", type=int_at_least("--max-size", 8), default=d.max_size,
+                   help="cap on pipeline image height/width (pixels)")
+    s.add_argument("--max-deadline", type=positive_float("--max-deadline"), default=d.max_deadline,
+                   help="cap on a deadline, in seconds")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    s = sub.add_parser("serve", help="the anytime web demo: watch the image improve, stop when it is good enough",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter, description=(
+                           "Serve a Gradio page (offline: no analytics, no share tunnel) streaming every anytime "
+                           "update, with Stop (keep the current image), Cancel, a vanilla comparison, a "
+                           "progression strip and a GIF. Needs: pip install 'nested-diffusion[demo]'."))
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 exposes the page on the network)")
+    s.add_argument("--port", type=tcp_port("--port"), default=7860, help="TCP port (1–65535)")
+    add_model_args(s)
     s.add_argument("--concurrency", type=int_at_least("--concurrency", 1), default=2,
                    help="jobs computed at once (pipelines run one at a time); the others wait in the queue")
     s.add_argument("--queue-size", type=int_at_least("--queue-size", 1), default=32,
                    help="waiting jobs beyond which new requests are refused")
-    s.add_argument("--max-batch", type=int_at_least("--max-batch", 1), default=10, help="images per job")
-    s.add_argument("--max-outer-steps", type=int_at_least("--max-outer-steps", 1), default=50)
-    s.add_argument("--max-inner-steps", type=int_at_least("--max-inner-steps", 1), default=250)
-    s.add_argument("--max-nfe", type=int_at_least("--max-nfe", 1), default=1000, help="cap on outer × inner")
-    s.add_argument("--max-size", type=int_at_least("--max-size", 8), default=768,
-                   help="cap on pipeline image height/width (pixels)")
-    s.add_argument("--max-deadline", type=positive_float("--max-deadline"), default=600.0, help="seconds")
+    add_limit_args(s, "--max-batch", "images per job")
     s.add_argument("--threads", type=int_at_least("--threads", 1), default=None, help="torch CPU threads")
     return s
 
