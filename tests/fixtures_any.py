@@ -4,6 +4,8 @@ pooled / negative embeddings a family needs), made by ``embeds(family, batch)``.
 Wan videos are 5 frames of 16×16. Requires diffusers."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 # the real models' scheduler configs, the parts that matter (diffusers fills the rest with its defaults)
@@ -164,3 +166,29 @@ def embeds(family: str, batch: int = 1, seed: int = 1) -> dict:
                     negative_prompt_embeds_llama3=torch.randn(2, batch, 6, TEXT_DIM, generator=g),
                     negative_pooled_prompt_embeds=torch.randn(batch, TEXT_DIM, generator=g))
     raise KeyError(family)
+
+
+TOY_GENERIC = "flux-stock"
+
+
+@contextlib.contextmanager
+def toy_generic_family(folder):
+    """A generic family over FLUX.1's stock ``FluxPipeline`` (whose tiny fixture has tokenizers, so text prompts
+    work), registered in both tables and saved to ``folder / TOY_GENERIC`` with a two-line prompt file; yields
+    ``folder``; unregistered afterwards."""
+    from diffusers import FluxPipeline
+    from fixtures_modern import tiny_flux
+
+    from nested_diffusion import families
+    from nested_diffusion.pipelines import any_pipeline
+    any_pipeline.GENERIC_FAMILIES[TOY_GENERIC] = any_pipeline.GenericFamily(
+        TOY_GENERIC, ("FluxPipeline",), "NestedFluxPipeline", "flux")
+    families.register_family(families.Family(TOY_GENERIC, "FLUX.1 through NestedScheduler", "prompt",
+                                             "FluxPipeline", "generic", generic=True))
+    try:
+        FluxPipeline.from_pipe(tiny_flux()).save_pretrained(folder / TOY_GENERIC)
+        (folder / "prompts.txt").write_text("a photo of a cat\nthe red dog\n")
+        yield folder
+    finally:
+        families.unregister_family(TOY_GENERIC)
+        any_pipeline.GENERIC_FAMILIES.pop(TOY_GENERIC, None)

@@ -19,7 +19,7 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 
 from fixtures_any import BUILDERS  # noqa: E402
-from fixtures_modern import tiny_flux  # noqa: E402
+from fixtures_any import TOY_GENERIC, toy_generic_family  # noqa: E402
 from nested_diffusion import anytime  # noqa: E402
 from nested_diffusion.families import get_family  # noqa: E402
 from nested_diffusion.web import JobRequest, Limits, load_backend, stream_updates  # noqa: E402
@@ -27,25 +27,13 @@ from nested_diffusion.web.generic_backend import GenericBackend  # noqa: E402
 from nested_diffusion.web.render import NO_CALIBRATION_WORDS, model_to_rgb  # noqa: E402
 
 torch.set_num_threads(1)
-TOY = "flux-stock"
+TOY = TOY_GENERIC
 
 
 @pytest.fixture(scope="module")
 def disk(tmp_path_factory):
-    from diffusers import FluxPipeline
-
-    from nested_diffusion import families
-    from nested_diffusion.pipelines import any_pipeline
-    any_pipeline.GENERIC_FAMILIES[TOY] = any_pipeline.GenericFamily(TOY, ("FluxPipeline",), "NestedFluxPipeline",
-                                                                    "flux")
-    families.register_family(families.Family(TOY, "FLUX.1 through NestedScheduler", "prompt", "FluxPipeline",
-                                             "generic", generic=True))
-    d = tmp_path_factory.mktemp("generic")
-    FluxPipeline.from_pipe(tiny_flux()).save_pretrained(d / TOY)
-    (d / "prompts.txt").write_text("a photo of a cat\nthe red dog\n")
-    yield d
-    families.unregister_family(TOY)
-    any_pipeline.GENERIC_FAMILIES.pop(TOY, None)
+    with toy_generic_family(tmp_path_factory.mktemp("generic")) as d:
+        yield d
 
 
 @pytest.fixture(scope="module")
