@@ -75,3 +75,20 @@ def wait_idle(board, timeout: float = 15.0) -> None:
     while busy() and time.monotonic() < end:
         time.sleep(0.02)
     assert not busy(), "the server still holds or runs a job"
+
+
+CHROMIUM = "/usr/bin/chromium"   # Debian's chromium (scripts/test.sh installs it); never `playwright install`
+ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+        "--disable-background-networking"]
+
+
+def browser_test_requirements():
+    """Skip the calling test module unless Chromium, Gradio and Playwright are here; Playwright's sync API."""
+    import os
+
+    import pytest
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; scripts/test.sh does it)",
+                    allow_module_level=True)
+    pytest.importorskip("gradio", reason="the demo needs the [demo] extra (gradio)")
+    return pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")

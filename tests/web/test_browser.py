@@ -14,21 +14,13 @@ from urllib.parse import urlparse
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; scripts/test.sh does it)",
-                allow_module_level=True)
-pytest.importorskip("gradio", reason="the demo needs the [demo] extra (gradio)")
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared fixtures
+from web_helpers import ARGS, CHROMIUM, CountingModel, browser_test_requirements, wait_idle  # noqa: E402
+
+sync_api = browser_test_requirements()   # skips this module without Chromium, Gradio or Playwright
 
 from nested_diffusion.web import BundledBackend, Limits  # noqa: E402
 from nested_diffusion.web.app import build_app, launch_app  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared fixtures
-from web_helpers import CountingModel, wait_idle  # noqa: E402
-
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking"]
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-demo.png"
 
 

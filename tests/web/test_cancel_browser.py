@@ -4,7 +4,6 @@ previews — every try ends with the status "Cancelled", no picture, no red erro
 (no late update of the cancelled run lands after it)."""
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import time
@@ -12,21 +11,13 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM = "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM):
-    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium; scripts/test.sh does it)",
-                allow_module_level=True)
-pytest.importorskip("gradio", reason="the demo needs the [demo] extra (gradio)")
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the test extra)")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared fixtures
+from web_helpers import ARGS, CHROMIUM, CountingModel, browser_test_requirements, wait_idle  # noqa: E402
+
+sync_api = browser_test_requirements()   # skips this module without Chromium, Gradio or Playwright
 
 from nested_diffusion.web import BundledBackend, Limits  # noqa: E402
 from nested_diffusion.web.app import build_app, launch_app  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the shared fixtures
-from web_helpers import CountingModel, wait_idle  # noqa: E402
-
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-        "--disable-background-networking"]
 DELAYS = (0.1, 0.3, 0.7, 1.5)
 ERROR_BADGES = "() => [...document.querySelectorAll('.error, .toast-body.error')]" \
                ".filter(e => e.offsetParent !== null).map(e => e.innerText.trim())"

@@ -117,16 +117,6 @@ class GenericBackend(PipelineBackend):
         return generic_configuration(self.pipe, prep.run, prep.guidance, prep.extra["height"],
                                      prep.extra["width"])
 
-    def _calibration(self, prep: Prepared, sampler: Any) -> Any:
-        from ..core.expected_change import resolve_calibration
-        if self.calibration is None:
-            return None
-        config = self.configuration(prep)
-        try:
-            return resolve_calibration(self.calibration, config["sampler"], lambda: config["model"])
-        except ValueError:
-            return None
-
     def open(self, prep: Prepared, stop: Callable[[], bool], vanilla: bool = False) -> Run:
         run = prep.run.vanilla() if vanilla else prep.run
         counter = _CallCounter(stop)
