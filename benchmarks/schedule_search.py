@@ -5,7 +5,15 @@ A schedule is a JSON object (a list of them in ``--configs FILE``, or the built-
    "solver": "ddpm", "inner_eta": null, "guidance": 2.0, "guidance_min_t": 0}
 ``outer_times``: explicit outer grid (null: evenly spaced); ``guidance_min_t``: classifier-free guidance only at
 t ≥ this (the unguided model below it; 0 = guidance everywhere); ``guidance_banded``: each inner run guided only
-above the next outer time (``guidance_floor`` below it, default 1.0); ``guidance_per_run``: a scale per inner run. Vanilla is the one-outer-step schedule.
+above the next outer time (``guidance_floor`` below it, default 1.0); ``guidance_per_run``: a scale per inner run; ``preview_refine``: every inner run starts from the same x_T at
+t_start (preview-then-refine: a k-step preview, then N − k steps from the same noise; the outer step is the identity).
+Vanilla is the one-outer-step schedule.
+
+Each schedule is sampled once (``previews="all"``) and two images are kept at every mark: the *result* (the last
+finished inner run; the first run's x̂0 before it ends) and the current run's *x̂0*. Display rules are then scored
+on the same samples: ``result`` (what the stream shows by default), ``x0`` (always the newest x̂0) and ``fill@f``
+(the result, but the current run's x̂0 once that run has done ≥ f of its steps; ``--fill``). Rows are named
+``NAME`` for the result rule and ``NAME+x0``, ``NAME+fill0.5`` … for the others.
 
 For every schedule: FD (project classifier features, Fashion-MNIST test split reference) of the anytime result
 at every ``--step`` NFE, the AUC (Δ Σ ln FD), the final FD, and paired bootstrap differences of AUC and final FD
@@ -16,6 +24,7 @@ Usage: python benchmarks/schedule_search.py --budget 100 --samples 500 --preset 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
@@ -24,14 +33,16 @@ from pathlib import Path
 import torch
 
 from nested_diffusion import NestedSampler
+from nested_diffusion.core.grids import CLEAN
+from nested_diffusion.core.nested import NestedSolver
 from nested_diffusion.bundled import load_unet, make_denoiser
 from nested_diffusion.bundled.features import load_feature_classifier
 from nested_diffusion.bundled.reference import fashion_reference
 from nested_diffusion.evaluation.auc import anytime_auc, nfe_marks
-from nested_diffusion.evaluation.features import state_fingerprint
+from nested_diffusion.evaluation.features import extract_features, quantize, state_fingerprint
 from nested_diffusion.evaluation.runners import FDEvaluator, bootstrap_spread
-from nested_diffusion.evaluation.snapshots import SamplerFactory, collect_snapshots
-from nested_diffusion.io import atomic_write_json
+from nested_diffusion.evaluation.snapshots import Snapshots
+from nested_diffusion.io import ChunkCache, atomic_write_json
 
 
 class GuidanceBelow:
@@ -80,6 +91,22 @@ class GuidanceBanded:
         return (self.guided if t > self.floor else self.plain)(x, t, cond)
 
 
+class PreviewRefineSolver(NestedSolver):
+    """Preview-then-refine as a nested run: every inner run starts at t_start from the same x_T (the outer step
+    returns the state it was given), so run k is an independent run of its own length from the same noise."""
+
+    def grid(self, t_start, n, convention, name="outer_steps"):
+        return [t_start] * n + [CLEAN]
+
+    def outer_step(self, S, x, x0_hat, k, t, t_next, n, noise):
+        return x
+
+
+class PreviewRefineSampler(NestedSampler):
+    def _solver(self, run):
+        return PreviewRefineSolver(run.build_inner(), list(run.inner_steps), run.outer_eta, None, run.grid)
+
+
 def uniform(name, outer, inner, **kw):
     return dict(name=name, inner_steps=[inner] * outer, **kw)
 
@@ -119,36 +146,99 @@ def build(cfg: dict, model, autocast):
     if cfg.get("guidance_banded"):
         den = GuidanceBanded(den, make_denoiser(model, float(cfg.get("guidance_floor", 1.0)), autocast=autocast))
     steps = cfg["inner_steps"]
-    sampler = NestedSampler(den, len(steps), steps, cfg.get("solver", "ddpm"), cfg.get("inner_eta"),
-                            cfg.get("outer_eta", 0.0), outer_times=cfg.get("outer_times"))
+    cls = PreviewRefineSampler if cfg.get("preview_refine") else NestedSampler
+    sampler = cls(den, len(steps), steps, cfg.get("solver", "ddpm"), cfg.get("inner_eta"),
+                  cfg.get("outer_eta", 0.0), outer_times=cfg.get("outer_times"))
     if isinstance(den, GuidanceBanded):
         den.outer_times = [int(t) for t in sampler.times[:-1]]
     return sampler
 
 
-def evaluate(cfg: dict, args, model, ev: FDEvaluator, marks: list[int]) -> dict:
+def dual_chunk(sampler, seeds: list[int], labels: torch.Tensor, marks: list[int]) -> dict:
+    """One chunk sampled once: at every mark the result (last finished run; the first run's x̂0 before it ends)
+    and the current run's x̂0, both uint8."""
+    result, x0, p, best = [], [], 0, None
+    for u in sampler.stream(seeds, (len(seeds), 1, 28, 28), labels, max_nfe=marks[-1], previews="all"):
+        if u.source == "inner_result" or u.outer_step == 1:
+            best = u.x0
+        while p < len(marks) and marks[p] == u.nfe:
+            result.append(quantize(best))
+            x0.append(quantize(u.x0))
+            p += 1
+    if p != len(marks):
+        raise RuntimeError(f"stream ended at mark {p} of {len(marks)}")
+    return dict(result=torch.stack(result), x0=torch.stack(x0), seeds=list(seeds))
+
+
+def run_position(sampler, mark: int) -> tuple[int, int, int]:
+    """(run index, NFE done in that run, its length) at a mark (a run that ends at the mark counts as done)."""
+    start = 0
+    for k, n in enumerate(sampler.inner_steps):
+        if mark <= start + n:
+            return k, mark - start, n
+        start += n
+    raise ValueError(f"mark {mark} beyond the budget")
+
+
+def display_rules(sampler, marks: list[int], fills: list[float]) -> dict[str, list[int]]:
+    """Rule name → per mark: 0 = the result, 1 = the current run's x̂0."""
+    pos = [run_position(sampler, m) for m in marks]
+    rules = {"": [0] * len(marks)}
+    if len(sampler.inner_steps) > 1:
+        rules["+x0"] = [0 if done == n else 1 for k, done, n in pos]
+        for f in fills:
+            rules[f"+fill{f:g}"] = [1 if k > 0 and done < n and done >= f * n else 0 for k, done, n in pos]
+    return rules
+
+
+def evaluate(cfg: dict, args, model, ev: FDEvaluator, marks: list[int]) -> list[dict]:
     sampler = build(cfg, model, args.autocast)
     if sampler.total_nfe != args.budget:
         raise ValueError(f"{cfg['name']}: spends {sampler.total_nfe} NFE, not the budget {args.budget}")
-    info = dict(cfg, model=f"TinyUNet-{state_fingerprint(model)}", autocast=args.autocast)
-    factory = SamplerFactory(lambda o, i: sampler, (1, 28, 28), lambda idx: torch.tensor([i % 10 for i in idx]), info)
+    info = dict(cfg, model=f"TinyUNet-{state_fingerprint(model)}", autocast=args.autocast, marks=marks,
+                inner=sampler.inner_steps, times=[int(t) for t in sampler.times[:-1]], format=2)
+    key = json.dumps(info, sort_keys=True)
+    cache = ChunkCache(Path(args.out) / "cache" / f"{cfg['name']}-{hashlib.sha256(key.encode()).hexdigest()[:12]}",
+                       settings=info)
     t0 = time.perf_counter()
-    snaps = collect_snapshots(factory, len(cfg["inner_steps"]), sampler.inner_steps[0], args.samples, args.seed, marks,
-                              Path(args.out) / "cache", args.chunk, print)
-    feats = ev.features(snaps)
-    fd, boot = ev(snaps, feats)
+    parts = []
+    for start in range(0, args.samples, args.chunk):
+        idx = list(range(start, min(args.samples, start + args.chunk)))
+        seeds = [args.seed + i for i in idx]
+        part, computed = cache.get(f"seed{seeds[0]}-{len(idx)}", lambda: dual_chunk(
+            sampler, seeds, torch.tensor([i % 10 for i in idx]), marks))
+        if part["seeds"] != seeds:
+            raise ValueError(f"cache: {cache.folder} holds other seeds")
+        if computed:
+            print(f"  {cfg['name']}: samples {idx[-1] + 1}/{args.samples} ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+        parts.append(part)
+    result = torch.cat([p["result"] for p in parts], dim=1)   # (marks, N, 1, 28, 28)
+    x0 = torch.cat([p["x0"] for p in parts], dim=1)
+    M = len(marks)
+    images = [result[j] for j in range(M)] + [x0[j] for j in range(M)]
+    feats = [extract_features(ev.ref.extractor, img) for img in images]
+    head = ev.ref.extractor.classifier.head
+    classes = [head(f).argmax(1) for f in feats]
     labels = torch.tensor([i % 10 for i in range(args.samples)])
-    classes = [ev.ref.extractor.classifier.head(feats[j]).argmax(1) for j in snaps.mark_index]
-    agree = float((classes[-1] == labels).float().mean())
-    final = snaps.final.float() / 255
-    return dict(config=cfg, fd=fd, auc=anytime_auc(dict(zip(marks, fd)), args.budget, args.step), final_fd=fd[-1],
-                final_class_agreement=agree,
-                # how well the anytime result at each mark predicts the final: same predicted class, pixel RMSE
-                same_class_as_final=[float((c == classes[-1]).float().mean()) for c in classes],
-                rmse_to_final=[float(((snaps.at(m).float() / 255 - final) ** 2).flatten(1).mean(1).sqrt().mean())
-                               for m in marks],
-                first_result_nfe=sampler.inner_steps[0] if len(sampler.inner_steps) > 1 else args.budget,
-                times=sampler.times[:-1], seconds=time.perf_counter() - t0, _boot=boot)
+    final = result[-1].float() / 255
+    rows = []
+    for suffix, choice in display_rules(sampler, marks, args.fill).items():
+        index = [j + M * c for j, c in enumerate(choice)]
+        snaps = Snapshots(images, index, marks, [], [], [], {})
+        fd, boot = ev(snaps, feats)
+        shown = [images[i] for i in index]
+        rmse = [float(((img.float() / 255 - final) ** 2).flatten(1).mean(1).sqrt().mean()) for img in shown]
+        same = [float((classes[i] == classes[index[-1]]).float().mean()) for i in index]
+        rows.append(dict(config=dict(cfg, name=cfg["name"] + suffix), display=suffix[1:] or "result",
+                         shows=["x0" if c else "result" for c in choice], fd=fd,
+                         auc=anytime_auc(dict(zip(marks, fd)), args.budget, args.step), final_fd=fd[-1],
+                         final_class_agreement=float((classes[index[-1]] == labels).float().mean()),
+                         same_class_as_final=same, rmse_to_final=rmse,
+                         mean_rmse_to_final=sum(rmse) / M, mean_same_class=sum(same) / M,
+                         first_result_nfe=sampler.inner_steps[0] if len(sampler.inner_steps) > 1 else args.budget,
+                         times=sampler.times[:-1], seconds=time.perf_counter() - t0, _boot=boot))
+    return rows
 
 
 def main() -> None:
@@ -164,6 +254,8 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="name of the schedule differences are taken to "
                                                     "(default: the first)")
     ap.add_argument("--autocast", choices=("none", "bf16"), default="none")
+    ap.add_argument("--fill", type=float, nargs="*", default=[0.25, 0.5, 0.75],
+                    help="fill@f display rules to score (fractions of a run's steps)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/schedules")
     args = ap.parse_args()
@@ -178,7 +270,7 @@ def main() -> None:
     extractor = load_feature_classifier()
     ref = fashion_reference(extractor, heldout=args.samples, cache_dir=Path(args.out) / "reference")
     ev = FDEvaluator(ref, args.samples, args.bootstrap, args.seed)
-    rows = [evaluate(cfg, args, model, ev, marks) for cfg in configs]
+    rows = [row for cfg in configs for row in evaluate(cfg, args, model, ev, marks)]
     base = next((r for r in rows if r["config"]["name"] == args.baseline), rows[0])
     def auc_reps(boot):
         return torch.tensor([anytime_auc(dict(zip(marks, b.tolist())), args.budget, args.step) for b in boot])

@@ -113,10 +113,16 @@ class Family:
     def load(self, path: str | os.PathLike | None, device: str = "cpu", dtype: Any = None,
              option: str = "--model-path") -> Any:
         """The bundled UNet (``path`` None: the shipped weights) or the family's pipeline from a local folder
-        (``from_pretrained``, local files only), on ``device`` in ``dtype``; errors name ``option``."""
+        (``from_pretrained``, local files only), on ``device`` in ``dtype`` (a name or a torch dtype; None: the
+        family's default — the bundled model's ``RUN_DEFAULTS.dtype``, a pipeline's as saved); errors name
+        ``option``."""
         if self.is_bundled:
-            from .bundled import load_unet
-            return load_unet(path, device=device)
+            from .bundled import compute_dtype, load_unet
+            return load_unet(path, device=device, dtype=compute_dtype(
+                self.run_defaults().dtype if dtype is None else dtype, "--dtype"))
+        if isinstance(dtype, str):
+            import torch
+            dtype = getattr(torch, dtype)
         if path is None:
             raise ValueError(f"{option}: required with --pipeline {self.name} (a local diffusers folder, "
                              f"{self.example or 'saved with save_pretrained'})")

@@ -39,7 +39,7 @@ def build_service(s: dict):
         torch.set_num_threads(int(s["threads"]))
     limits = Limits(s["max_n"], s["max_outer_steps"], s["max_inner_steps"], s["max_nfe"], s["max_size"],
                     s["max_deadline"])
-    dtype = None if s.get("dtype") is None else getattr(torch, s["dtype"])
+    dtype = None if s.get("dtype") in (None, "auto") else s["dtype"]   # auto: the family's
     backend = load_backend(s["pipeline"], s.get("model_path"), s.get("device", "cpu"),
                            calibration=s.get("calibration"), dtype=dtype)
     return ImageService(backend, limits, max_active=s["max_active"], max_queue=s["queue_size"],

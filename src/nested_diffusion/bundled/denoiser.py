@@ -19,7 +19,9 @@ DEMO_GUIDANCE = 1.25
 # the bundled family's run defaults (core.run), read by every surface: the progressive schedule at 100 NFE (two quick
 # 20-step inner runs, then one of 60), learned-variance DDPM inner, deterministic DDIM outer, guidance 1.25
 RUN_DEFAULTS = RunDefaults(schedule="progressive", nfe=100, outer_steps=5, inner_steps=20, inner_solver="ddpm",
-                           outer_eta=0.0, guidance=DEMO_GUIDANCE)
+                           outer_eta=0.0, guidance=DEMO_GUIDANCE, dtype="float32")
+# the compute dtypes the bundled model offers (bfloat16: autocast, ``TinyUNet.set_compute_dtype``)
+DTYPES = ("float32", "bfloat16")
 
 
 def parse_classes(spec: "str | Sequence[int | str]") -> list[int]:
@@ -45,8 +47,23 @@ def parse_classes(spec: "str | Sequence[int | str]") -> list[int]:
     return out
 
 
-def load_unet(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> TinyUNet:
-    return TinyUNet.from_pretrained(path or bundled_model_path(), device=device)
+def compute_dtype(dtype: "str | torch.dtype | None", option: str = "dtype") -> torch.dtype:
+    """The torch dtype of a run's ``dtype`` for the bundled model (None: float32); ValueError naming ``option``
+    for a dtype it does not offer."""
+    name = "float32" if dtype is None else str(dtype).replace("torch.", "")
+    if name not in DTYPES:
+        raise ValueError(f"{option}: the bundled model computes in {' or '.join(DTYPES)} (bfloat16 = autocast), "
+                         f"got {name}")
+    return getattr(torch, name)
+
+
+def load_unet(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+              dtype: "str | torch.dtype | None" = None) -> TinyUNet:
+    """The bundled (or a ``from_pretrained`` folder's) TinyUNet on ``device``, computing in ``dtype`` (None:
+    float32; "bfloat16": autocast, the weights stay float32). Surfaces pass the run's resolved ``dtype``, whose
+    default is the family's (``RUN_DEFAULTS.dtype``)."""
+    dt = compute_dtype(dtype)
+    return TinyUNet.from_pretrained(path or bundled_model_path(), device=device).set_compute_dtype(dt)
 
 
 AUTOCAST = (None, "bf16")
@@ -64,8 +81,8 @@ def make_denoiser(model: TinyUNet, guidance_scale: float = DEFAULT_GUIDANCE, che
     def net(x, t, labels):
         if autocast is None:
             return model(x, t, labels)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return model(x, t, labels).float()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):   # a study's switch; surfaces set the model's
+            return model(x, t, labels).float()                      # compute dtype (load_unet(dtype=...))
     null = lambda b, device: torch.full((b,), model.null_class, dtype=torch.long, device=device)  # noqa: E731
     # guide the v-prediction channels only; the variance channel comes from the conditional half (as DiT)
     guided = ClassifierFreeGuidance(net, guidance_scale, null, channels=model.config["in_channels"])

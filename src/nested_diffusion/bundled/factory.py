@@ -36,6 +36,9 @@ def bundled_factory(model=None, guidance: float | None = None, solver: str | Non
     device = next(model.parameters()).device
     info = dict(model=f"TinyUNet-{state_fingerprint(model)}", guidance=guidance, solver=run.solver_name,
                 inner_eta=run.inner_eta, outer_eta=run.outer_eta, grid=run.grid, labels="sample index % num_classes")
+    compute = getattr(model, "compute_dtype", None)
+    if compute is not None:   # part of the cache key and of sample manifests (float32 keys stay as before)
+        info["dtype"] = str(compute).replace("torch.", "")
     if device.type != "cpu":
         info["device"] = device.type
     return SamplerFactory(build, (c, size, size), lambda idx: torch.tensor([i % classes for i in idx]), info,

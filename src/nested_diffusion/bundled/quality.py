@@ -4,7 +4,6 @@ Samples are generated in chunks cached as .pt files (written atomically), so an 
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

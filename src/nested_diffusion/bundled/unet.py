@@ -61,7 +61,12 @@ class SelfAttention(nn.Module):
 
 
 class TinyUNet(nn.Module, PretrainedMixin):
-    """Class-conditional UNet; label ``num_classes`` is the null class used for classifier-free guidance."""
+    """Class-conditional UNet; label ``num_classes`` is the null class used for classifier-free guidance.
+
+    ``compute_dtype`` (``set_compute_dtype``): None runs the forward in float32; ``torch.bfloat16`` runs it under
+    bfloat16 autocast (weights, inputs and outputs stay float32), in whatever thread calls the model."""
+
+    compute_dtype: torch.dtype | None = None
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, channels: tuple[int, int] = (48, 96),
                  num_classes: int = 10, prediction_type: str = "v", learned_variance: bool = True,
@@ -98,11 +103,25 @@ class TinyUNet(nn.Module, PretrainedMixin):
     def null_class(self) -> int:
         return self.num_classes
 
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> "TinyUNet":
+        """None or float32: plain float32; bfloat16: the forward under bfloat16 autocast. Returns the model."""
+        if dtype not in (None, torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype: the TinyUNet computes in float32 or bfloat16, got {dtype}")
+        self.compute_dtype = None if dtype in (None, torch.float32) else dtype
+        return self
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, 28, 28); t: (B,) integer times; class_labels: (B,) in 0…num_classes (num_classes = null).
 
-        Returns (B, C·g, 28, 28): the v-prediction, then (if learned_variance) the variance value in [−1, 1]-ish.
+        Returns (B, C·g, 28, 28): the v-prediction, then (if learned_variance) the variance value in [−1, 1]-ish
+        (float32 whatever the compute dtype).
         """
+        if self.compute_dtype is None:
+            return self._forward(x, t, class_labels)
+        with torch.autocast(x.device.type, dtype=self.compute_dtype):
+            return self._forward(x, t, class_labels).float()
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
         b = x.shape[0]
         if class_labels is None:
             class_labels = torch.full((b,), self.num_classes, dtype=torch.long, device=x.device)

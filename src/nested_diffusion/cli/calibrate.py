@@ -53,7 +53,7 @@ def setup(args):
     """Sampler, configuration and the classifier; ValueError/FileNotFoundError on bad input."""
     import torch
 
-    from ..bundled import RUN_DEFAULTS, load_unet, make_denoiser, parse_classes
+    from ..bundled import RUN_DEFAULTS, compute_dtype, load_unet, make_denoiser, parse_classes
     from ..bundled.expected_change import model_identity
     from ..core.nested import NestedSampler
     from ..bundled.features import load_feature_classifier
@@ -64,8 +64,8 @@ def setup(args):
         raise ValueError(f"--heldout-seed: held-out seeds [{args.heldout_seed}, {args.heldout_seed + args.heldout})"
                          f" overlap the calibration seeds [{args.seed}, {args.seed + args.samples})")
     classes = parse_classes(args.classes)
-    unet = load_unet(args.model)
     run = run_from_args(args, RUN_DEFAULTS)
+    unet = load_unet(args.model, dtype=compute_dtype(run.dtype, "--dtype"))
     guidance = run.guidance
     den = make_denoiser(unet, guidance)
     args.tag = (f"{run.outer_steps}x{run.inner_steps[0]}" if run.schedule == "uniform"

@@ -27,6 +27,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from .run_args import add_dtype_arg
+
 PIPELINE_ONLY = ("model_path", "prompts", "negative_prompt", "class_labels", "height", "width", "feature_model",
                  "device", "decode_batch")
 
@@ -49,8 +51,7 @@ def add_pipeline_args(c) -> None:
                    help="pipeline families: the semantic distance's network: a local CLIP folder, 'inception' "
                         "(local FID weights) or 'random-rgb' (smoke tests)")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    g.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
-                   help="model dtype (auto: float16 on cuda)")
+    add_dtype_arg(g)
     g.add_argument("--decode-batch", type=int_at_least("--decode-batch"), default=None,
                    help="VAE decode batch (default 8)")
 

@@ -194,15 +194,16 @@ def _factory(args):
 
 def bundled_factory_of(args, device: str):
     """The bundled model's SamplerFactory from the shared sampling options (eval and sample commands)."""
-    from ..bundled import RUN_DEFAULTS, load_unet
+    from ..bundled import RUN_DEFAULTS, compute_dtype, load_unet
     from ..bundled.factory import bundled_factory
-    run = RUN_DEFAULTS
-    args.solver = args.solver or run.inner_solver
-    if args.dtype not in ("auto", "float32"):
-        raise ValueError(f"--dtype: the bundled model runs in float32, got {args.dtype}")
+    from ..core.run import resolve_run
+    from .run_args import RUN_OPTION_NAMES
+    args.solver = args.solver or RUN_DEFAULTS.inner_solver
+    dtype = compute_dtype(resolve_run(defaults=RUN_DEFAULTS, names=RUN_OPTION_NAMES, dtype=args.dtype).dtype,
+                          "--dtype")
     prefetch = 1 if device == "cpu" and args.noise_workers == 1 else 20   # same values, fewer calls (NoiseSource)
-    return bundled_factory(load_unet(args.model, device), args.guidance, args.solver, args.inner_eta, args.outer_eta,
-                           args.grid, prefetch, args.noise_workers)
+    return bundled_factory(load_unet(args.model, device, dtype), args.guidance, args.solver, args.inner_eta,
+                           args.outer_eta, args.grid, prefetch, args.noise_workers)
 
 
 def _classifier(args, factory):

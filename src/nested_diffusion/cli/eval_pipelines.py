@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .argtypes import check_device, int_at_least as _int
-
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+from .argtypes import int_at_least as _int
+from .run_args import add_dtype_arg, device_dtype  # noqa: F401 — device_dtype: pipeline_opts.device_dtype
 SD_RND_DEFAULT = "1x60,2x30,3x20,4x15,6x10"   # the COCO protocol's 60 NFE
 
 
@@ -34,7 +33,7 @@ def add_pipeline_args(e: argparse.ArgumentParser) -> None:
     g.add_argument("--height", type=_int("--height"), default=None, help="sd: image height (default: model's)")
     g.add_argument("--width", type=_int("--width"), default=None, help="sd: image width (default: model's)")
     g.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    g.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (auto: float16 on cuda)")
+    add_dtype_arg(g)
     g.add_argument("--decode-batch", type=_int("--decode-batch"), default=8, help="VAE decode batch (default 8)")
 
 
@@ -49,13 +48,6 @@ def add_rgb_metric_args(e: argparse.ArgumentParser, reference: bool = True) -> N
         g.add_argument("--reference-stats", default=None, help="mu/sigma .npz of the reference (FD only)")
         g.add_argument("--clip-model", default=None,
                        help="sd: local transformers CLIP folder; adds the CLIP score to each prompt per mark")
-
-
-def device_dtype(args):
-    import torch
-    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    name = args.dtype if args.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
-    return device, getattr(torch, name)
 
 
 def check_pipeline_args(args) -> None:

@@ -50,7 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def build_samplers(args) -> tuple[list, dict, list[int]]:
     """[(name, NestedSampler)] for the nested run and, with --vanilla, vanilla at the same NFE; the settings
     record; the class of each sample. Raises ValueError/TypeError/FileNotFoundError with a message naming the option."""
-    from ..bundled import RUN_DEFAULTS, load_unet, make_denoiser, parse_classes
+    from ..bundled import RUN_DEFAULTS, compute_dtype, load_unet, make_denoiser, parse_classes
     from ..bundled.expected_change import resolve_calibration
     from ..core.nested import NestedSampler, calibration_settings
 
@@ -60,7 +60,7 @@ def build_samplers(args) -> tuple[list, dict, list[int]]:
         raise ValueError(f"--{e}" if str(e).startswith("classes:") else str(e)) from None
     check_batch(len(classes), args.max_batch, "--classes")
     run = run_from_args(args, RUN_DEFAULTS)                      # every run option, resolved once
-    model = load_unet(args.model)
+    model = load_unet(args.model, dtype=compute_dtype(run.dtype, "--dtype"))
     den = make_denoiser(model, run.guidance)
     T = den.schedule.num_train_timesteps
     run = run.replace(calibration=resolve_calibration(args.calibration, calibration_settings(run, T), model,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .argtypes import check_device, positive_int
+from .argtypes import positive_int
+from .run_args import add_dtype_arg, device_dtype
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
 BUNDLED_ONLY = ("model",)                       # bundled-only options (pipelines take --model-path)
 PIPELINE_ONLY = ("model_path", "prompt", "negative_prompt", "height", "width", "device")
 
@@ -29,7 +29,7 @@ def add_pipeline_options(g: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=positive_int("--height"), default=None, help="image height (default: model's)")
     p.add_argument("--width", type=positive_int("--width"), default=None, help="image width (default: model's)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=DTYPES, default="auto", help="model dtype (auto: float16 on cuda)")
+    add_dtype_arg(p)
 
 
 def check_family_options(args):
@@ -40,8 +40,8 @@ def check_family_options(args):
     given = lambda names: [n for n in names if getattr(args, n, None) not in (None, [])]  # noqa: E731
     if family.is_bundled:
         wrong = given(PIPELINE_ONLY)
-        if wrong or args.dtype != "auto":
-            opt = "--" + (wrong[0] if wrong else "dtype").replace("_", "-")
+        if wrong:
+            opt = "--" + wrong[0].replace("_", "-")
             raise ValueError(f"{opt}: only with --pipeline FAMILY (a diffusers pipeline); the bundled model takes "
                              f"--classes and --model")
         return family
@@ -85,13 +85,6 @@ def check_family_options(args):
                          f"{family.name} give a file from `nested-diffusion calibrate --pipeline {family.name}`, "
                          f"'auto' or 'none'")
     return family
-
-
-def _device_dtype(args):
-    import torch
-    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    name = args.dtype if args.dtype != "auto" else ("float16" if device.startswith("cuda") else "float32")
-    return device, getattr(torch, name)
 
 
 def _conditioning(args, family, pipe) -> tuple[dict, list, str]:
@@ -144,7 +137,7 @@ def build_pipeline_runs(args, family) -> tuple[list, dict]:
     run = run_from_args(args, family.run_defaults())
     guidance = run.guidance if run.guidance is not None else family.guidance_default()
     calibration = _calibration(args, family)
-    device, dtype = _device_dtype(args)
+    device, dtype = device_dtype(args)
     pipe = family.load(args.model_path, device, dtype)
     cond, items, described = _conditioning(args, family, pipe)
     seeds = [args.seed + i for i in range(len(items))]

@@ -4,7 +4,7 @@ every command (``generate``, ``sample``, ``calibrate``, ``eval``, ``serve``) get
 ``--schedule`` (default: the model family's — progressive for the bundled model, uniform for the pipelines —,
 uniform when ``--outer``/``--inner`` is given), ``--nfe`` (the budget a named schedule splits), ``--first``
 (progressive: steps of each quick run), ``--outer``/``--inner`` (the uniform split), ``--solver``, ``--inner-eta``,
-``--outer-eta``, ``--grid``, ``--guidance``; ``--budget`` (stop at this NFE) and ``--deadline`` (seconds) where a
+``--outer-eta``, ``--grid``, ``--guidance``, ``--dtype`` (the compute dtype); ``--budget`` (stop at this NFE) and ``--deadline`` (seconds) where a
 command streams. Every default left out here comes from the family's ``RunDefaults``; every error names the
 option as typed (``RUN_OPTION_NAMES``).
 """
@@ -18,7 +18,8 @@ from .argtypes import nonneg_float, positive_float, positive_int, solver_choices
 RUN_OPTION_NAMES = {"schedule": "--schedule", "nfe": "--nfe", "first": "--first", "outer_steps": "--outer",
                     "inner_steps": "--inner", "inner_solver": "--solver", "inner_eta": "--inner-eta",
                     "outer_eta": "--outer-eta", "grid": "--grid", "guidance": "--guidance", "max_nfe": "--budget",
-                    "deadline": "--deadline", "calibration": "--calibration", "schedule_options": "--first"}
+                    "deadline": "--deadline", "calibration": "--calibration", "schedule_options": "--first",
+                    "dtype": "--dtype"}
 
 
 def add_schedule_args(g, outer_flag: str = "--outer", inner_flag: str = "--inner") -> None:
@@ -54,6 +55,25 @@ def add_solver_args(g, kind: str | None = None) -> None:
                    help="classifier-free guidance scale (default: the family's: 1.25 for the bundled model)")
 
 
+def add_dtype_arg(g) -> None:
+    """--dtype, the one definition every command shares (values: ``core.run.DTYPES``)."""
+    from ..bundled import RUN_DEFAULTS
+    from ..core.run import DTYPES
+    g.add_argument("--dtype", choices=("auto",) + DTYPES, default="auto",
+                   help=f"compute dtype (auto: the family's: {RUN_DEFAULTS.dtype} for the bundled model, which "
+                        f"offers float32 and bfloat16 (autocast); pipelines: float16 on cuda, else as saved/float32)")
+
+
+def device_dtype(args):
+    """(device, torch dtype) a pipeline is loaded with: --device (default cuda if available) and --dtype (auto:
+    float16 on cuda, float32 elsewhere)."""
+    import torch
+    from .argtypes import check_device
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = args.dtype if args.dtype not in (None, "auto") else ("float16" if device.startswith("cuda") else "float32")
+    return device, getattr(torch, name)
+
+
 def add_stop_args(g) -> None:
     g.add_argument("--budget", type=positive_int("--budget"), default=None, help="max NFE; best result within it")
     g.add_argument("--deadline", type=positive_float("--deadline"), default=None,
@@ -66,7 +86,7 @@ def run_options(args) -> dict:
     return dict(schedule=get("schedule"), nfe=get("nfe"), first=get("first"), outer_steps=get("outer"),
                 inner_steps=get("inner"), inner_solver=get("solver"), inner_eta=get("inner_eta"),
                 outer_eta=get("outer_eta"), grid=get("grid"), guidance=get("guidance"), max_nfe=get("budget"),
-                deadline=get("deadline"))
+                deadline=get("deadline"), dtype=get("dtype"))
 
 
 SAMPLE_OPTION_NAMES = {**RUN_OPTION_NAMES, "outer_steps": "--outer-steps", "inner_steps": "--inner-steps"}

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from .argtypes import check_device, check_listen, int_at_least, positive_float, tcp_port
+from .run_args import add_dtype_arg
 
 
 def add_model_args(s) -> None:
@@ -20,8 +21,7 @@ def add_model_args(s) -> None:
                         "jobs whose configuration it matches), 'auto' (bundled only, the default there: the "
                         "calibrations shipped with the package) or 'none'")
     s.add_argument("--device", default="cpu", help="torch device")
-    s.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                   help="pipeline weights dtype (default: as saved / float32)")
+    add_dtype_arg(s)
 
 
 def add_limit_args(s, batch_flag: str, batch_help: str) -> None:
@@ -75,7 +75,7 @@ def run(args) -> int:
         check_device(args.device)
         limits = Limits(args.max_batch, args.max_outer_steps, args.max_inner_steps, args.max_nfe, args.max_size,
                         args.max_deadline)
-        dtype = None if args.dtype is None else getattr(torch, args.dtype)
+        dtype = None if args.dtype in (None, "auto") else args.dtype   # auto: the family's (pipelines: as saved)
         backend = load_backend(args.pipeline, args.model_path, args.device, calibration=args.calibration,
                                dtype=dtype)
     except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as e:

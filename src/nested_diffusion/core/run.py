@@ -14,7 +14,9 @@ What the caller may give (canonical names; the authors' names are accepted as al
 * ``inner_solver`` (a registered name of the model's kind, or a Solver instance) and ``inner_eta`` (default:
   the registry's inner default, 0.85 for DDIM); ``outer_eta`` (default: the family's; None there means the one
   the inner solver implies, √(1−ᾱ_t) for DPM-Solver++); ``grid``; ``t_start``;
-* ``guidance``, a budget ``max_nfe`` and a ``deadline`` in seconds, a ``calibration``.
+* ``guidance``, a budget ``max_nfe`` and a ``deadline`` in seconds, a ``calibration``;
+* ``dtype``: the model's compute dtype ("float32", "bfloat16", "float16"; None or "auto": the family's, whose
+  None means the model's own — as saved, float16 on CUDA for the pipelines). The family says which it offers.
 
 ``names`` maps canonical names to the caller's own (``{"outer_steps": "--outer"}``), so every error names the
 option the user typed.
@@ -51,20 +53,24 @@ class RunDefaults:
     outer_eta: EtaSpec | None = 0.0   # None: the η the inner solver implies (registry ``outer_eta_default``)
     grid: str = "clean"
     guidance: float | None = None     # None: the model's own (a pipeline's ``guidance_scale`` default)
+    dtype: str | None = None          # the compute dtype (DTYPES); None: the model's own
 
     def __post_init__(self):
         check_kind(self.kind)
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype: default {self.dtype!r} is not one of {DTYPES}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule: default {self.schedule!r} is not one of {schedule_names()}")
 
 
+DTYPES = ("float32", "bfloat16", "float16")
 CORE_DEFAULTS = {VP: RunDefaults(), FLOW: RunDefaults(kind=FLOW, inner_solver="euler")}
 
 ALIASES = {"num_inference_steps": "outer_steps", "num_inner_steps": "inner_steps", "inner_scheduler": "inner_solver",
            "eta": "outer_eta", "total_nfe": "nfe"}
 OPTIONS = ("schedule", "nfe", "first", "schedule_options", "outer_steps", "inner_steps", "outer_times",
            "inner_solver", "inner_eta", "outer_eta", "grid", "t_start", "guidance", "max_nfe", "deadline",
-           "calibration")
+           "calibration", "dtype")
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class RunConfig(StepCounts):
     max_nfe: int | None = None
     deadline: float | None = None
     calibration: Any = field(default=None, compare=False)
+    dtype: str | None = None
 
     @property
     def solver_name(self) -> str:
@@ -123,7 +130,7 @@ class RunConfig(StepCounts):
         return dict(kind=self.kind, schedule=self.schedule, outer=self.outer_steps, inner=list(self.inner_steps),
                     outer_times=plain(self.outer_times), solver=self.solver_name, inner_eta=plain(self.inner_eta),
                     outer_eta=plain(self.outer_eta), grid=self.grid, t_start=self.t_start, guidance=self.guidance,
-                    budget=self.max_nfe, deadline=self.deadline)
+                    budget=self.max_nfe, deadline=self.deadline, dtype=self.dtype)
 
 
 def _fmt_time(t) -> str:
@@ -199,7 +206,8 @@ def _resolve(d: RunDefaults, n: _Names, T: int, o: dict) -> RunConfig:
                      outer_times=None if sched.outer_times is None else tuple(sched.outer_times),
                      inner_solver=solver, inner_eta=inner_eta, outer_eta=outer_eta, grid=grid, t_start=t_start,
                      guidance=_guidance(o.get("guidance"), d, n), max_nfe=_max_nfe(o.get("max_nfe"), n),
-                     deadline=_deadline(o.get("deadline"), n), calibration=o.get("calibration"))
+                     deadline=_deadline(o.get("deadline"), n), calibration=o.get("calibration"),
+                     dtype=_dtype(o.get("dtype"), d, n))
 
 
 def _t_start(t, kind: str, T: int, n: _Names):
@@ -320,6 +328,16 @@ def _implied_outer_eta(solver, kind: str):
     if entry is not None:
         return entry.outer_eta_default
     return SQRT_ONE_MINUS_ALPHA_BAR if getattr(solver, "is_dpm_solver", False) else 0.0
+
+
+def _dtype(v, d: RunDefaults, n: _Names) -> str | None:
+    """A dtype name (a torch.dtype is accepted); None or "auto": the family's default."""
+    if v is None or v == "auto":
+        return d.dtype
+    name = str(v).replace("torch.", "") if not isinstance(v, str) else v
+    if name not in DTYPES:
+        raise ValueError(f"{n('dtype')}: {v!r} is not a compute dtype; valid: auto, {', '.join(DTYPES)}")
+    return name
 
 
 def _guidance(g, d: RunDefaults, n: _Names):

@@ -302,6 +302,7 @@ class BundledBackend:
         from ..bundled import parse_classes
 
         run = resolve_job_run(req, self.family, self.num_train_timesteps)
+        run = run.replace(dtype=str(getattr(self.model, "compute_dtype", None) or "float32").replace("torch.", ""))
         seed = check_job(req, run, limits)
         sampler = self.sampler(run)            # model-dependent checks (steps that fit below t), no model call
         classes = parse_classes(_class_spec(req.classes))
