@@ -91,6 +91,18 @@ class GuidanceBanded:
         return (self.guided if t > self.floor else self.plain)(x, t, cond)
 
 
+class AutocastModel(torch.nn.Module):
+    """The float32 model under bfloat16 autocast: how the studies before issue 23 ran (``--autocast bf16``)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.null_class = model, model.config, model.null_class
+
+    def forward(self, x, t, labels):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.model(x, t, labels).float()
+
+
 class PreviewRefineSolver(NestedSolver):
     """Preview-then-refine as a nested run: every inner run starts at t_start from the same x_T (the outer step
     returns the state it was given), so run k is an independent run of its own length from the same noise."""
@@ -135,16 +147,16 @@ PRESETS = {
 }
 
 
-def build(cfg: dict, model, autocast):
+def build(cfg: dict, model):
     guidance = cfg.get("guidance", 2.0)
-    den = make_denoiser(model, guidance, autocast=autocast)
+    den = make_denoiser(model, guidance)
     if cfg.get("guidance_min_t"):
-        den = GuidanceBelow(den, make_denoiser(model, 1.0, autocast=autocast), int(cfg["guidance_min_t"]))
+        den = GuidanceBelow(den, make_denoiser(model, 1.0), int(cfg["guidance_min_t"]))
     if cfg.get("guidance_per_run"):
-        dens = [make_denoiser(model, float(g), autocast=autocast) for g in cfg["guidance_per_run"]]
+        dens = [make_denoiser(model, float(g)) for g in cfg["guidance_per_run"]]
         den = GuidancePerRun(dens, list(cfg["inner_steps"]), den.schedule.num_train_timesteps - 1)
     if cfg.get("guidance_banded"):
-        den = GuidanceBanded(den, make_denoiser(model, float(cfg.get("guidance_floor", 1.0)), autocast=autocast))
+        den = GuidanceBanded(den, make_denoiser(model, float(cfg.get("guidance_floor", 1.0))))
     steps = cfg["inner_steps"]
     cls = PreviewRefineSampler if cfg.get("preview_refine") else NestedSampler
     sampler = cls(den, len(steps), steps, cfg.get("solver", "ddpm"), cfg.get("inner_eta"),
@@ -192,10 +204,10 @@ def display_rules(sampler, marks: list[int], fills: list[float]) -> dict[str, li
 
 
 def evaluate(cfg: dict, args, model, ev: FDEvaluator, marks: list[int]) -> list[dict]:
-    sampler = build(cfg, model, args.autocast)
+    sampler = build(cfg, model)
     if sampler.total_nfe != args.budget:
         raise ValueError(f"{cfg['name']}: spends {sampler.total_nfe} NFE, not the budget {args.budget}")
-    info = dict(cfg, model=f"TinyUNet-{state_fingerprint(model)}", autocast=args.autocast, marks=marks,
+    info = dict(cfg, model=f"TinyUNet-{state_fingerprint(model)}", autocast=args.autocast, marks=marks, dtype=args.dtype,
                 inner=sampler.inner_steps, times=[int(t) for t in sampler.times[:-1]], format=2)
     key = json.dumps(info, sort_keys=True)
     cache = ChunkCache(Path(args.out) / "cache" / f"{cfg['name']}-{hashlib.sha256(key.encode()).hexdigest()[:12]}",
@@ -253,19 +265,25 @@ def main() -> None:
     ap.add_argument("--configs", type=Path, default=None, help="JSON list of schedules")
     ap.add_argument("--baseline", default=None, help="name of the schedule differences are taken to "
                                                     "(default: the first)")
-    ap.add_argument("--autocast", choices=("none", "bf16"), default="none")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="the bundled model's compute dtype, as `generate --dtype` (bfloat16: a weight copy)")
+    ap.add_argument("--autocast", choices=("none", "bf16"), default=None,
+                    help="before issue 23: bfloat16 autocast (kept to rerun the older logs; numerics differ from "
+                         "--dtype bfloat16 by rounding)")
     ap.add_argument("--fill", type=float, nargs="*", default=[0.25, 0.5, 0.75],
                     help="fill@f display rules to score (fractions of a run's steps)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/schedules")
     args = ap.parse_args()
-    args.autocast = None if args.autocast == "none" else args.autocast
+    args.autocast = None if args.autocast in (None, "none") else args.autocast
     torch.set_num_threads(args.threads)
     configs = (PRESETS[args.preset](args.budget) if args.preset else []) + \
         (json.loads(args.configs.read_text()) if args.configs else [])
     if not configs:
         raise SystemExit("error: give --preset or --configs")
-    model = load_unet()
+    model = load_unet(dtype=args.dtype)
+    if args.autocast:
+        model = AutocastModel(model)
     marks = nfe_marks(args.budget, args.step)
     extractor = load_feature_classifier()
     ref = fashion_reference(extractor, heldout=args.samples, cache_dir=Path(args.out) / "reference")
@@ -282,14 +300,14 @@ def main() -> None:
                                              **bootstrap_spread(r["_boot"][:, -1] - base_final))
         r.pop("_boot")
     doc = dict(budget=args.budget, samples=args.samples, seeds=[args.seed, args.seed + args.samples - 1],
-               step=args.step, autocast=args.autocast, baseline=base["config"]["name"], rows=rows,
+               step=args.step, autocast=args.autocast, dtype=args.dtype, baseline=base["config"]["name"], rows=rows,
                metric="FD on the project FashionClassifier's 128-d features (not Inception FID)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = args.preset or (args.configs.stem if args.configs else "configs")
     atomic_write_json(out / f"schedules-{tag}-{args.budget}-{args.samples}.json", doc)
     print(f"{args.samples} samples, seeds {args.seed}..{args.seed + args.samples - 1}, budget {args.budget} NFE, "
-          f"autocast {args.autocast}; differences vs {base['config']['name']} (paired bootstrap std)")
+          f"dtype {args.dtype}, autocast {args.autocast}; differences vs {base['config']['name']} (paired bootstrap std)")
     for r in rows:
         d = r.get("final_minus_baseline")
         rel = f"{100 * d['point'] / base['final_fd']:+.1f}% ± {100 * d['std'] / base['final_fd']:.1f}" if d else "—"

@@ -20,7 +20,7 @@ DEMO_GUIDANCE = 1.25
 # 20-step inner runs, then one of 60), learned-variance DDPM inner, deterministic DDIM outer, guidance 1.25
 RUN_DEFAULTS = RunDefaults(schedule="progressive", nfe=100, outer_steps=5, inner_steps=20, inner_solver="ddpm",
                            outer_eta=0.0, guidance=DEMO_GUIDANCE, dtype="float32")
-# the compute dtypes the bundled model offers (bfloat16: autocast, ``TinyUNet.set_compute_dtype``)
+# the compute dtypes the bundled model offers (bfloat16: a bfloat16 copy of the weights, ``TinyUNet.set_compute_dtype``)
 DTYPES = ("float32", "bfloat16")
 
 
@@ -52,40 +52,27 @@ def compute_dtype(dtype: "str | torch.dtype | None", option: str = "dtype") -> t
     for a dtype it does not offer."""
     name = "float32" if dtype is None else str(dtype).replace("torch.", "")
     if name not in DTYPES:
-        raise ValueError(f"{option}: the bundled model computes in {' or '.join(DTYPES)} (bfloat16 = autocast), "
-                         f"got {name}")
+        raise ValueError(f"{option}: the bundled model computes in {' or '.join(DTYPES)}, got {name}")
     return getattr(torch, name)
 
 
 def load_unet(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
               dtype: "str | torch.dtype | None" = None) -> TinyUNet:
     """The bundled (or a ``from_pretrained`` folder's) TinyUNet on ``device``, computing in ``dtype`` (None:
-    float32; "bfloat16": autocast, the weights stay float32). Surfaces pass the run's resolved ``dtype``, whose
+    float32; "bfloat16": on a bfloat16 copy of the weights, ``TinyUNet.set_compute_dtype``). Surfaces pass the run's resolved ``dtype``, whose
     default is the family's (``RUN_DEFAULTS.dtype``)."""
     dt = compute_dtype(dtype)
     return TinyUNet.from_pretrained(path or bundled_model_path(), device=device).set_compute_dtype(dt)
 
 
-AUTOCAST = (None, "bf16")
-
-
 def make_denoiser(model: TinyUNet, guidance_scale: float = DEFAULT_GUIDANCE, check_finite: bool = True,
-                  clip_x0: float | None = 1.0, autocast: str | None = None) -> ModelDenoiser:
+                  clip_x0: float | None = 1.0) -> ModelDenoiser:
     """CFG in the denoiser (hence in the inner process only, as in the paper); a guided pair is one NFE.
-    The conditioning passed to the samplers is the (B,) tensor of class labels. ``autocast="bf16"`` runs the
-    network's forward under bfloat16 autocast (outputs float32; the sampler's maths stays float32): about 2.3×
-    faster on CPUs with AMX, not bit-identical to float32 (docs/RESULTS.md measures the FD change)."""
-    if autocast not in AUTOCAST:
-        raise ValueError(f"autocast: {autocast!r} is not valid; use one of {AUTOCAST}")
-
-    def net(x, t, labels):
-        if autocast is None:
-            return model(x, t, labels)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):   # a study's switch; surfaces set the model's
-            return model(x, t, labels).float()                      # compute dtype (load_unet(dtype=...))
+    The conditioning passed to the samplers is the (B,) tensor of class labels. The network computes in the
+    model's own dtype (``load_unet(dtype=...)``); the sampler's maths stays float32."""
     null = lambda b, device: torch.full((b,), model.null_class, dtype=torch.long, device=device)  # noqa: E731
     # guide the v-prediction channels only; the variance channel comes from the conditional half (as DiT)
-    guided = ClassifierFreeGuidance(net, guidance_scale, null, channels=model.config["in_channels"])
+    guided = ClassifierFreeGuidance(model, guidance_scale, null, channels=model.config["in_channels"])
     return ModelDenoiser(guided, model.config["schedule"], model.config["prediction_type"],
                          learned_variance=model.config["learned_variance"], clip_x0=clip_x0,
                          check_finite=check_finite)

@@ -48,7 +48,7 @@ def resolve_calibration(choice: str, sampler: "NestedSampler | dict", unet: torc
     predictions, ≈ 7% more time on the demo), "none", or a calibration file (ValueError if it was made for another
     configuration) — through the one resolver, ``core.expected_change.resolve_calibration``. ``sampler``: the
     sampler, or its settings (``core.nested.calibration_settings`` of a run)."""
-    settings = sampler if isinstance(sampler, dict) else sampler.calibration_settings("first")
+    settings = sampler if isinstance(sampler, dict) else sampler.calibration_settings()
     cal = resolve(choice, settings, lambda: model_identity(unet, guidance), find_shipped, option="--calibration")
     if cal is not None and cal.uses_feature_signals() and cal.features is None:
         cal.features = classifier_feature_function()[0]

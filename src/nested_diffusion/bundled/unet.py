@@ -6,6 +6,7 @@ predictor (needed by DDRM). Output: the v-prediction and, DiT style, the varianc
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -37,10 +38,10 @@ class ResBlock(nn.Module):
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))     # in place: the norms' outputs are fresh tensors
         scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
         h = self.norm2(h) * (1 + scale) + shift
-        return self.skip(x) + self.conv2(F.silu(h))
+        return self.skip(x) + self.conv2(F.silu(h, inplace=True))
 
 
 class SelfAttention(nn.Module):
@@ -63,10 +64,14 @@ class SelfAttention(nn.Module):
 class TinyUNet(nn.Module, PretrainedMixin):
     """Class-conditional UNet; label ``num_classes`` is the null class used for classifier-free guidance.
 
-    ``compute_dtype`` (``set_compute_dtype``): None runs the forward in float32; ``torch.bfloat16`` runs it under
-    bfloat16 autocast (weights, inputs and outputs stay float32), in whatever thread calls the model."""
+    ``compute_dtype`` (``set_compute_dtype``): None runs the forward in float32; ``torch.bfloat16`` runs it on a
+    bfloat16 copy of the weights (activations in bfloat16 end to end: no casts per layer, which is what makes it
+    pay on CPU), in whatever thread calls the model; inputs and outputs stay float32. The copy is not a submodule:
+    ``state_dict``, ``save_pretrained`` and weight fingerprints see the float32 weights only; it is remade on
+    ``.to()``/``.cuda()``, and a model trained after ``set_compute_dtype`` must call it again."""
 
     compute_dtype: torch.dtype | None = None
+    _low: "TinyUNet | None" = None
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, channels: tuple[int, int] = (48, 96),
                  num_classes: int = 10, prediction_type: str = "v", learned_variance: bool = True,
@@ -104,11 +109,22 @@ class TinyUNet(nn.Module, PretrainedMixin):
         return self.num_classes
 
     def set_compute_dtype(self, dtype: torch.dtype | None) -> "TinyUNet":
-        """None or float32: plain float32; bfloat16: the forward under bfloat16 autocast. Returns the model."""
+        """None or float32: plain float32; bfloat16: the forward on a bfloat16 copy of the weights. Returns the
+        model."""
         if dtype not in (None, torch.float32, torch.bfloat16):
             raise ValueError(f"dtype: the TinyUNet computes in float32 or bfloat16, got {dtype}")
-        self.compute_dtype = None if dtype in (None, torch.float32) else dtype
+        self.compute_dtype, self._low = None, None
+        if dtype == torch.bfloat16:
+            low = copy.deepcopy(self).to(dtype)
+            self.compute_dtype = dtype
+            object.__setattr__(self, "_low", low)   # not registered: no state_dict entry, no parameters
         return self
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        if self.compute_dtype is not None:          # .to()/.cuda(): remake the low-precision copy from the weights
+            self.set_compute_dtype(self.compute_dtype)
+        return out
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, C, 28, 28); t: (B,) integer times; class_labels: (B,) in 0…num_classes (num_classes = null).
@@ -116,16 +132,12 @@ class TinyUNet(nn.Module, PretrainedMixin):
         Returns (B, C·g, 28, 28): the v-prediction, then (if learned_variance) the variance value in [−1, 1]-ish
         (float32 whatever the compute dtype).
         """
-        if self.compute_dtype is None:
-            return self._forward(x, t, class_labels)
-        with torch.autocast(x.device.type, dtype=self.compute_dtype):
-            return self._forward(x, t, class_labels).float()
-
-    def _forward(self, x: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None) -> torch.Tensor:
+        if self._low is not None:
+            return self._low(x.to(self.compute_dtype), t, class_labels).float()
         b = x.shape[0]
         if class_labels is None:
             class_labels = torch.full((b,), self.num_classes, dtype=torch.long, device=x.device)
-        e = self.time_mlp(timestep_embedding(t.reshape(-1).expand(b), self.config["channels"][0]))
+        e = self.time_mlp(timestep_embedding(t.reshape(-1).expand(b), self.config["channels"][0]).to(x.dtype))
         e = F.silu(e + self.class_emb(class_labels))
         s0 = self.stem(F.pixel_unshuffle(x, 2))
         s1 = self.down0(s0, e)

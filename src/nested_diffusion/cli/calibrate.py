@@ -72,7 +72,7 @@ def setup(args):
                 else f"{run.schedule}-{run.inner_total}")
     args.solver = run.solver_name
     sampler = build_checked(NestedSampler.from_run, den, run)
-    config = {"sampler": sampler.calibration_settings("first"), "model": model_identity(unet, guidance)}
+    config = {"sampler": sampler.calibration_settings(), "model": model_identity(unet, guidance)}
     fx = load_feature_classifier(args.classifier)
     labels = lambda seeds: torch.tensor([classes[s % len(classes)] for s in seeds])  # noqa: E731
     return sampler, config, fx, labels, classes

@@ -155,7 +155,7 @@ def setup(args):
     source = ({"prompts": info["prompts"], "negative_prompt": info.get("negative_prompt")} if fam.takes_prompt
               else {"class_labels": info["labels"]})
     source["conditioning"] = "seed s: prompt/label s mod count"
-    config = {"sampler": sampler.calibration_settings("first"), "model": sampler_identity(sampler),
+    config = {"sampler": sampler.calibration_settings(), "model": sampler_identity(sampler),
               "calibration_set": source}
     fx = feature_network(args.feature_model, device_dtype(args)[0])
     classify = classifier_id = None

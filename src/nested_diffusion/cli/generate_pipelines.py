@@ -138,6 +138,7 @@ def build_pipeline_runs(args, family) -> tuple[list, dict]:
     guidance = run.guidance if run.guidance is not None else family.guidance_default()
     calibration = _calibration(args, family)
     device, dtype = device_dtype(args)
+    run = run.replace(dtype=str(dtype).replace("torch.", ""))     # the dtype the pipeline is loaded in
     pipe = family.load(args.model_path, device, dtype)
     cond, items, described = _conditioning(args, family, pipe)
     seeds = [args.seed + i for i in range(len(items))]
@@ -164,7 +165,7 @@ def build_pipeline_runs(args, family) -> tuple[list, dict]:
     total = lambda r: sum(r.build_inner().nfe(s) for s in r.inner_steps)  # noqa: E731
     built = [(name, r, total(r), stream_of(r)) for name, r in runs]
     settings = dict(family=family.name, conditioning=described, seeds=seeds, **run.record(), guidance_scale=guidance,
-                    model=str(args.model_path), device=device, dtype=str(dtype).replace("torch.", ""),
+                    model=str(args.model_path), device=device,
                     calibration=None if calibration is None else str(calibration))
     return built, settings
 
@@ -193,6 +194,5 @@ def _generic_runs(args, family, pipe, cond, seeds, runs, run, guidance, describe
     record = {k: v for k, v in run.record().items() if k not in ("solver", "inner_eta", "guidance")}
     settings = dict(family=family.name, conditioning=described, seeds=seeds, **record, guidance=guidance,
                     solver=f"{type(pipe.scheduler).__name__} (the pipeline's own)", model=str(args.model_path),
-                    device=device, dtype=str(dtype).replace("torch.", ""),
-                    calibration=None if calibration is None else str(calibration))
+                    device=device, calibration=None if calibration is None else str(calibration))
     return built, settings

@@ -61,7 +61,7 @@ def add_dtype_arg(g) -> None:
     from ..core.run import DTYPES
     g.add_argument("--dtype", choices=("auto",) + DTYPES, default="auto",
                    help=f"compute dtype (auto: the family's: {RUN_DEFAULTS.dtype} for the bundled model, which "
-                        f"offers float32 and bfloat16 (autocast); pipelines: float16 on cuda, else as saved/float32)")
+                        f"offers float32 and bfloat16; pipelines: float16 on cuda, else as saved/float32)")
 
 
 def device_dtype(args):

@@ -6,6 +6,7 @@ Solver, so nesting three or more levels is just composition. ``NestedSampler`` a
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable, Iterator, Sequence
 
@@ -117,10 +118,32 @@ class NestedSolver(Solver):
         return ddim_step(x, x0_hat, a, a_next, eta, z)
 
 
-PREVIEW_MODES = ("first", "all", "none")
+PREVIEW_MODES = ("first", "all", "none", "fill")
+# "fill" (fill the silent middle of a long inner run): the updates of "first", and in every later inner run of at
+# least FILL_MIN_NFE model calls its x̂0 once the run has made FILL_FROM of its calls — from there on it is better
+# than the last finished result (measured on held-out seeds, docs/RESULTS.md "The anytime frontier")
+FILL_FROM = 0.5
+FILL_MIN_NFE = 40
 
 
-def _check_stream_args(shape, previews) -> tuple[int, ...]:
+def preview_shown(previews: str, run: int, call: int, run_nfe: int) -> bool:
+    """Whether an x̂0 preview of inner run ``run`` (0-based) after ``call`` of its ``run_nfe`` model calls is an
+    update in preview mode ``previews`` (a run's end always is). The one rule of every stream: the samplers',
+    the stock-pipeline wrapper's and the calibration runs'."""
+    if previews == "none":
+        return False
+    if run == 0 or previews == "all":
+        return True
+    return previews == "fill" and run_nfe >= FILL_MIN_NFE and call >= math.ceil(FILL_FROM * run_nfe)
+
+
+def default_previews(run_nfe: Sequence[int]) -> str:
+    """The preview mode of a run whose caller names none: "fill" when its last inner run is long (at least
+    FILL_MIN_NFE calls and twice the first run's), "first" otherwise (the paper's uniform splits)."""
+    return "fill" if len(run_nfe) > 1 and run_nfe[-1] >= max(FILL_MIN_NFE, 2 * run_nfe[0]) else "first"
+
+
+def _check_stream_args(shape, previews) -> tuple[int, ...]:  # previews None: resolved before
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ValueError(f"shape: expected (batch, channels, ...) with positive sizes, got {shape}")
@@ -225,8 +248,17 @@ class NestedSampler:
                           calibration=calibration, schedule=schedule, nfe=budget, schedule_options=options or None)
         return cls(denoiser, run=run)
 
+    @property
+    def run_nfe(self) -> list[int]:
+        """Model calls of each inner run."""
+        return [self.solver.inner.nfe(s) for s in self.inner_steps]
+
+    @property
+    def default_previews(self) -> str:
+        return default_previews(self.run_nfe)
+
     def stream(self, seeds: NoiseSource | Sequence[int] | int, shape: Sequence[int], cond: Any = None,
-               max_nfe: int | None = None, deadline: float | None = None, previews: str = "first",
+               max_nfe: int | None = None, deadline: float | None = None, previews: str | None = None,
                x_T: torch.Tensor | None = None, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, stop: "Callable[[], bool] | Any | None" = None,
                grad: bool = False, wrap_denoiser: Callable[[Denoiser], Denoiser] | None = None,
@@ -239,13 +271,16 @@ class NestedSampler:
         without autograd unless ``grad=True``. ``wrap_denoiser(denoiser) -> denoiser`` wraps the denoiser for
         this run only (timers, call counters); the sampler itself is not changed. ``calibration`` (for this
         configuration, else ValueError) attaches an ``ExpectedChange`` to every update, from signals the run
-        already has (no extra NFE)."""
+        already has (no extra NFE). ``previews``: which x̂0 predictions are updates besides the finished inner
+        runs — "first" (the first run's), "fill" ("first" plus a long later run's from FILL_FROM of its calls),
+        "all", "none"; None: ``default_previews`` ("fill" for a schedule whose last run is long)."""
+        previews = self.default_previews if previews is None else previews
         shape = _check_stream_args(shape, previews)
         max_nfe, deadline = check_budget(self.config.max_nfe if max_nfe is None else max_nfe,
                                          self.config.deadline if deadline is None else deadline)
         own = calibration is None   # the run's own calibration was checked once, when the sampler was built
         calibration = self.calibration if own else calibration
-        if calibration is not None and (not own or previews != "first"):
+        if calibration is not None and (not own or previews != self.default_previews):
             calibration.check(self.calibration_settings(previews))
         tracker = None if calibration is None else calibration.tracker()
         should_stop = stop_check(stop)
@@ -256,7 +291,8 @@ class NestedSampler:
         if tuple(x.shape) != shape:
             raise ValueError(f"x_T: expected shape {shape}, got {tuple(x.shape)}")
         budget = self.total_nfe if max_nfe is None else min(int(max_nfe), self.total_nfe)
-        run_end = np.cumsum([self.solver.inner.nfe(s) for s in self.inner_steps]).tolist()
+        run_nfe = self.run_nfe
+        run_end = np.cumsum(run_nfe).tolist()
         start = time.perf_counter()
         ev = None
         denoiser = self.denoiser if wrap_denoiser is None else wrap_denoiser(self.denoiser)
@@ -270,7 +306,7 @@ class NestedSampler:
                     return
                 if tracker is not None:
                     track(tracker, ev, den.last_var, shape[0])
-                if self._shown(ev, previews):
+                if self._shown(ev, previews, run_nfe):
                     u = self._update(ev, elapsed)
                     if tracker is not None:
                         u.expected_change = calibration.predict(u.nfe, tracker.update(u.x0))
@@ -288,16 +324,19 @@ class NestedSampler:
         finally:
             events.close()
 
-    def calibration_settings(self, previews: str = "first") -> dict:
-        """The sampler settings a calibration is made for (the denoiser's identity is the caller's part)."""
+    def calibration_settings(self, previews: str | None = None) -> dict:
+        """The sampler settings a calibration is made for (the denoiser's identity is the caller's part);
+        ``previews`` None: the run's default mode."""
         return calibration_settings(self.config, getattr(self.denoiser.schedule, "num_train_timesteps", None),
                                     previews)
 
     @staticmethod
-    def _shown(ev: SolverEvent, previews: str) -> bool:
-        if previews == "none" and ev.source == X0_PREVIEW:
-            return False
-        return ev.changed or (previews == "all" and ev.sub is not None and ev.step > 0)
+    def _shown(ev: SolverEvent, previews: str, run_nfe: Sequence[int]) -> bool:
+        if ev.source == X0_PREVIEW and ev.step == 0:
+            return previews != "none" and ev.changed
+        if ev.changed:               # a finished inner run
+            return True
+        return ev.sub is not None and preview_shown(previews, ev.step, ev.sub.nfe, run_nfe[ev.step])
 
     def _update(self, ev: SolverEvent, elapsed: float) -> AnytimeUpdate:
         k = ev.step
@@ -316,10 +355,12 @@ class NestedSampler:
         return last
 
 
-def calibration_settings(run: RunConfig, num_train_timesteps: int | None, previews: str = "first") -> dict:
+def calibration_settings(run: RunConfig, num_train_timesteps: int | None, previews: str | None = None) -> dict:
     """The settings of ``run`` a calibration is made for (its hash input; the model's identity is the caller's
-    part), known before any sampler is built."""
+    part), known before any sampler is built; ``previews`` None: the run's default mode (``default_previews``)."""
     inner = run.build_inner()
+    if previews is None:
+        previews = default_previews([inner.nfe(s) for s in run.inner_steps])
     settings = dict(outer_steps=run.outer_steps, inner_steps=list(run.inner_steps), inner_solver=inner.name,
                     inner_eta=getattr(inner, "eta", None), outer_eta=run.outer_eta, grid=run.grid,
                     t_start=run.t_start, previews=previews, num_train_timesteps=num_train_timesteps)

@@ -3,7 +3,8 @@
 One chunk = one batch of seeds run to the end with ``previews="all"`` (the trajectory is the same as with
 ``"first"``; only what is yielded differs). Kept, in model space:
 
-* ``updates`` (N, U, C, H, W): the images a ``previews="first"`` stream shows, in order (the last is the final);
+* ``updates`` (N, U, C, H, W): the images a stream in the run's default preview mode shows (``previews="first"``,
+  or "fill" for a schedule with a long last run: ``core.nested.default_previews``), in order (the last is the final);
 * ``firsts``  (N, K, C, H, W): the first x̂0 prediction of each of the K inner runs;
 * ``var``     (N, NFE): the mean learned-variance value of each denoiser call (NaN where the model has none);
 * the updates' positions (nfe, outer_step, inner_step, t), the seeds and labels.
@@ -26,7 +27,7 @@ import torch
 
 from ..core.denoisers import DenoiserOutput
 from ..core.events import INNER_RESULT
-from ..core.nested import NestedSampler
+from ..core.nested import NestedSampler, preview_shown
 from ..io import atomic_save_npz
 
 
@@ -54,12 +55,13 @@ def run_chunk(sampler: NestedSampler, seeds: Sequence[int], shape: Sequence[int]
         return recorders[-1]
 
     updates, firsts, pos = [], [], []
+    mode, run_nfe = sampler.default_previews, sampler.run_nfe
     steps_only = getattr(sampler, "learned_variance", True) is False   # e.g. a stock pipeline (factories_generic):
     wrap = None if steps_only else record     # its wrap sees transformer forwards, and its model has no variance
     for u in sampler.stream(list(seeds), shape, cond, previews="all", wrap_denoiser=wrap):
         if u.inner_step == 1:
             firsts.append(u.x0.detach().float().cpu())
-        if u.outer_step == 1 or u.source == INNER_RESULT:
+        if u.source == INNER_RESULT or preview_shown(mode, u.outer_step - 1, u.inner_step, run_nfe[u.outer_step - 1]):
             updates.append(u.x0.detach().float().cpu())
             pos.append((u.nfe, u.outer_step, u.inner_step, u.t))
     if steps_only:

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import torch
 
 from ..core.events import INNER_RESULT, X0_PREVIEW, AnytimeUpdate
-from ..core.nested import PREVIEW_MODES, stop_check
+from ..core.nested import PREVIEW_MODES, default_previews, preview_shown, stop_check
 from ..core.registry import FLOW
 from ..core.run import RunConfig, RunDefaults, resolve_run
 from .nested_scheduler import GENERIC_DEFAULTS, NestedScheduler, NestedSchedulerError, scheduler_kind
@@ -148,7 +148,7 @@ OWNED = {"callback_on_step_end": "anytime() reports through the pipeline's callb
 def anytime(pipe: Any, *args, outer_steps: int | None = None, inner_steps: Any = None, schedule: Any = None,
             nfe: int | None = None, first: int | None = None, outer_times: Any = None, outer_eta: Any = None,
             inner_eta: Any = None, grid: str | None = None, t_start: Any = None, seed: Any = None,
-            max_nfe: int | None = None, deadline: float | None = None, stop: Any = None, previews: str = "first",
+            max_nfe: int | None = None, deadline: float | None = None, stop: Any = None, previews: str | None = None,
             preview_vae: Any = None, preview_results: bool = False, decode: bool = True, calibration: Any = None,
             **call_kwargs) -> Iterator[PipelineUpdate]:
     """Anytime generation with Nested Diffusion on a stock diffusers text-to-image / text-to-video pipeline.
@@ -157,7 +157,8 @@ def anytime(pipe: Any, *args, outer_steps: int | None = None, inner_steps: Any =
     The run: ``outer_steps`` × ``inner_steps``, or ``schedule`` ("uniform", "progressive") with ``nfe`` (and
     ``first``), ``outer_times``, ``outer_eta`` (stochastic: per-sample noise from ``seed``), ``inner_eta``,
     ``grid``, ``t_start`` — resolved by ``core.run.resolve_run`` with the family's defaults. Yields
-    ``PipelineUpdate`` s: the x̂0 previews of the first inner run (``previews``: "first", "all" or "none") and the
+    ``PipelineUpdate`` s: the x̂0 previews of the first inner run (``previews``: "first", "fill", "all", "none";
+    None: ``core.nested.default_previews``, "fill" for a schedule with a long last run) and the
     result of every finished inner run, each decoded with the pipeline's VAE (``preview_vae``: an
     ``AutoencoderTiny`` for the previews, and with ``preview_results`` for intermediate results too; the final
     result always uses the VAE). Stops within one model call when the loop is left, when ``stop`` (a callable
@@ -182,8 +183,9 @@ def anytime(pipe: Any, *args, outer_steps: int | None = None, inner_steps: Any =
         if call_kwargs.get(name) is not None:
             raise ValueError(f"{name}: not an argument of anytime() ({why})")
     call_kwargs = {k: v for k, v in call_kwargs.items() if k not in OWNED and k != "return_dict"}
-    if previews not in PREVIEW_MODES:
-        raise ValueError(f"previews: {previews!r} is not valid; use one of {PREVIEW_MODES}")
+    if previews is not None and previews not in PREVIEW_MODES:
+        raise ValueError(f"previews: {previews!r} is not valid; use one of {PREVIEW_MODES} (or None: the "
+                         f"schedule's default)")
     if decode and fam is None:
         raise ValueError(f"decode: the latent layout of {type(pipe).__name__} is not in the family table "
                          f"(pipelines.any_pipeline.GENERIC_FAMILIES); pass decode=False for x̂0 latents")
@@ -201,13 +203,14 @@ def anytime(pipe: Any, *args, outer_steps: int | None = None, inner_steps: Any =
                       num_train_timesteps=int(scheduler.config.get("num_train_timesteps", 1000)),
                       **{k: v for k, v in options.items() if v is not None})
     nested = NestedScheduler(scheduler, inner_eta=inner_eta, seed=seed, run=run.replace(max_nfe=None, deadline=None))
+    previews = default_previews(list(run.inner_steps)) if previews is None else previews
     cal = _calibration(calibration, pipe, scheduler, run, previews, inner_eta, call_kwargs)
     return _stream(pipe, scheduler, nested, run, fam, args, call_kwargs, should_stop, previews, preview_vae,
                    bool(preview_results), decode, cal)
 
 
 def generic_configuration(pipe: Any, run: RunConfig, guidance_scale: float, height: int | None = None,
-                          width: int | None = None, previews: str = "first") -> dict:
+                          width: int | None = None, previews: str | None = None) -> dict:
     """What identifies an ``anytime`` run of ``pipe`` in a calibration: {"sampler": the run's calibration settings
     (``core.nested.calibration_settings``, as the calibrate runner's sampler computes them), "model": the call's
     identity (``pipelines.expected_change.call_identity``: pipeline class, weights, guidance, size)}."""
@@ -268,7 +271,7 @@ def _stream(pipe, scheduler, nested: NestedScheduler, run: RunConfig, fam, args,
             should_stop()           # ``stop`` is called exactly once per model call (a caller may count with it)
             halt(p)
             return {}
-        shown = info.run_end or (previews != "none" and (k == 0 or previews == "all"))
+        shown = info.run_end or preview_shown(previews, k, info.j + 1, info.run_steps)
         change = None if tracker is None else _track(tracker, calibration, info, shown)
         if shown:
             messages.put(("update", (info, change), time.perf_counter() - start[0]))

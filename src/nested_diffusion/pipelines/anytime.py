@@ -50,8 +50,9 @@ def check_call_args(max_nfe: Any, deadline: Any, previews: Any, output_type: Any
     """Argument checks shared by the pipelines (the run options themselves — steps, solvers, grid — are
     ``core.run``'s); all run before any model call."""
     check_budget(max_nfe, deadline)
-    if previews not in PREVIEW_MODES:
-        raise ValueError(f"previews: {previews!r} is not valid; use one of {PREVIEW_MODES}")
+    if previews is not None and previews not in PREVIEW_MODES:
+        raise ValueError(f"previews: {previews!r} is not valid; use one of {PREVIEW_MODES} (or None: the "
+                         f"schedule's default)")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type: {output_type!r} is not valid; use one of {OUTPUT_TYPES}")
     bad = [k for k in (tensor_inputs or []) if k not in allowed_inputs]

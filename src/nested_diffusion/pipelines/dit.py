@@ -79,7 +79,7 @@ class NestedDiTPipeline(AnytimeIterMixin, DiTPipeline):
         return_dict: bool = True,
         max_nfe: int | None = None,
         deadline: float | None = None,
-        previews: str = "first",
+        previews: str | None = None,
         grid: str | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,

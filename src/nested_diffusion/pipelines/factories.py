@@ -165,7 +165,7 @@ class PipelineSampler(NestedSampler):
         self.steps = step_arguments(outer, inner, schedule, total_nfe)
         self.decode_batch = int(decode_batch)
 
-    def stream(self, seeds, shape, cond=None, max_nfe=None, deadline=None, previews="first", x_T=None,
+    def stream(self, seeds, shape, cond=None, max_nfe=None, deadline=None, previews=None, x_T=None,
                device=None, dtype=None, stop=None, grad=False, wrap_denoiser=None, calibration=None):
         shape = check_stream_batch(shape, self.latent_shape, cond, f"{self.cond_arg} entry")
         pipe_device = self.pipe._execution_device

@@ -96,7 +96,7 @@ class GenericPipelineSampler(FlowNestedSampler):
         self.cond_arg = "prompt"
         self.calibration = None
 
-    def stream(self, seeds, shape, cond=None, max_nfe=None, deadline=None, previews="first", x_T=None,
+    def stream(self, seeds, shape, cond=None, max_nfe=None, deadline=None, previews=None, x_T=None,
                device=None, dtype=None, stop=None, grad=False, wrap_denoiser=None, calibration=None):
         from .any_pipeline import anytime
         shape = check_stream_batch(shape, self.latent_shape, cond, "prompt")

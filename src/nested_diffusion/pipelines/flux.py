@@ -75,7 +75,7 @@ class NestedFluxPipeline(AnytimeIterMixin, FluxPipeline):
         joint_attention_kwargs: dict[str, Any] | None = None,
         max_nfe: int | None = None,
         deadline: float | None = None,
-        previews: str = "first",
+        previews: str | None = None,
         grid: str | None = None,
         preview: str | None = None,
         preview_vae: Any = None,

@@ -81,7 +81,7 @@ class NestedStableDiffusion3Pipeline(AnytimeIterMixin, StableDiffusion3Pipeline)
         clip_skip: int | None = None,
         max_nfe: int | None = None,
         deadline: float | None = None,
-        previews: str = "first",
+        previews: str | None = None,
         grid: str | None = None,
         preview: str | None = None,
         preview_vae: Any = None,

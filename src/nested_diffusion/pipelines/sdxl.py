@@ -88,7 +88,7 @@ class NestedStableDiffusionXLPipeline(AnytimeIterMixin, StableDiffusionXLPipelin
         clip_skip: int | None = None,
         max_nfe: int | None = None,
         deadline: float | None = None,
-        previews: str = "first",
+        previews: str | None = None,
         grid: str | None = None,
         preview: str | None = None,
         preview_vae: Any = None,

@@ -83,7 +83,7 @@ class NestedStableDiffusionPipeline(AnytimeIterMixin, StableDiffusionPipeline):
         return_dict: bool = True,
         max_nfe: int | None = None,
         deadline: float | None = None,
-        previews: str = "first",
+        previews: str | None = None,
         grid: str | None = None,
         guidance_rescale: float = 0.0,
         cross_attention_kwargs: dict[str, Any] | None = None,

@@ -478,7 +478,7 @@ class PipelineBackend:
         from ..pipelines.expected_change import call_identity
         sampler = self._sampler(prep, prep.run) if sampler is None else sampler
         size = {k: prep.extra[k] for k in ("height", "width") if k in prep.extra}
-        return {"sampler": sampler.calibration_settings("first"), "model": call_identity(self.pipe, prep.guidance,
+        return {"sampler": sampler.calibration_settings(), "model": call_identity(self.pipe, prep.guidance,
                                                                                          **size)}
 
     def _calibration(self, prep: Prepared, sampler: Any) -> Any:
