@@ -28,6 +28,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_schedule_args(g)
     add_solver_args(g, kind=None)   # every kind: the family's resolver says which fit
     add_stop_args(g)
+    from ..core.nested import PREVIEW_MODES
+    g.add_argument("--previews", choices=PREVIEW_MODES, default=None,
+                   help="which x̂0 predictions are updates besides the finished inner runs: first (the first run's), "
+                        "fill (also each later run's from half its calls: closer to the final, blurrier), all, "
+                        "none (default: the run's, core.nested.default_previews: first)")
     g.add_argument("--vanilla", action="store_true",
                    help="also run vanilla sampling at the same NFE (outer=1) and write it to OUT/vanilla/")
     g.add_argument("--model", default=None, help="a from_pretrained folder (default: the bundled model)")
@@ -63,7 +68,8 @@ def build_samplers(args) -> tuple[list, dict, list[int]]:
     model = load_unet(args.model, dtype=compute_dtype(run.dtype, "--dtype"))
     den = make_denoiser(model, run.guidance)
     T = den.schedule.num_train_timesteps
-    run = run.replace(calibration=resolve_calibration(args.calibration, calibration_settings(run, T), model,
+    settings_for = calibration_settings(run, T, args.previews)
+    run = run.replace(calibration=resolve_calibration(args.calibration, settings_for, model,
                                                       run.guidance))
     samplers = [("nested", build_checked(NestedSampler.from_run, den, run))]
     if args.vanilla:
@@ -92,7 +98,7 @@ def run(args) -> int:
         family = check_family_options(args)
         if family.is_bundled:
             samplers, settings, classes = build_samplers(args)
-            runs = [(name, s.config, s.total_nfe, _bundled_stream(s, settings["seeds"], classes))
+            runs = [(name, s.config, s.total_nfe, _bundled_stream(s, settings["seeds"], classes, args.previews))
                     for name, s in samplers]
         else:
             runs, settings = build_pipeline_runs(args, family)
@@ -107,9 +113,9 @@ def run(args) -> int:
     return 0
 
 
-def _bundled_stream(sampler, seeds: list[int], classes: list[int]):
+def _bundled_stream(sampler, seeds: list[int], classes: list[int], previews: str | None):
     import torch
-    return lambda: sampler.stream(seeds, (len(classes), 1, 28, 28), torch.tensor(classes))
+    return lambda: sampler.stream(seeds, (len(classes), 1, 28, 28), torch.tensor(classes), previews=previews)
 
 
 def sample_one(name: str, run, total_nfe: int, stream, settings: dict, out: Path, args) -> int:

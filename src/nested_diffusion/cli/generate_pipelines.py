@@ -149,7 +149,7 @@ def build_pipeline_runs(args, family) -> tuple[list, dict]:
 
     def stream_of(r):
         import torch
-        kw = {**cond, **pipeline_call(r, family, guidance), "output_type": "pt",
+        kw = {**cond, **pipeline_call(r, family, guidance), "output_type": "pt", "previews": args.previews,
               "generator": [torch.Generator().manual_seed(s) for s in seeds]}
         if calibration is not None and r is run:
             kw["calibration"] = calibration
@@ -186,6 +186,7 @@ def _generic_runs(args, family, pipe, cond, seeds, runs, run, guidance, describe
             if calibration is not None and r is run:
                 call["calibration"] = calibration
             yield from anytime(pipe, schedule=Schedule(r.schedule, tuple(r.inner_steps), r.outer_times),
+                               previews=args.previews,
                                outer_eta=r.outer_eta, grid=r.grid, max_nfe=r.max_nfe, deadline=r.deadline,
                                seed=seeds, **call)
         return stream

@@ -24,6 +24,12 @@ SOURCES = (X0_PREVIEW, INNER_RESULT)
 _OLD_KIND = {X0_PREVIEW: "preview", INNER_RESULT: "result"}
 
 
+def in_strip(source: str, inner_step: int) -> bool:
+    """Whether a progression strip / GIF keeps an update: every finished inner run, and an x̂0 preview at calls
+    1, 2, 4, 8, … of its inner run (so a strip stays a few columns wide whatever the preview mode)."""
+    return source == INNER_RESULT or (inner_step & (inner_step - 1)) == 0
+
+
 @dataclass
 class SolverEvent:
     nfe: int                 # denoiser calls spent in this run so far

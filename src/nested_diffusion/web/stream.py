@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..core.events import INNER_RESULT
+from ..core.events import INNER_RESULT, in_strip
 from ..core.nested import stop_check
 from .backends import JobRequest, Limits, Prepared
 from .render import SOURCE_WORDS, batch_tile, expected_change_words
@@ -130,9 +130,9 @@ def stream_updates(backend: Any, request: JobRequest | Prepared, stop: Any = Non
 
 
 def keep_frame(u: WebUpdate) -> bool:
-    """Frames kept for the progression strip / GIF: every finished inner run, and the first run's previews at
-    NFE 1, 2, 4, 8, … (memory stays small even for large images)."""
-    return u.source == INNER_RESULT or (u.nfe & (u.nfe - 1)) == 0
+    """Frames kept for the progression strip / GIF (``core.events.in_strip``: memory stays small even for large
+    images)."""
+    return in_strip(u.source, u.inner_step)
 
 
 @dataclass
