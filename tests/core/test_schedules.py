@@ -15,7 +15,17 @@ def test_progressive_splits_the_budget_into_quick_runs_then_one_long_run():
     s = make_schedule("progressive", 200, 999, first=10, quick=3, gap=0.05)
     assert s.inner_steps == (10, 10, 10, 170) and s.outer_times == (999, 949, 899, 849)
     assert make_schedule("uniform", 100, 999, outer=4).inner_steps == (25,) * 4
-    assert set(schedule_names()) >= {"uniform", "progressive"}
+    assert set(schedule_names()) >= {"uniform", "progressive", "ramp"}
+
+
+def test_ramp_doubles_the_quick_runs():
+    s = make_schedule("ramp", 100, 999)
+    assert (s.name, s.inner_steps, s.outer_times) == ("ramp", (10, 20, 70), (999, 899, 799))
+    assert make_schedule("ramp", 200, 999, first=20).inner_steps == (20, 40, 140)
+    assert make_schedule("ramp", 28, 1.0, first=4).outer_times == pytest.approx((1.0, 0.9, 0.8))   # flow times
+    with pytest.raises(ValueError, match="budget: 30 NFE leave nothing for the final run after 2 quick runs of "
+                                         "10\+20 steps"):
+        make_schedule("ramp", 30, 999)
 
 
 @pytest.mark.parametrize("args, message", [
