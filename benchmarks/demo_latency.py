@@ -1,7 +1,7 @@
 """Latency of the README demo on the bundled model, float32 against the chosen compute dtype, on the path users run.
 
 Side by side, interleaved, for the demo's default settings (10 classes, the family's run defaults: the progressive
-schedule at 100 NFE, guidance 1.25; ``--schedule uniform --outer 5 --inner 20`` for the paper's split):
+schedule, guidance 1.25; ``--schedule uniform --outer 5 --inner 20`` for the paper's split):
 * ``generate --dtype D`` in-process: ``nested_diffusion.cli.main(["generate", ...])`` — the exact function the
   command runs (argument parsing, model load, streaming, per-update lines, writing PNG/GIF/JSON); first preview,
   first finished image and end of sampling are read from the ``elapsed_s`` it records in updates.json — for
@@ -54,14 +54,18 @@ def from_records(path: Path):
 
 
 def run_options(args) -> dict:
-    return (dict(schedule="progressive", nfe=args.nfe) if args.schedule == "progressive"
-            else dict(outer_steps=args.outer, inner_steps=args.inner))
+    if args.schedule == "uniform":
+        return dict(outer_steps=args.outer, inner_steps=args.inner)
+    return dict(schedule=None if args.schedule == "default" else args.schedule, nfe=args.nfe)
 
 
 def command_args(out: str, args, dtype: str | None) -> list[str]:
-    shape = (["--nfe", str(args.nfe)] if args.schedule == "progressive"
-             else ["--outer", str(args.outer), "--inner", str(args.inner)])
-    return ["generate", "--out", out, "--schedule", args.schedule, *shape, "--threads", str(args.threads), "--quiet",
+    if args.schedule == "uniform":
+        shape = ["--schedule", "uniform", "--outer", str(args.outer), "--inner", str(args.inner)]
+    else:
+        shape = ([] if args.schedule == "default" else ["--schedule", args.schedule]) + \
+            ([] if args.nfe is None else ["--nfe", str(args.nfe)])
+    return ["generate", "--out", out, *shape, "--threads", str(args.threads), "--quiet",
             *(["--dtype", dtype] if dtype else [])]
 
 
@@ -103,11 +107,13 @@ def fd_change(args, runs: dict, models: dict) -> None:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timing repeats (0: only the FD part)")
     ap.add_argument("--dtype", choices=("bfloat16",), default="bfloat16",
                     help="the dtype compared with float32 (the bundled model offers float32 and bfloat16)")
-    ap.add_argument("--schedule", choices=("progressive", "uniform"), default="progressive")
-    ap.add_argument("--nfe", type=int, default=100, help="progressive: inner steps in total")
+    ap.add_argument("--schedule", choices=("default", "progressive", "ramp", "uniform"), default="default",
+                    help="default: the family's (bundled.RUN_DEFAULTS)")
+    ap.add_argument("--nfe", type=int, default=None, help="named schedules: inner steps in total (default: the "
+                                                          "family's)")
     ap.add_argument("--outer", type=int, default=5, help="uniform")
     ap.add_argument("--inner", type=int, default=20, help="uniform")
     ap.add_argument("--fd-samples", type=int, default=0, help="also measure the FD change on this many samples")
@@ -119,6 +125,8 @@ def main():
     models = {d: load_unet(dtype=d) for d in dtypes}
     load_s = (time.perf_counter() - t0) / 2
     runs = {d: resolve_run(defaults=RUN_DEFAULTS, dtype=d, **run_options(args)) for d in dtypes}
+    if args.repeats < 1:
+        return fd_change(args, runs, models) if args.fd_samples else None
     labels = torch.arange(10)
     nested = {d: sampler_of(models[d], runs[d]) for d in dtypes}
     for d in dtypes:
@@ -138,7 +146,7 @@ def main():
             wall = time.perf_counter() - t0
             startup.append((wall, wall - from_records(Path(out) / "updates.json")[2]))
     s = nested["float32"]
-    print(f"torch {torch.__version__}, {args.threads} threads, batch 10 (one per class), {args.schedule} "
+    print(f"torch {torch.__version__}, {args.threads} threads, batch 10 (one per class), {runs['float32'].schedule} "
           f"{'+'.join(map(str, s.inner_steps))} {runs['float32'].solver_name}, guidance {runs['float32'].guidance}, "
           f"median of {args.repeats}; model load {load_s:.2f} s; default dtype {RUN_DEFAULTS.dtype}")
     med = {name: [statistics.median(v) for v in zip(*r)] for name, r in rows.items()}

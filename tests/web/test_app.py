@@ -284,3 +284,12 @@ def test_sliders_offer_only_splits_the_server_accepts():
                if c["props"].get("elem_id") in ("nd-outer", "nd-inner")}
     assert sliders["nd-outer"]["maximum"] * sliders["nd-inner"]["value"] <= 1000
     assert sliders["nd-inner"]["maximum"] * sliders["nd-outer"]["value"] <= 1000
+
+
+def test_the_first_control_follows_the_schedule():
+    from nested_diffusion.web.app import first_default, schedule_controls
+    assert (first_default("progressive"), first_default("ramp"), first_default("uniform")) == (20, 10, None)
+    nfe, first, outer, inner = schedule_controls("ramp")
+    assert first["visible"] and first["value"] == 10 and nfe["visible"] and not outer["visible"]
+    nfe, first, outer, inner = schedule_controls("uniform")
+    assert not first["visible"] and not nfe["visible"] and outer["visible"] and inner["visible"]

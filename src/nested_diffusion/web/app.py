@@ -39,7 +39,7 @@ import gradio as gr  # noqa: E402
 
 from ..core.events import INNER_RESULT  # noqa: E402
 from ..core.registry import solver_names  # noqa: E402
-from ..core.schedules import progressive, schedule_names  # noqa: E402
+from ..core.schedules import SCHEDULES, schedule_names  # noqa: E402
 from ..io import atomic_write_bytes  # noqa: E402
 from .backends import JobRequest, Limits  # noqa: E402
 from .render import gif_bytes, progression_strip  # noqa: E402
@@ -68,9 +68,11 @@ def image_px(backend: Any) -> int:
     return 420 if backend.family.takes_prompt else 320
 
 
-def first_default() -> int:
-    """The progressive schedule's steps per quick run when ``first`` is left empty (``core.schedules``)."""
-    return int(inspect.signature(progressive).parameters["first"].default)
+def first_default(schedule: str = "progressive") -> int | None:
+    """A named schedule's steps of its first quick run when ``first`` is left empty (its builder's default in
+    ``core.schedules``); None for a schedule without quick runs."""
+    p = inspect.signature(SCHEDULES[schedule]).parameters.get("first")
+    return None if p is None else int(p.default)
 
 
 def _inputs(backend: Any, limits: Limits) -> list[tuple[str, Any]]:
@@ -101,11 +103,13 @@ def _inputs(backend: Any, limits: Limits) -> list[tuple[str, Any]]:
                            elem_id="nd-seed")),    # no precision=0: it would round 2.5 silently; prepare refuses it
         ("schedule", gr.Dropdown(schedule_names(), value=d.schedule, elem_id="nd-schedule",
                                  label="Schedule (progressive: two quick inner runs, then one long one, within the "
-                                       "NFE budget; uniform: outer × inner steps)")),
+                                       "NFE budget; ramp: the same with quick runs that double; uniform: outer × "
+                                       "inner steps)")),
         ("nfe", gr.Number(d.nfe, precision=0, visible=not uniform, elem_id="nd-nfe",
                           label=f"NFE budget of the schedule (inner steps in total, ≤ {limits.max_nfe})")),
-        ("first", gr.Number(first_default(), precision=0, visible=not uniform, elem_id="nd-first",
-                            label="Steps of each quick inner run (progressive)")),
+        ("first", gr.Number(first_default(d.schedule) or first_default(), precision=0,
+                            visible=first_default(d.schedule) is not None, elem_id="nd-first",
+                            label="Steps of the first quick inner run (progressive: of each; ramp: then doubling)")),
         ("outer_steps", gr.Slider(1, outer_max, outer0, step=1, label="Outer steps", visible=uniform,
                                   elem_id="nd-outer")),
         ("inner_steps", gr.Slider(1, slider_max(limits, "inner_steps", outer0), inner0, step=1,
@@ -256,10 +260,10 @@ def build_app(backend: Any, limits: Limits | None = None, concurrency: int = 2, 
 
 
 def schedule_controls(schedule: str) -> tuple:
-    """Visibility of (nfe, first, outer, inner) for a schedule: the NFE budget for a named schedule (first only
-    for progressive), the outer × inner split for uniform."""
-    uniform = schedule == "uniform"
-    return (gr.update(visible=not uniform), gr.update(visible=schedule == "progressive"),
+    """Visibility of (nfe, first, outer, inner) for a schedule: the NFE budget for a named schedule (first, at
+    the schedule's own default, for one with quick runs), the outer × inner split for uniform."""
+    uniform, first = schedule == "uniform", first_default(schedule) if schedule in SCHEDULES else None
+    return (gr.update(visible=not uniform), gr.update(visible=first is not None, value=first),
             gr.update(visible=uniform), gr.update(visible=uniform))
 
 
