@@ -52,7 +52,7 @@ def test_budget_limits_the_run(tmp_path, capsys):
     (["--inner", "2000"], "--inner: 2000 inner steps in outer step 1 of 5"),
     (["--solver", "ddpm", "--inner-eta", "0.5"], "--inner-eta: only the DDIM solver takes η"),
     (["--schedule", "progressive", "--outer", "5"], "--outer: 5 sets a uniform split; --schedule progressive takes --nfe"),
-    (["--nfe", "40"], "--nfe: 40 NFE leave nothing for the final run"),
+    (["--nfe", "30"], "--nfe: 30 NFE leave nothing for the final run"),
     (["--schedule", "uniform", "--nfe", "99"], "--nfe: 99 NFE do not split evenly over 5 outer steps"),
     (["--nfe", "100", "--outer", "5", "--inner", "30"], "--nfe: 100 is not --outer 5 × --inner 30"),
     (["--first", "10", "--inner", "10"], "--first: only for a named schedule other than uniform"),
@@ -106,15 +106,15 @@ def test_ctrl_c_keeps_and_writes_the_latest_result(tmp_path, capsys, monkeypatch
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
-def test_the_default_is_the_progressive_schedule_at_guidance_1_25(tmp_path, capsys):
+def test_the_default_is_the_ramp_schedule_at_guidance_1_25(tmp_path, capsys):
     code, stdout, _ = run(["generate", "--out", str(tmp_path), "--classes", "3", "--threads", "1"], capsys)
-    assert code == 0 and "3 outer (20+20+60 inner from t=999, 899, 799)" in stdout and "guidance 1.25" in stdout
+    assert code == 0 and "3 outer (10+20+70 inner from t=999, 899, 799)" in stdout and "guidance 1.25" in stdout
     doc = json.loads((tmp_path / "updates.json").read_text())
     st = doc["settings"]
-    assert (st["schedule"], st["inner"], st["outer_times"], st["guidance"]) == ("progressive", [20, 20, 60],
+    assert (st["schedule"], st["inner"], st["outer_times"], st["guidance"]) == ("ramp", [10, 20, 70],
                                                                                [999, 899, 799], 1.25)
     finished = [u["nfe"] for u in doc["updates"] if u["source"] == "inner_result" or u["final"]]
-    assert finished == [20, 40, 100]  # the first finished image after 20 NFE, as with the uniform 5 × 20
+    assert finished == [10, 30, 100]  # the first finished image after 10 NFE
     code, _, _ = run(["generate", "--out", str(tmp_path / "u"), "--classes", "3", "--threads", "1", "--quiet",
                       "--schedule", "uniform", "--nfe", "12", "--outer", "3"], capsys)
     st = json.loads((tmp_path / "u" / "updates.json").read_text())["settings"]

@@ -59,7 +59,8 @@ def test_generate_takes_previews(tmp_path):
 
     from nested_diffusion import cli
     out = tmp_path / "fill"
-    assert cli.main(["generate", "--out", str(out), "--classes", "1", "--nfe", "60", "--first", "10", "--previews",
+    assert cli.main(["generate", "--out", str(out), "--classes", "1", "--schedule", "progressive", "--nfe", "60",
+                     "--first", "10", "--previews",
                      "fill", "--quiet"]) == 0
     doc = json.loads((out / "updates.json").read_text())
     last_run = [u for u in doc["updates"] if u["outer_step"] == 3]

@@ -41,7 +41,7 @@ def test_the_same_options_resolve_to_the_same_run_on_every_surface():
 def test_family_defaults_decide_what_is_left_out():
     bundled = resolve_run(defaults=get_family("bundled").run_defaults())
     assert (bundled.schedule, bundled.inner_steps, bundled.solver_name, bundled.guidance) == \
-        ("progressive", (20, 20, 60), "ddpm", 1.25)
+        ("ramp", (10, 20, 70), "ddpm", 1.25)
     pytest.importorskip("diffusers")
     for name in family_names():
         d = get_family(name).run_defaults()

@@ -100,7 +100,7 @@ def test_empty_fields_are_the_family_defaults(backends, family):
 def test_bundled_page_defaults_and_shipped_calibration():
     backend = BundledBackend()                      # the real bundled model: its shipped calibrations apply
     prep = backend.prepare(JobRequest(classes="bag,sneaker"), Limits())
-    assert (prep.run.schedule, prep.run.inner_total, prep.run.guidance) == ("progressive", 100, 1.25)
+    assert (prep.run.schedule, prep.run.inner_total, prep.run.guidance) == ("ramp", 100, 1.25)
     assert prep.calibrated and prep.run.calibration is not None
     ups = list(stream_updates(backend, JobRequest(classes="bag,sneaker", max_nfe=3)))
     assert ups[-1].state == "budget" and ups[-1].outer_steps == 3
@@ -199,7 +199,7 @@ def test_serve_and_calibrate_take_every_family(disk):
 def test_the_page_starts_at_the_family_defaults(backends):
     pytest.importorskip("gradio")
     from nested_diffusion.web.app import _request, build_app
-    for backend, want in ((BundledBackend(), ("progressive", 100, 1.25)), (backends["sd"], ("uniform", 100, 7.5)),
+    for backend, want in ((BundledBackend(), ("ramp", 100, 1.25)), (backends["sd"], ("uniform", 100, 7.5)),
                           (backends["flux"], ("uniform", 28, 3.5))):
         demo = build_app(backend, Limits())
         comps = {c.elem_id: c for c in demo.blocks.values() if getattr(c, "elem_id", None)}

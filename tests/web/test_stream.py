@@ -116,7 +116,7 @@ def test_budget_and_deadline_end_states(model):
     ("deadline", -2, "deadline: must be a positive number of seconds, got -2"),
     ("deadline", 601, "deadline: 601 s exceeds this server's limit of 600 s"),
     ("schedule", "zigzag", "schedule: unknown schedule 'zigzag'; valid: "),
-    ("nfe", 30, "nfe: 30 NFE leave nothing for the final run after 2 quick runs of 20+20 steps"),
+    ("nfe", 30, "nfe: 30 NFE leave nothing for the final run after 2 quick runs of 10+20 steps"),
     ("first", 0.5, "first: expected an integer, got float"),
     ("max_nfe", -1, "max_nfe: must be an integer ≥ 1"),
     ("classes", ",".join(["0"] * 11), "classes: 11 images requested; this server allows 1 to 10"),

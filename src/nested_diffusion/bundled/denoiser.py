@@ -16,9 +16,11 @@ DEFAULT_GUIDANCE = 2.0  # the evaluation protocol's scale (docs/RESULTS.md table
 # what `generate` and the web demo use: the lowest final FD for both vanilla DDPM-100 and the progressive nested
 # schedule among the scales measured at 100 NFE (2,000 samples; docs/RESULTS.md, issue 15)
 DEMO_GUIDANCE = 1.25
-# the bundled family's run defaults (core.run), read by every surface: the progressive schedule at 100 NFE (two quick
-# 20-step inner runs, then one of 60), learned-variance DDPM inner, deterministic DDIM outer, guidance 1.25
-RUN_DEFAULTS = RunDefaults(schedule="progressive", nfe=100, outer_steps=5, inner_steps=20, inner_solver="ddpm",
+# the bundled family's run defaults (core.run), read by every surface: the ramp schedule at 100 NFE (quick inner runs
+# of 10 and 20 steps from t = 999 and 899, then one of 70 from 799), learned-variance DDPM inner, deterministic DDIM
+# outer, guidance 1.25 — the lowest anytime AUC on the held-out front whose final FD is within +2% of the best vanilla
+# sampler's (docs/RESULTS.md, "The anytime frontier", issue 23)
+RUN_DEFAULTS = RunDefaults(schedule="ramp", nfe=100, outer_steps=5, inner_steps=20, inner_solver="ddpm",
                            outer_eta=0.0, guidance=DEMO_GUIDANCE, dtype="float32")
 # the compute dtypes the bundled model offers (bfloat16: a bfloat16 copy of the weights, ``TinyUNet.set_compute_dtype``)
 DTYPES = ("float32", "bfloat16")
