@@ -119,7 +119,7 @@ class NestedSolver(Solver):
 
 
 PREVIEW_MODES = ("first", "all", "none", "fill")
-# "fill" (fill the silent middle of a long inner run): the updates of "first", and in every later inner run its x̂0
+# "fill" (fill the silent middle of a long inner run): the updates of "first", and of every later inner run its x̂0
 # once the run has made FILL_FROM of its calls. Measured (docs/RESULTS.md, "The anytime frontier"): from half a run
 # on its x̂0 predicts the final better than the last finished result does (pixel RMSE to the final and same class),
 # but it is blurrier, so its FD is worse until ≈ 85% of the run — a trade, hence opt-in (``default_previews``).
@@ -144,7 +144,7 @@ def default_previews(run_nfe: Sequence[int]) -> str:
     return "first"
 
 
-def _check_stream_args(shape, previews) -> tuple[int, ...]:  # previews None: resolved before
+def _check_stream_args(shape, previews) -> tuple[int, ...]:
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ValueError(f"shape: expected (batch, channels, ...) with positive sizes, got {shape}")
@@ -273,8 +273,8 @@ class NestedSampler:
         this run only (timers, call counters); the sampler itself is not changed. ``calibration`` (for this
         configuration, else ValueError) attaches an ``ExpectedChange`` to every update, from signals the run
         already has (no extra NFE). ``previews``: which x̂0 predictions are updates besides the finished inner
-        runs — "first" (the first run's), "fill" ("first" plus a long later run's from FILL_FROM of its calls),
-        "all", "none"; None: ``default_previews`` ("fill" for a schedule whose last run is long)."""
+        runs — "first" (the first run's), "fill" ("first" plus each later run's from FILL_FROM of its calls),
+        "all", "none"; None: ``default_previews`` ("first")."""
         previews = self.default_previews if previews is None else previews
         shape = _check_stream_args(shape, previews)
         max_nfe, deadline = check_budget(self.config.max_nfe if max_nfe is None else max_nfe,
