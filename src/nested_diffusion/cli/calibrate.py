@@ -26,7 +26,7 @@ from .run_args import add_schedule_args, add_solver_args, build_checked, run_fro
 def add_parser(sub) -> None:
     c = sub.add_parser("calibrate", help="fit the expected-change predictor for a sampler configuration",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_schedule_args(c)  # defaults: the family's (bundled: generate's progressive at 100 NFE; sd/dit: uniform)
+    add_schedule_args(c)  # defaults: the family's (bundled: generate's ramp at 100 NFE; sd/dit: uniform)
     add_solver_args(c, kind=None)
     c.add_argument("--classes", default="all", help="classes the seeds cycle through (default: all)")
     c.add_argument("--samples", type=int_at_least("--samples", 20), default=1000, help="calibration samples")

@@ -1,7 +1,7 @@
 """The command-line options of a nested run and their translation into ``core.run.resolve_run`` — the one place
 every command (``generate``, ``sample``, ``calibrate``, ``eval``, ``serve``) gets its run options from.
 
-``--schedule`` (default: the model family's — progressive for the bundled model, uniform for the pipelines —,
+``--schedule`` (default: the model family's — ramp for the bundled model, uniform for the pipelines —,
 uniform when ``--outer``/``--inner`` is given), ``--nfe`` (the budget a named schedule splits), ``--first``
 (progressive: steps of each quick run), ``--outer``/``--inner`` (the uniform split), ``--solver``, ``--inner-eta``,
 ``--outer-eta``, ``--grid``, ``--guidance``, ``--dtype`` (the compute dtype); ``--budget`` (stop at this NFE) and ``--deadline`` (seconds) where a
@@ -26,14 +26,16 @@ def add_schedule_args(g, outer_flag: str = "--outer", inner_flag: str = "--inner
     """--schedule, --nfe, --first and the uniform split (``sample`` spells it --outer-steps/--inner-steps)."""
     from ..core.schedules import schedule_names
     g.add_argument("--schedule", choices=schedule_names(), default=None,
-                   help="how the NFE budget is split: progressive (two quick inner runs of --first steps, then one "
-                        "long run: the first image as early as uniform, the final as good as vanilla) or uniform "
+                   help="how the NFE budget is split: ramp (quick inner runs of --first and 2 × --first steps, then "
+                        "one long run: a finished image after 10 NFE, the final as good as vanilla), progressive (two "
+                        "quick runs of --first steps, then one long run) or uniform "
                         f"({outer_flag} × {inner_flag}, the paper's split; implied by {outer_flag}/{inner_flag}). "
-                        "Default: the model family's (bundled: progressive; pipelines: uniform)")
+                        "Default: the model family's (bundled: ramp; pipelines: uniform)")
     g.add_argument("--nfe", type=positive_int("--nfe"), default=None,
                    help="inner steps in total of the schedule (default: the family's, 100 for the bundled model)")
     g.add_argument("--first", type=positive_int("--first"), default=None,
-                   help="progressive: inner steps of each quick run (default: 20)")
+                   help="progressive: inner steps of each quick run (default: 20); ramp: of the first quick run, "
+                        "the next doubles (default: 10)")
     g.add_argument(outer_flag, dest="outer", type=positive_int(outer_flag), default=None,
                    help="uniform: outer steps (default: the family's)")
     g.add_argument(inner_flag, dest="inner", type=positive_int(inner_flag), default=None,

@@ -2,7 +2,7 @@
 
 One page for every family of the model-family table (the bundled model and every pipeline family): the inputs
 follow the family's conditioning (classes, or prompt + negative prompt + size) and the run controls start at the
-family's run defaults (``Family.run_defaults()``: bundled progressive at 100 NFE, guidance 1.25; SD uniform 5 × 20
+family's run defaults (``Family.run_defaults()``: bundled ramp at 100 NFE, guidance 1.25; SD uniform 5 × 20
 …). The schedule control shows the controls that apply to it: an NFE budget (and ``first``) for a named schedule
 such as progressive, outer × inner steps for uniform; the hidden ones are not sent to the run. The generate
 handler is an async generator over a ``Job`` (``web.stream``); Stop is a ``queue=False`` handler keyed by the
