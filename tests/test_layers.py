@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import nested_diffusion
-from nested_diffusion import (DDIMSolver, DenoiserOutput, GaussianMixtureDenoiser, ModelDenoiser, NestedSampler,
+from nested_diffusion import (DDIMSolver, DenoiserOutput, GaussianMixtureDenoiser, NestedSampler,
                               NoiseSource, SolverSpec, cli, get_schedule, register_solver, solver_names,
                               unregister_solver)
 from nested_diffusion.bundled import TinyUNet, bundled_model_path, load_unet, make_denoiser

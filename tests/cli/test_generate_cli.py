@@ -2,7 +2,6 @@ import json
 import os
 
 import pytest
-import torch
 from PIL import Image
 
 from nested_diffusion import bundled, cli

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from nested_diffusion import (DDIMSolver, DenoiserOutput, DPMSolverPP2M, DPMSolverPP2S, GaussianMixtureDenoiser,
+from nested_diffusion import (DDIMSolver, DPMSolverPP2M, DPMSolverPP2S, GaussianMixtureDenoiser,
                               ModelDenoiser, NestedSampler, NestedSolver, NoiseSchedule, NoiseSource,
                               vanilla_sampler)
 from nested_diffusion.core.steps import ddim_step, ddpm_learned_step, learned_range_log_variance

@@ -19,7 +19,7 @@ from nested_diffusion.bundled.data import DEFAULT_DIR
 from nested_diffusion.cli import main
 from nested_diffusion.cli import sample as cli_sample
 from nested_diffusion.core.noise import DeviceNoiseSource, NoiseSource
-from nested_diffusion.distributed import (SampleJob, SampleStore, Shard, assign, merge_run, parse_shard, run_shard,
+from nested_diffusion.distributed import (SampleJob, SampleStore, Shard, assign, parse_shard, run_shard,
                                           shard_from_env)
 from nested_diffusion.evaluation.snapshots import collect_snapshots
 

@@ -20,7 +20,7 @@ from nested_diffusion.evaluation.runners import run_budget_table, run_consistenc
 from nested_diffusion.evaluation.snapshots import collect_snapshots
 from toy import calibrated_classifier
 from toy import mixture_images, toy_factory
-from nested_diffusion.bundled import FashionClassifier, TinyUNet
+from nested_diffusion.bundled import TinyUNet
 
 CONFIGS = "1x24,3x8,4x6"
 N = 24

@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from fixtures_any import BUILDERS, embeds  # noqa: E402
+from fixtures_any import BUILDERS  # noqa: E402
 from fixtures_modern import tiny_flux, tiny_taesd  # noqa: E402
 
 import nested_diffusion  # noqa: E402

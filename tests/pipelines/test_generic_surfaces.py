@@ -8,7 +8,6 @@ embeddings. Tolerance: the factory's decode of a run's final latents against ``a
 of the same run — the same decoder on the same latents: ≤ 1e-6 absolute (float32; measured 0)."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

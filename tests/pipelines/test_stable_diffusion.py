@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,  # noqa: E402
-                       DPMSolverSinglestepScheduler, EulerDiscreteScheduler, StableDiffusionPipeline)
+                       DPMSolverSinglestepScheduler, EulerDiscreteScheduler)
 from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput  # noqa: E402
 
 from fixtures_tiny import SD_CONFIG, tiny_sd  # noqa: E402

@@ -3,7 +3,6 @@ identical to the library's, the vanilla comparison, budgets, bad input, and the 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from pathlib import Path
 

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..core.events import INNER_RESULT, in_strip
+from ..core.events import in_strip
 from ..core.nested import stop_check
 from .backends import JobRequest, Limits, Prepared
 from .render import SOURCE_WORDS, batch_tile, expected_change_words
