@@ -93,6 +93,10 @@ def test_sample_manifests_record_the_dtype(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["sample", "--out-dir", str(out), *args, "--dtype", OTHER]) == 2
     assert "dtype" in capsys.readouterr().err
+    other = tmp_path / "other"                                    # the other dtype in its own folder: runs, recorded
+    assert cli.main(["sample", "--out-dir", str(other), *args, "--dtype", OTHER]) == 0
+    manifest = json.loads(next(other.rglob("manifest.json")).read_text())
+    assert OTHER in json.dumps(manifest) or OTHER == "float32"
 
 
 def test_serve_and_the_api_load_the_model_in_the_servers_dtype():
