@@ -74,16 +74,16 @@ def sampler_of(model, run):
 
 
 def fd_change(args, runs: dict, models: dict) -> None:
-    """FD of the final images in both dtypes on the same seeds; paired bootstrap of the relative change."""
+    """FD of the final images in both dtypes on the same seeds; paired bootstrap of the relative change
+    (``evaluation.runners.FDEvaluator``: the same resampling for both)."""
     from nested_diffusion.bundled.features import load_feature_classifier
     from nested_diffusion.bundled.reference import fashion_reference
-    from nested_diffusion.evaluation.distances import bootstrap_counts, weighted_stats
-    from nested_diffusion.evaluation.features import extract_features, quantize
-    from nested_diffusion.evaluation.frechet import FrechetToReference
-    extractor = load_feature_classifier()
-    ref = fashion_reference(extractor, heldout=100, cache_dir=Path("runs/demo_latency/reference"))
-    fd = FrechetToReference(ref.stats)
-    counts = bootstrap_counts(args.fd_samples, 200, args.fd_seed)
+    from nested_diffusion.evaluation.features import quantize
+    from nested_diffusion.evaluation.runners import FDEvaluator
+    from nested_diffusion.evaluation.snapshots import Snapshots
+    ref = fashion_reference(load_feature_classifier(), heldout=args.fd_samples,
+                            cache_dir=Path("runs/demo_latency/reference"))
+    ev = FDEvaluator(ref, args.fd_samples, 200, args.fd_seed)
     out = {}
     for name, run in runs.items():
         sampler, t0, finals = sampler_of(models[name], run), time.perf_counter(), []
@@ -92,10 +92,10 @@ def fd_change(args, runs: dict, models: dict) -> None:
             x = sampler.sample([args.fd_seed + i for i in idx], (len(idx), 1, 28, 28),
                                cond=torch.tensor([i % 10 for i in idx])).x0
             finals.append(quantize(x))
-        f = extract_features(extractor, torch.cat(finals))
-        out[name] = (fd.of_features(f), fd(*weighted_stats(f, counts)))
-        print(f"{name}: {args.fd_samples} samples in {time.perf_counter() - t0:.0f} s, FD {out[name][0]:.4f}",
-              flush=True)
+        snaps = Snapshots([torch.cat(finals)], [0], [sampler.total_nfe], [], [], [], {})
+        fd, boot = ev(snaps, ev.features(snaps))
+        out[name] = (fd[0], boot[:, 0])
+        print(f"{name}: {args.fd_samples} samples in {time.perf_counter() - t0:.0f} s, FD {fd[0]:.4f}", flush=True)
     (a, ra), (b, rb) = out["float32"], out[args.dtype]
     rel = (rb - ra) / ra
     print(f"FD change {args.dtype} vs float32: {100 * (b - a) / a:+.2f}% (paired bootstrap std "
